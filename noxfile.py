@@ -1,0 +1,68 @@
+"""Sessions for the agegender workspace. `nox -l` lists them; `nox -s tests` is the CI run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+PYTHON = "3.11"
+# Editable installs of the three libraries, with the extras the cross-package tests use.
+PACKAGES = [
+    "-e", "packages/utkface-data[tf]",
+    "-e", "packages/agegender-eval",
+    "-e", "packages/agegender-models[app]",
+]
+TEST_DEPS = ["pytest>=8", "hypothesis>=6.100"]
+QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
+
+
+def _shared_data() -> str:
+    return os.environ.get("UTKFACE_DIR", str(ROOT.parent / "shared" / "utkface" / "crop_part1_5000"))
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit tests of every package plus cross-package tests (fast; no real-data training)."""
+    session.install(*PACKAGES, *TEST_DEPS)
+    session.run("pytest", *session.posargs, env=QUIET_TF)
+
+
+@nox.session(python=PYTHON, default=False)
+def slow(session: nox.Session) -> None:
+    """Real-data tests on ../shared/utkface (a few hundred images; minutes)."""
+    session.install(*PACKAGES, *TEST_DEPS)
+    session.run("pytest", "-m", "slow", *session.posargs, env={**QUIET_TF, "UTKFACE_DIR": _shared_data()})
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks on the real UTKFace folder; figures go to bench/RESULTS.md by hand."""
+    session.install(*PACKAGES)
+    scripts = session.posargs or sorted(str(p) for p in (ROOT / "bench").glob("bench_*.py"))
+    for script in scripts:
+        session.run("python", script, "--data-dir", _shared_data(), env=QUIET_TF)
+
+
+@nox.session(python=PYTHON, default=False)
+def examples(session: nox.Session) -> None:
+    """Run the Model A example on a small slice of the real data (a smoke run of the README job)."""
+    session.install(*PACKAGES)
+    session.run(
+        "python", "examples/reproduce_model_a.py", "--data-dir", _shared_data(),
+        "--n", "300", "--epochs", "2", "--out", str(ROOT / "runs" / "nox-example"),
+        *session.posargs, env=QUIET_TF,
+    )

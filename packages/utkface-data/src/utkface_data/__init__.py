@@ -1,0 +1,3 @@
+"""Parse, index, split and stream the UTKFace dataset."""
+
+__version__ = "0.1.0"
