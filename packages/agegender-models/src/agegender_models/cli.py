@@ -1,0 +1,280 @@
+"""The ``agegender`` command: train, evaluate and predict.
+
+    agegender train --data-dir DIR --out runs/model_a            # the seed's Model A recipe
+    agegender evaluate --model runs/model_a/model.keras --data-dir DIR --out eval/
+    agegender predict --model runs/model_a/model.keras face1.jpg faces/ --json
+
+``train`` and ``evaluate`` need the ``app`` extra (``pip install "agegender-models[app]"``);
+``predict`` needs only this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class CLIError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------------------
+# train
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, *, backbone: str = "custom_cnn") -> None:
+    """Options shared by ``agegender train`` and the ``examples/reproduce_*.py`` scripts."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-dir", default=os.environ.get("UTKFACE_DIR"),
+                      help="folder of UTKFace images (default: $UTKFACE_DIR)")
+    data.add_argument("--splits", default=None,
+                      help="folder with train.csv/val.csv/test.csv to reuse instead of splitting")
+    data.add_argument("--n", type=int, default=5000, help="images to use (stratified subset; default 5000)")
+    data.add_argument("--seed", type=int, default=0, help="seed for subset, split and training (default 0)")
+    data.add_argument("--val", type=float, default=0.15, help="validation fraction (default 0.15)")
+    data.add_argument("--test", type=float, default=0.15, help="test fraction (default 0.15)")
+    data.add_argument("--image-size", type=int, default=128, help="square input size (default 128)")
+    data.add_argument("--augment", action="store_true", help="flip/brightness/contrast/crop jitter")
+    data.add_argument("--no-cache", action="store_true", help="do not cache decoded images in memory")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", default=backbone, help=f"registered backbone (default {backbone})")
+    model.add_argument("--weights", default=None,
+                       help="backbone weights: 'imagenet' or a local weights file (default: none)")
+    model.add_argument("--trainable-layers", type=int, default=None,
+                       help="fine-tune only the last N backbone layers (backbone default otherwise)")
+
+    fit = parser.add_argument_group("training")
+    fit.add_argument("--epochs", type=int, default=100, help="maximum epochs; early stopping applies")
+    fit.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
+    fit.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    fit.add_argument("--patience", type=int, default=10, help="early-stopping patience (default 10)")
+    fit.add_argument("--gender-weight", type=float, default=1.0, help="loss weight of the gender head")
+    fit.add_argument("--age-weight", type=float, default=1.0, help="loss weight of the age head")
+    fit.add_argument("--lr-schedule", choices=["constant", "plateau"], default="constant",
+                     help="'plateau' halves the learning rate when the validation loss stalls")
+    fit.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                     default="auto", help="'auto' = mixed bfloat16 where the hardware supports it")
+    fit.add_argument("--no-mixed-precision", action="store_true", help="same as --precision float32")
+    fit.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"], default="default",
+                     help="tf.distribute strategy ('mirrored' splits the CPU in two without a GPU)")
+    parser.add_argument("--out", required=True, help="run folder (an existing one is resumed)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress output")
+
+
+def config_from_args(args: argparse.Namespace):
+    from agegender_models.training import TrainConfig
+
+    return TrainConfig(
+        out=args.out, data_dir=args.data_dir, splits=args.splits, backbone=args.backbone, n=args.n,
+        seed=args.seed, val=args.val, test=args.test, image_size=args.image_size,
+        batch_size=args.batch_size, epochs=args.epochs, patience=args.patience,
+        learning_rate=args.lr, gender_loss_weight=args.gender_weight,
+        age_loss_weight=args.age_weight, lr_schedule=args.lr_schedule, augment=args.augment,
+        precision="float32" if args.no_mixed_precision else args.precision,
+        strategy=args.strategy, weights=args.weights, trainable_layers=args.trainable_layers,
+        cache=None if args.no_cache else "memory",
+    )
+
+
+def format_summary(metrics: dict[str, Any]) -> str:
+    """A short human summary of a run's metrics.json (overall and by age group)."""
+    lines = []
+    for split in ("validation", "test"):
+        result = metrics.get(split)
+        if not result:
+            continue
+        lines.append(
+            f"{split:>10}: gender accuracy {result['gender_accuracy']:.3f}, age MAE "
+            f"{result['age_mae']:.2f}, CS@5 {result['age_cs']['5']:.3f} (n={result['n']})"
+        )
+        for group, values in result.get("by_group", {}).get("age_group", {}).items():
+            lines.append(
+                f"{'':>10}  {group:>8}: gender accuracy {values['gender_accuracy']:.3f}, "
+                f"age MAE {values['age_mae']:.2f} (n={values['n']})"
+            )
+    return "\n".join(lines)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from agegender_models.training import train
+
+    metrics = train(config_from_args(args), verbose=0 if args.quiet else "auto")
+    print(format_summary(metrics))
+    print(f"run folder: {args.out} (best model: {Path(args.out) / 'model.keras'})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from agegender_models.training import _app_modules, write_evaluation
+
+    utkface_data, _ = _app_modules()
+    model = _load(args.model)
+    if not args.data_dir:
+        raise CLIError("no data: pass --data-dir or set UTKFACE_DIR")
+    root = Path(args.data_dir)
+    if args.split:
+        split_path = Path(args.split)
+        if not split_path.is_file():
+            raise CLIError(f"split file not found: {split_path}")
+        frame = utkface_data.load_split_file(split_path, root=root)
+    else:
+        frame = utkface_data.index_folder(root, progress=False).frame
+    size = int(model.inputs[0].shape[1])
+    result = write_evaluation(model, frame, root, Path(args.out), image_size=size,
+                              title=f"Evaluation of {args.model}",
+                              extra={"model": str(args.model), "data_dir": str(root)})
+    print(format_summary({"test": result.to_dict()}).replace("      test", "evaluation"))
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# predict
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """Files as given, folders expanded to their image files; returns (files, errors)."""
+    files: list[str] = []
+    errors: list[dict[str, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.iterdir()
+                           if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+            if not found:
+                errors.append({"file": item, "reason": "folder contains no image files"})
+            files.extend(found)
+        elif path.is_file():
+            files.append(item)
+        else:
+            errors.append({"file": item, "reason": "no such file or folder"})
+    return files, errors
+
+
+def _load(model_path: str):
+    from agegender_models import load_model
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise CLIError(f"model file not found: {path}")
+    return load_model(path)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from agegender_models import Predictor
+
+    files, errors = expand_inputs(args.inputs)
+    predictor = Predictor(_load(args.model))
+    predictions: list[dict[str, Any]] = []
+    if files:
+        found, bad = predictor.predict(files, batch_size=args.batch_size, return_errors=True)
+        predictions.extend(found)
+        errors.extend(bad)
+    rows = [
+        {"file": p["file"], "age": round(float(p["age"]), 1), "gender": p["gender"],
+         "p_female": round(float(p["p_female"]), 4)}
+        for p in predictions
+    ]
+    if args.json:
+        print(json.dumps({"predictions": rows, "errors": errors}, indent=2))
+    elif args.csv:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["file", "age", "gender", "p_female", "error"])
+        writer.writeheader()
+        writer.writerows(rows)
+        writer.writerows({"file": e["file"], "error": e["reason"]} for e in errors)
+        print(buffer.getvalue(), end="")
+    else:
+        width = max([len(r["file"]) for r in rows] + [4])
+        print(f"{'file':<{width}}  {'age':>5}  {'gender':<6}  p_female")
+        for r in rows:
+            print(f"{r['file']:<{width}}  {r['age']:>5.1f}  {r['gender']:<6}  {r['p_female']:.3f}")
+        for e in errors:
+            print(f"error: {e['file']}: {e['reason']}", file=sys.stderr)
+    if not rows:
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agegender",
+        description="Predict age and gender from face images; train and evaluate the models.",
+        epilog="Examples:\n"
+        "  agegender train --data-dir ~/UTKFace --out runs/model_a\n"
+        "  agegender evaluate --model runs/model_a/model.keras --data-dir ~/UTKFace --out eval\n"
+        "  agegender predict --model runs/model_a/model.keras face.jpg photos/ --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train a model on a UTKFace folder (the seed's recipe by default)",
+        description="Train a model: index + split the data, fit with early stopping, write the run "
+        "folder (config.json, splits/, history.csv, model.keras, metrics.json, report/). "
+        "Running again with the same --out resumes after the last finished epoch.",
+    )
+    add_train_arguments(train)
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a saved model on labelled images and write a report",
+        description="Evaluate a .keras model on a UTKFace folder (or one split CSV from it) and "
+        "write OUT/report.md, OUT/metrics.json and plots.",
+    )
+    evaluate.add_argument("--model", required=True, help="saved model (.keras)")
+    evaluate.add_argument("--data-dir", default=os.environ.get("UTKFACE_DIR"),
+                          help="folder of UTKFace images (default: $UTKFACE_DIR)")
+    evaluate.add_argument("--split", default=None,
+                          help="a split CSV (path,age,gender,race; paths relative to --data-dir)")
+    evaluate.add_argument("--out", required=True, help="folder for the report")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    predict = commands.add_parser(
+        "predict", help="predict age and gender for images or folders of images",
+        description="Predict age and gender. Prints a table; --json or --csv for scripts. "
+        "Unreadable images are listed as errors; the others are still predicted.",
+    )
+    predict.add_argument("--model", required=True, help="saved model (.keras)")
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
+    fmt = predict.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON object")
+    fmt.add_argument("--csv", action="store_true", help="print CSV")
+    predict.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    predict.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CLIError as exc:
+        print(f"agegender: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError, ValueError, ImportError) as exc:
+        print(f"agegender: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,418 @@
+"""Train and evaluate an age/gender model on a UTKFace folder.
+
+This is the application layer of ``agegender_models``: it composes ``utkface_data`` (index, splits,
+``tf.data``), the model factories of this package and ``agegender_eval`` (metrics, report). The core
+modules of this package never import it, and it needs the ``app`` extra::
+
+    pip install "agegender-models[app]"
+
+Defaults reproduce the seed's recipe: 5,000 images, 128x128, Adam (lr 1e-3), binary cross-entropy for
+gender + MAE for age with equal weights, early stopping on the validation loss with patience 10 and
+the best weights restored. Every option can be changed; everything used is written to
+``config.json`` in the run folder.
+
+A run folder holds::
+
+    config.json        every option, seed, library versions, dataset fingerprint, precision, devices
+    splits/            train.csv, val.csv, test.csv (paths relative to the data folder)
+    history.csv        one row per finished epoch (Keras CSVLogger)
+    checkpoints/       last.keras (every epoch) and backup/ (resume state)
+    model.keras        the best model (lowest validation loss)
+    metrics.json       validation and test results (agegender-eval keys)
+    report/            report.md, metrics.json and plots for the test split
+
+A run killed at any point and started again with the same ``out`` folder continues from the last
+finished epoch (``keras.callbacks.BackupAndRestore``), with early stopping, the best-model checkpoint
+and ``history.csv`` picking up where they were.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+LR_SCHEDULES = ("constant", "plateau")
+SEED_RECIPE = {
+    "model_a": {"gender_accuracy": 0.902, "age_mae": 6.84},
+    "model_b": {"gender_accuracy": 0.80, "age_mae": 8.51},
+}
+
+
+class MissingExtraError(ImportError):
+    """The ``app`` extra (utkface-data, agegender-eval) is not installed."""
+
+
+def _app_modules() -> tuple[Any, Any]:
+    try:
+        import agegender_eval
+        import utkface_data
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingExtraError(
+            "training and evaluation need the 'app' extra: pip install 'agegender-models[app]' "
+            f"(missing module: {exc.name})"
+        ) from exc
+    return utkface_data, agegender_eval
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run; serialised as-is into ``config.json``."""
+
+    out: str
+    data_dir: str | None = None
+    splits: str | None = None
+    backbone: str = "custom_cnn"
+    n: int | None = 5000
+    seed: int = 0
+    val: float = 0.15
+    test: float = 0.15
+    image_size: int = 128
+    batch_size: int = 32
+    epochs: int = 100
+    patience: int = 10
+    learning_rate: float = 1e-3
+    gender_loss_weight: float = 1.0
+    age_loss_weight: float = 1.0
+    lr_schedule: str = "constant"
+    augment: bool = False
+    precision: str = "auto"
+    strategy: str = "default"
+    weights: str | None = None
+    trainable_layers: int | None = None
+    cache: str | None = "memory"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.n is not None and self.n < 3:
+            raise ValueError(f"n must be at least 3 (one image per split). Received: n={self.n}")
+        if not 0 < self.val < 1 or not 0 < self.test < 1 or self.val + self.test >= 1:
+            raise ValueError(
+                "val and test must be fractions in (0, 1) whose sum is below 1. "
+                f"Received: val={self.val}, test={self.test}"
+            )
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be at least 32. Received: image_size={self.image_size}")
+        for name in ("batch_size", "epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer. Received: {name}={getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive. Received: learning_rate={self.learning_rate}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}. Received: strategy={self.strategy!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {LR_SCHEDULES}. Received: lr_schedule={self.lr_schedule!r}"
+            )
+        if self.data_dir is None and self.splits is None and not os.environ.get("UTKFACE_DIR"):
+            raise ValueError(
+                "no data: pass data_dir (--data-dir) or set the UTKFACE_DIR environment variable "
+                "to a folder of UTKFace images"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Distribution
+
+
+def make_strategy(name: str = "default"):
+    """Return a ``tf.distribute`` strategy by name.
+
+    ``mirrored`` uses every GPU; on a machine without one it splits the CPU into two logical devices
+    (this must happen before TensorFlow initialises its devices: call it first). ``multi_worker``
+    reads the cluster from ``TF_CONFIG`` as TensorFlow documents.
+    """
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}. Received: strategy={name!r}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+        )
+    except RuntimeError:
+        pass  # devices already initialised: use what exists
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+# --------------------------------------------------------------------------------------------------
+# Resumable bookkeeping
+
+
+def _read_history(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _make_resume_callback(history_path: Path, early_stopping, checkpoint):
+    """A callback that, on (re)start, aligns history.csv and the callbacks' state with the backup."""
+    import keras
+
+    class ResumeState(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            initial_epoch = int(getattr(self.model, "_initial_epoch", 0) or 0)
+            rows = [r for r in _read_history(history_path) if int(r["epoch"]) < initial_epoch]
+            if history_path.exists():
+                # Drop epochs that were logged but not backed up (killed in between).
+                with history_path.open("w", newline="") as f:
+                    if rows:
+                        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                        writer.writeheader()
+                        writer.writerows(rows)
+            losses = [float(r["val_loss"]) for r in rows if r.get("val_loss") not in (None, "")]
+            if not losses:
+                return
+            best_index = min(range(len(losses)), key=losses.__getitem__)
+            early_stopping.best = losses[best_index]
+            early_stopping.best_epoch = best_index
+            early_stopping.wait = len(losses) - 1 - best_index
+            checkpoint.best = losses[best_index]
+
+    return ResumeState()
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def _fingerprint(frame) -> str:
+    """SHA-256 over the sorted (path, age, gender, race, file size) of the images used."""
+    digest = hashlib.sha256()
+    for row in frame.sort_values("path").itertuples(index=False):
+        digest.update(f"{row.path},{row.age},{row.gender},{row.race}\n".encode())
+    return digest.hexdigest()
+
+
+def prepare_splits(config: TrainConfig, out: Path):
+    """Index + subset + split (or load the given split files); returns (splits, root, index report)."""
+    utkface_data, _ = _app_modules()
+    splits_out = out / "splits"
+    if config.splits is not None:
+        root = Path(config.data_dir or os.environ["UTKFACE_DIR"])
+        splits = utkface_data.load_splits(config.splits, root=root)
+        report = None
+    elif (splits_out / "train.csv").exists():
+        # Resuming: keep exactly the split the run started with.
+        root = Path(config.data_dir or os.environ["UTKFACE_DIR"])
+        splits = utkface_data.load_splits(splits_out, root=root)
+        report = None
+    else:
+        index = utkface_data.index_folder(config.data_dir, progress=False)
+        root = index.root
+        frame = index.frame
+        if config.n is not None and config.n < len(frame):
+            frame = utkface_data.subset(frame, config.n, seed=config.seed)
+        splits = utkface_data.split_frame(frame, val=config.val, test=config.test, seed=config.seed)
+        report = index.report
+    utkface_data.save_splits(splits, splits_out)
+    return splits, Path(root), report
+
+
+def _dataset(frame, root: Path, config: TrainConfig, *, training: bool):
+    utkface_data, _ = _app_modules()
+    return utkface_data.make_dataset(
+        frame,
+        root=root,
+        image_size=(config.image_size, config.image_size),
+        batch_size=config.batch_size,
+        scaling="uint8",
+        shuffle=training,
+        augment=training and config.augment,
+        cache=config.cache,
+        seed=config.seed,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def predict_frame(model, frame, root: Path, *, image_size: int, batch_size: int = 64) -> dict[str, Any]:
+    """Predict age and P(female) for every row of a split frame (in order)."""
+    import numpy as np
+
+    utkface_data, _ = _app_modules()
+    dataset = utkface_data.make_dataset(
+        frame, root=root, image_size=(image_size, image_size), batch_size=batch_size, scaling="uint8"
+    )
+    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    return {
+        "age": np.asarray(outputs["age"], dtype="float64").reshape(-1),
+        "p_female": np.asarray(outputs["gender"], dtype="float64").reshape(-1),
+    }
+
+
+def evaluate_frame(model, frame, root: Path, *, image_size: int, batch_size: int = 64):
+    """Evaluate a model on a split frame; returns an ``agegender_eval`` result."""
+    _, agegender_eval = _app_modules()
+    predictions = predict_frame(model, frame, root, image_size=image_size, batch_size=batch_size)
+    frame = frame.reset_index(drop=True)
+    return agegender_eval.evaluate(
+        frame[["age", "gender"]], predictions, groups=frame[["race"]]
+    ), predictions
+
+
+def write_evaluation(model, frame, root: Path, out: Path, *, image_size: int, title: str,
+                     history=None, extra: dict[str, Any] | None = None):
+    """Evaluate on ``frame`` and write ``out/report.md``, ``out/metrics.json`` and the plots."""
+    _, agegender_eval = _app_modules()
+    result, _ = evaluate_frame(model, frame, root, image_size=image_size)
+    figures = agegender_eval.standard_figures(result, history=history)
+    agegender_eval.write_report(result, figures, out, title=title, extra=extra)
+    import matplotlib.pyplot as plt
+
+    for figure in figures.values():
+        plt.close(figure)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for dist in ("tensorflow", "keras", "numpy", "pandas", "utkface-data", "agegender-models",
+                 "agegender-eval"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
+
+
+def train(config: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
+    """Run one training job as described in the module docstring; returns the metrics dict."""
+    config.validate()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    strategy = make_strategy(config.strategy)  # before anything initialises TensorFlow's devices
+
+    import keras
+    import pandas as pd
+
+    from agegender_models import compile_model, create_model
+    from agegender_models.precision import active_precision, set_precision
+
+    keras.utils.set_random_seed(config.seed)
+    precision = set_precision(config.precision)
+    splits, root, report = prepare_splits(config, out)
+
+    with strategy.scope():
+        model_kwargs = dict(config.model_kwargs)
+        if config.trainable_layers is not None:
+            model_kwargs["trainable_layers"] = config.trainable_layers
+        model = create_model(
+            config.backbone,
+            input_shape=(config.image_size, config.image_size, 3),
+            weights=config.weights,
+            **model_kwargs,
+        )
+        compile_model(
+            model,
+            learning_rate=config.learning_rate,
+            loss_weights={"gender": config.gender_loss_weight, "age": config.age_loss_weight},
+        )
+
+    run_config = {
+        "config": dataclasses.asdict(config),
+        "precision": active_precision(),
+        "precision_requested": config.precision,
+        "precision_resolved": precision,
+        "strategy": type(strategy).__name__,
+        "replicas": strategy.num_replicas_in_sync,
+        "data_root": str(root),
+        "dataset_fingerprint": _fingerprint(pd.concat([splits.train, splits.val, splits.test])),
+        "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "versions": _versions(),
+        "platform": platform.platform(),
+        "seed_recipe": SEED_RECIPE,
+    }
+    if report is not None:
+        run_config["index_report"] = {
+            "files_seen": report.files_seen,
+            "indexed": report.indexed,
+            "quarantined": list(report.quarantined),
+            "not_images": list(report.not_images),
+        }
+    (out / "config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
+
+    train_ds = _dataset(splits.train, root, config, training=True)
+    val_ds = _dataset(splits.val, root, config, training=False)
+
+    history_path = out / "history.csv"
+    checkpoints = out / "checkpoints"
+    checkpoints.mkdir(exist_ok=True)
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.patience, restore_best_weights=False
+    )
+    best_checkpoint = keras.callbacks.ModelCheckpoint(
+        out / "model.keras", monitor="val_loss", save_best_only=True
+    )
+    # Order matters at train begin: BackupAndRestore sets the initial epoch, EarlyStopping resets
+    # its state, then ResumeState restores it from history.csv before CSVLogger opens the file.
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(checkpoints / "backup")),
+        best_checkpoint,
+        keras.callbacks.ModelCheckpoint(checkpoints / "last.keras"),
+        early_stopping,
+        _make_resume_callback(history_path, early_stopping, best_checkpoint),
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+    ]
+    if config.lr_schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-5
+            )
+        )
+
+    started = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+              verbose=verbose)
+    wall_s = time.perf_counter() - started
+
+    from agegender_models import load_model
+
+    best = load_model(out / "model.keras")
+    history = pd.read_csv(history_path) if history_path.exists() else None
+    epochs_run = 0 if history is None else len(history)
+    best_epoch = None
+    if history is not None and "val_loss" in history and len(history):
+        best_epoch = int(history["epoch"].iloc[int(history["val_loss"].idxmin())]) + 1
+    size = config.image_size
+    val_result, _ = evaluate_frame(best, splits.val, root, image_size=size)
+    test_result = write_evaluation(
+        best, splits.test, root, out / "report", image_size=size,
+        title=f"{config.backbone} on the held-out test split", history=history,
+        extra={"split": "test", "backbone": config.backbone},
+    )
+    metrics = {
+        "backbone": config.backbone,
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "wall_s_this_session": round(wall_s, 1),
+        "validation": val_result.to_dict(),
+        "test": test_result.to_dict(),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    return metrics
