@@ -1,0 +1,317 @@
+"""Index a UTKFace folder into a DataFrame, with a report that reconciles every file seen."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ._paths import get_data_dir
+from .errors import DatasetError, MalformedNameError
+from .naming import (
+    GENDER_NAMES,
+    RACE_NAMES,
+    FaceLabels,
+    load_corrections,
+    looks_like_image,
+    parse_filename,
+)
+
+__all__ = [
+    "AGE_BINS",
+    "AGE_BIN_LABELS",
+    "AGE_GROUPS",
+    "DEFAULT_MAX_PIXELS",
+    "DatasetIndex",
+    "IndexReport",
+    "age_bin",
+    "age_group",
+    "check_image",
+    "index_folder",
+]
+
+# Reporting groups used across the project (per-age-group metrics).
+AGE_GROUPS: tuple[str, ...] = ("under 10", "10–17", "18+")
+_AGE_GROUP_EDGES = np.array([10, 18])
+
+# Finer bins used for stratified splitting and the index report.
+AGE_BINS: tuple[int, ...] = (0, 10, 18, 30, 45, 60, 117)
+AGE_BIN_LABELS: tuple[str, ...] = ("0-9", "10-17", "18-29", "30-44", "45-59", "60+")
+
+# Decompression-bomb guard for --verify-images (PIL's own default warns at ~89 Mpx).
+DEFAULT_MAX_PIXELS = 40_000_000
+
+COLUMNS = ["path", "age", "gender", "race", "datetime"]
+
+
+def _ages(ages: Iterable[int] | int) -> np.ndarray:
+    arr = np.asarray(ages)
+    if arr.size and (not np.issubdtype(arr.dtype, np.number) or np.any(arr < 0)):
+        raise ValueError(f"ages must be non-negative numbers. Received: ages={arr[:5]!r}")
+    return arr
+
+
+def age_group(ages: Iterable[int] | int) -> np.ndarray:
+    """Map ages to the reporting groups in ``AGE_GROUPS``: "under 10" (0-9), "10–17", "18+"."""
+    arr = _ages(ages)
+    idx = np.searchsorted(_AGE_GROUP_EDGES, arr, side="right")
+    return np.asarray(AGE_GROUPS, dtype=object)[idx]
+
+
+def age_bin(ages: Iterable[int] | int) -> np.ndarray:
+    """Map ages to the stratification bins ``AGE_BIN_LABELS`` (0-9, 10-17, 18-29, 30-44, 45-59, 60+)."""
+    arr = _ages(ages)
+    idx = np.searchsorted(np.asarray(AGE_BINS[1:-1]), arr, side="right")
+    return np.asarray(AGE_BIN_LABELS, dtype=object)[idx]
+
+
+@dataclass
+class IndexReport:
+    """What ``index_folder`` saw. ``indexed + len(quarantined) + len(not_images) == files_seen``."""
+
+    root: str
+    files_seen: int
+    indexed: int
+    quarantined: list[dict[str, str]] = field(default_factory=list)
+    not_images: list[str] = field(default_factory=list)
+    corrected: list[str] = field(default_factory=list)
+    by_gender: dict[str, int] = field(default_factory=dict)
+    by_race: dict[str, int] = field(default_factory=dict)
+    by_age_bin: dict[str, int] = field(default_factory=dict)
+    by_age_group: dict[str, int] = field(default_factory=dict)
+    verified_images: bool = False
+
+    @property
+    def reconciles(self) -> bool:
+        return self.indexed + len(self.quarantined) + len(self.not_images) == self.files_seen
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (the ``utkface-data index --json`` output)."""
+        return {
+            "root": self.root,
+            "files_seen": self.files_seen,
+            "indexed": self.indexed,
+            "quarantined": [dict(q) for q in self.quarantined],
+            "not_images": list(self.not_images),
+            "corrected": list(self.corrected),
+            "by_gender": dict(self.by_gender),
+            "by_race": dict(self.by_race),
+            "by_age_bin": dict(self.by_age_bin),
+            "by_age_group": dict(self.by_age_group),
+            "verified_images": self.verified_images,
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"UTKFace index of {self.root}",
+            f"  files seen:   {self.files_seen}",
+            f"  indexed:      {self.indexed}" + (f" ({len(self.corrected)} by corrections)" if self.corrected else ""),
+            f"  quarantined:  {len(self.quarantined)}",
+            f"  not images:   {len(self.not_images)}",
+            f"  images decoded and checked: {'yes' if self.verified_images else 'no (use --verify-images)'}",
+        ]
+        total = max(self.indexed, 1)
+        for title, counts in (
+            ("gender", self.by_gender),
+            ("race", self.by_race),
+            ("age bin", self.by_age_bin),
+            ("age group", self.by_age_group),
+        ):
+            lines.append(f"By {title}:")
+            for key, n in counts.items():
+                lines.append(f"  {key:<10} {n:>7}  {100 * n / total:5.1f}%")
+        if self.quarantined:
+            lines.append("Quarantined (left out of the index):")
+            lines.extend(f"  {q['file']}: {q['reason']}" for q in self.quarantined)
+        if self.not_images:
+            lines.append("Not images (ignored):")
+            lines.extend(f"  {n}" for n in self.not_images)
+        return "\n".join(lines)
+
+
+@dataclass
+class DatasetIndex:
+    """An indexed UTKFace folder: ``frame`` (one row per usable image), ``root`` and ``report``."""
+
+    frame: pd.DataFrame
+    root: Path
+    report: IndexReport
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def absolute_paths(self) -> list[str]:
+        return [str(self.root / p) for p in self.frame["path"]]
+
+
+def check_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict[str, Any] | None, str | None]:
+    """Fully decode one image with PIL. Returns ``(info, None)`` or ``(None, reason)``.
+
+    ``info`` has ``width``, ``height`` and ``mode`` (the stored mode: "RGB", "L", "RGBA", ...).
+    The size is checked from the header *before* decoding, so a decompression bomb is
+    rejected without allocating it.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height, mode, fmt = im.width, im.height, im.mode, im.format
+            if width * height > max_pixels:
+                return None, (
+                    f"image too large: {width}x{height} = {width * height} pixels exceeds "
+                    f"max_pixels={max_pixels} (decompression-bomb guard)"
+                )
+            if fmt not in ("JPEG", "PNG"):
+                return None, f"unsupported image format {fmt} (expected JPEG or PNG)"
+            im.load()
+    except Image.DecompressionBombError as exc:
+        return None, f"image too large (decompression-bomb guard): {exc}"
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
+        return None, f"cannot decode image: {type(exc).__name__}: {exc}"
+    return {"width": width, "height": height, "mode": mode}, None
+
+
+def _scan(root: Path, recursive: bool) -> list[str]:
+    """Relative POSIX paths of every regular file under root (top level unless recursive)."""
+    found: list[str] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=True):
+                    if recursive:
+                        stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=True):
+                    found.append(Path(entry.path).relative_to(root).as_posix())
+    found.sort()
+    return found
+
+
+def _counts(values: Iterable[Any], order: Iterable[Any], names: Mapping[Any, str] | None = None) -> dict[str, int]:
+    series = pd.Series(list(values), dtype=object)
+    vc = series.value_counts()
+    return {(names[k] if names else str(k)): int(vc.get(k, 0)) for k in order}
+
+
+def index_folder(
+    directory: str | os.PathLike[str] | None = None,
+    *,
+    recursive: bool = False,
+    verify_images: bool = False,
+    corrections: str | os.PathLike[str] | Mapping[str, FaceLabels] | None = None,
+    strict: bool = False,
+    progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+) -> DatasetIndex:
+    """Index a folder of UTKFace images.
+
+    Args:
+        directory: the image folder; ``None`` uses the ``UTKFACE_DIR`` environment variable.
+        recursive: also index sub-folders (paths stay relative to ``directory``).
+        verify_images: decode every image with PIL (in threads) and quarantine the ones that
+            cannot be decoded, are empty or exceed ``max_pixels``; adds ``width``, ``height``,
+            ``mode`` columns.
+        corrections: CSV (``file,age,gender,race[,datetime]``) or mapping that gives labels for
+            named files, used instead of the file name (e.g. for the known malformed names).
+        strict: raise ``DatasetError`` naming every malformed or unreadable file instead of
+            quarantining them.
+        progress: show a tqdm progress bar (stderr) for long scans.
+
+    Returns a ``DatasetIndex``: ``frame`` sorted by ``path`` with columns path, age, gender,
+    race, datetime (+ width, height, mode when verified), the ``root`` and a ``report``.
+
+    Raises ``FileNotFoundError``/``NotADirectoryError`` for a missing folder and
+    ``DatasetError`` when the folder holds no usable images (or, with ``strict``, any bad file).
+    """
+    if not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise ValueError(f"max_pixels must be a positive integer. Received: max_pixels={max_pixels!r}")
+    if workers is not None and (not isinstance(workers, int) or workers <= 0):
+        raise ValueError(f"workers must be a positive integer or None. Received: workers={workers!r}")
+    root = get_data_dir(directory)
+    table = load_corrections(corrections)
+
+    files = _scan(root, recursive)
+    rows: list[dict[str, Any]] = []
+    quarantined: list[dict[str, str]] = []
+    not_images: list[str] = []
+    corrected: list[str] = []
+    for rel in tqdm(files, desc="index", unit="file", disable=not progress or len(files) < 2000, leave=False):
+        name = rel.rsplit("/", 1)[-1]
+        if not looks_like_image(name):
+            not_images.append(rel)
+            continue
+        labels = table.get(rel) or table.get(name)
+        if labels is not None:
+            corrected.append(rel)
+        else:
+            try:
+                labels = parse_filename(name)
+            except MalformedNameError as exc:
+                quarantined.append({"file": rel, "reason": f"malformed name: {exc.reason}"})
+                continue
+        if os.path.getsize(root / rel) == 0:
+            quarantined.append({"file": rel, "reason": "empty file (0 bytes)"})
+            continue
+        rows.append({"path": rel, "age": labels.age, "gender": labels.gender, "race": labels.race, "datetime": labels.datetime})
+
+    if verify_images and rows:
+        n_workers = workers or min(8, (os.cpu_count() or 1) + 1)
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            results = list(
+                tqdm(
+                    pool.map(lambda r: check_image(root / r["path"], max_pixels=max_pixels), rows),
+                    total=len(rows), desc="verify", unit="img", disable=not progress or len(rows) < 200, leave=False,
+                )
+            )
+        kept = []
+        for row, (info, reason) in zip(rows, results, strict=True):
+            if reason is not None:
+                quarantined.append({"file": row["path"], "reason": reason})
+            else:
+                kept.append({**row, **info})  # type: ignore[dict-item]
+        rows = kept
+
+    quarantined.sort(key=lambda q: q["file"])
+    if strict and quarantined:
+        raise DatasetError(
+            f"{len(quarantined)} bad file(s) in {root} (strict mode):\n"
+            + "\n".join(f"  {q['file']}: {q['reason']}" for q in quarantined)
+        )
+    extra = ["width", "height", "mode"] if verify_images else []
+    frame = pd.DataFrame(rows, columns=COLUMNS + extra)
+    frame = frame.astype({"age": "int64", "gender": "int64", "race": "int64", "datetime": str})
+    if verify_images:
+        frame = frame.astype({"width": "int64", "height": "int64", "mode": str})
+    frame = frame.sort_values("path", kind="mergesort").reset_index(drop=True)
+
+    report = IndexReport(
+        root=str(root),
+        files_seen=len(files),
+        indexed=len(frame),
+        quarantined=quarantined,
+        not_images=not_images,
+        corrected=sorted(corrected),
+        by_gender=_counts(frame["gender"], GENDER_NAMES, GENDER_NAMES),
+        by_race=_counts(frame["race"], RACE_NAMES, RACE_NAMES),
+        by_age_bin=_counts(age_bin(frame["age"].to_numpy()), AGE_BIN_LABELS),
+        by_age_group=_counts(age_group(frame["age"].to_numpy()), AGE_GROUPS),
+        verified_images=verify_images,
+    )
+    if frame.empty:
+        if not files:
+            raise DatasetError(f"folder is empty: {root}" + ("" if recursive else " (use recursive=True / --recursive for sub-folders)"))
+        detail = "; ".join(f"{q['file']}: {q['reason']}" for q in quarantined[:3])
+        raise DatasetError(
+            f"no usable UTKFace images in {root}: {len(files)} file(s) seen, "
+            f"{len(not_images)} not images, {len(quarantined)} quarantined" + (f" (e.g. {detail})" if detail else "")
+        )
+    return DatasetIndex(frame=frame, root=root, report=report)
