@@ -87,7 +87,7 @@ def test_configurable_bins_groups_and_cs():
     d = r.to_dict()
     assert d["age_cs"] == {"0": 0.5, "2": 0.75}
     assert d["age_mae_by_bin"] == {"0–19": 1.0, "20+": 2.5}
-    assert d["config"]["age_groups"] == {"child": 0.0, "adult": 18.0}
+    assert d["eval_config"]["age_groups"] == {"child": 0.0, "adult": 18.0}
 
 
 def test_race_codes_are_named_and_extra_groups_kept():

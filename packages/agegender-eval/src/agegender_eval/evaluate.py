@@ -111,7 +111,7 @@ class EvalResult:
             col: {str(val): _metrics_json(row) for val, row in df.iterrows()}
             for col, df in self.by_group.items()
         }
-        out["config"] = {
+        out["eval_config"] = {
             "threshold": self.threshold,
             "cs_ks": [cs_key(k) for k in self.cs_ks],
             "age_bins": dict(self.age_bins),
