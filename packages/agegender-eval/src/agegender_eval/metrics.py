@@ -133,9 +133,11 @@ def cumulative_score(age_true: Any, age_pred: Any, ks: Iterable[float] = DEFAULT
     {'1': 0.5, '5': 0.5}
     """
     t, p = _age_pair(age_true, age_pred)
-    ks_ = validate_cs_ks(ks)
-    abs_err = np.abs(p - t)
-    return {cs_key(k): float(np.mean(abs_err <= k)) for k in ks_}
+    return _cs(np.abs(p - t), validate_cs_ks(ks))
+
+
+def _cs(abs_err: np.ndarray, ks: tuple[float, ...]) -> dict[str, float]:
+    return {cs_key(k): float(np.mean(abs_err <= k)) for k in ks}
 
 
 def age_metrics(age_true: Any, age_pred: Any, *, cs_ks: Iterable[float] = DEFAULT_CS_KS) -> dict[str, float]:
@@ -149,8 +151,8 @@ def age_metrics(age_true: Any, age_pred: Any, *, cs_ks: Iterable[float] = DEFAUL
         "age_rmse": float(np.sqrt(np.mean(err**2))),
         "age_bias": float(np.mean(err)),
     }
-    for k in ks:
-        out[f"age_cs_{cs_key(k)}"] = float(np.mean(abs_err <= k))
+    for key, share in _cs(abs_err, ks).items():
+        out[f"age_cs_{key}"] = share
     return out
 
 
