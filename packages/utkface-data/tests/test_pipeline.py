@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from utkface_data import index_folder, make_dataset  # noqa: E402
+
+SIZE = (16, 16)
+
+
+@pytest.fixture
+def frame(utk_folder: Path) -> pd.DataFrame:
+    return index_folder(utk_folder, progress=False).frame
+
+
+def _collect(ds):
+    xs, gs, ages = [], [], []
+    for x, y in ds:
+        xs.append(x.numpy())
+        gs.append(y["gender"].numpy())
+        ages.append(y["age"].numpy())
+    return np.concatenate(xs), np.concatenate(gs), np.concatenate(ages)
+
+
+def test_batches_shapes_targets_and_scalings(frame: pd.DataFrame, utk_folder: Path) -> None:
+    ds = make_dataset(frame, root=utk_folder, image_size=SIZE, batch_size=8)
+    x, y = next(iter(ds))
+    assert x.dtype == tf.uint8 and tuple(x.shape) == (8, 16, 16, 3)
+    assert set(y) == {"gender", "age"} and y["gender"].dtype == tf.float32 and tuple(y["age"].shape) == (8,)
+    images, genders, ages = _collect(ds)
+    assert len(images) == len(frame)
+    np.testing.assert_array_equal(ages, frame["age"].to_numpy(np.float32))  # order kept without shuffle
+    np.testing.assert_array_equal(genders, frame["gender"].to_numpy(np.float32))
+    unit, _, _ = _collect(make_dataset(frame, root=utk_folder, image_size=SIZE, scaling="unit"))
+    flt, _, _ = _collect(make_dataset(frame, root=utk_folder, image_size=SIZE, scaling="float"))
+    assert unit.dtype == np.float32 and 0.0 <= unit.min() and unit.max() <= 1.0
+    np.testing.assert_allclose(flt, images.astype(np.float32))
+    np.testing.assert_allclose(unit, images / 255.0, atol=1e-6)
+
+
+def test_pixels_match_pil(tmp_path: Path, image_writer) -> None:
+    from PIL import Image
+
+    png = image_writer(tmp_path / "5_0_0_20170103000000001.png", size=(24, 24))
+    jpg = image_writer(tmp_path / "6_0_0_20170103000000002.jpg", size=(24, 24))
+    frame = index_folder(tmp_path, progress=False).frame
+    images, _, _ = _collect(make_dataset(frame, root=tmp_path, image_size=(24, 24)))
+    with Image.open(png) as im:
+        np.testing.assert_array_equal(images[0], np.asarray(im))  # lossless, same size: exact
+    with Image.open(jpg) as im:  # JPEG decoders may differ by a few levels
+        assert np.abs(images[1].astype(int) - np.asarray(im).astype(int)).mean() < 3
+
+
+def test_grayscale_rgba_png_become_rgb(tmp_path: Path, image_writer) -> None:
+    image_writer(tmp_path / "1_0_0_20170103000000001.jpg", mode="L", size=(20, 30))
+    image_writer(tmp_path / "2_1_1_20170103000000002.png", mode="RGBA")
+    image_writer(tmp_path / "3_0_2_20170103000000003.PNG", mode="L")
+    frame = index_folder(tmp_path, progress=False).frame
+    images, _, ages = _collect(make_dataset(frame, root=tmp_path, image_size=SIZE))
+    assert images.shape == (3, 16, 16, 3)
+    assert list(ages) == [1.0, 2.0, 3.0]
+    assert np.array_equal(images[0, ..., 0], images[0, ..., 1])  # gray replicated
+
+
+def _with_bad_files(utk_folder: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    good = (utk_folder / frame["path"].iloc[0]).read_bytes()
+    (utk_folder / "40_0_0_20170103000000001.jpg").write_bytes(good[: len(good) // 2])
+    (utk_folder / "41_0_0_20170103000000002.jpg").write_bytes(b"")
+    (utk_folder / "42_0_0_20170103000000003.jpg").write_text("plain text, not an image")
+    # As if from a split file written before the files went bad (the index would quarantine them).
+    extra = pd.DataFrame(
+        {"path": [f"4{i}_0_0_2017010300000000{i + 1}.jpg" for i in range(3)], "age": 40, "gender": 0, "race": 0}
+    )
+    return pd.concat([frame, extra], ignore_index=True)
+
+
+def test_corrupt_image_error_names_file(frame: pd.DataFrame, utk_folder: Path) -> None:
+    bad = _with_bad_files(utk_folder, frame)
+    truncated = bad[bad["path"] == "40_0_0_20170103000000001.jpg"]
+    ds = make_dataset(pd.concat([frame.iloc[:3], truncated]), root=utk_folder, image_size=SIZE, batch_size=2)
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        _collect(ds)
+    message = str(info.value)
+    assert "40_0_0_20170103000000001.jpg" in message and "truncated JPEG" in message
+
+
+def test_skip_mode_drops_and_names_files(frame: pd.DataFrame, utk_folder: Path, capfd) -> None:
+    bad = _with_bad_files(utk_folder, frame)
+    images, _, _ = _collect(make_dataset(bad, root=utk_folder, image_size=SIZE, on_error="skip"))
+    assert len(images) == len(frame)
+    err = capfd.readouterr().err
+    for name, reason in (
+        ("40_0_0_20170103000000001.jpg", "truncated"),
+        ("41_0_0_20170103000000002.jpg", "0 bytes"),
+        ("42_0_0_20170103000000003.jpg", "not a JPEG or PNG"),
+    ):
+        line = next(line for line in err.splitlines() if name in line)
+        assert reason in line and "skipped" in line
+
+
+def test_missing_file_fails_before_training(frame: pd.DataFrame, utk_folder: Path) -> None:
+    (utk_folder / frame["path"].iloc[5]).unlink()
+    with pytest.raises(FileNotFoundError, match=frame["path"].iloc[5]):
+        make_dataset(frame, root=utk_folder)
+
+
+def test_cache_shuffle_augment(frame: pd.DataFrame, utk_folder: Path, tmp_path: Path) -> None:
+    kw = dict(root=utk_folder, image_size=SIZE, batch_size=6, shuffle=True, seed=1)
+    plain, _, plain_age = _collect(make_dataset(frame, **kw))
+    for cache in ("memory", str(tmp_path / "cache")):
+        ds = make_dataset(frame, cache=cache, **kw)
+        e1, _, a1 = _collect(ds)
+        e2, _, a2 = _collect(ds)
+        assert sorted(a1) == sorted(a2) == sorted(plain_age)
+        assert not np.array_equal(a1, a2)  # reshuffled each epoch
+    assert list(tmp_path.glob("cache*"))
+    aug1, _, age1 = _collect(make_dataset(frame, augment=True, **kw))
+    aug2, _, age2 = _collect(make_dataset(frame, augment=True, **kw))
+    np.testing.assert_array_equal(aug1, aug2)  # reproducible for a seed
+    np.testing.assert_array_equal(age1, plain_age)
+    assert aug1.shape == plain.shape and not np.array_equal(aug1, plain)
+
+
+def test_repeat_drop_remainder(frame: pd.DataFrame, utk_folder: Path) -> None:
+    ds = make_dataset(frame, root=utk_folder, image_size=SIZE, batch_size=5, repeat=True, drop_remainder=True)
+    batches = list(ds.take(7))
+    assert all(b[0].shape[0] == 5 for b in batches)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scaling": "minus1"}, "Received: scaling='minus1'"),
+        ({"image_size": (0, 10)}, "Received: image_size=\\(0, 10\\)"),
+        ({"batch_size": 0}, "Received: batch_size=0"),
+        ({"on_error": "ignore"}, "Received: on_error='ignore'"),
+        ({"cache": 3}, "Received: cache=3"),
+    ],
+)
+def test_argument_validation(frame: pd.DataFrame, utk_folder: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make_dataset(frame, root=utk_folder, **kwargs)
+
+
+@pytest.mark.slow
+def test_real_images_stream(shared_dir: Path) -> None:
+    idx = index_folder(shared_dir, progress=False)
+    ds = make_dataset(idx.frame.iloc[:64], root=shared_dir, batch_size=32, scaling="unit")
+    x, y = next(iter(ds))
+    assert tuple(x.shape) == (32, 128, 128, 3) and float(x.numpy().max()) <= 1.0
