@@ -202,3 +202,13 @@ def test_never_imports_tensorflow_or_sibling_packages():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_standard_figures_from_frames_tuple():
+    y_true = {"age": [5, 15, 30, 60], "gender": [0, 1, 0, 1]}
+    y_pred = {"age": [6, 14, 33, 55], "p_female": [0.2, 0.7, 0.6, 0.9]}
+    figs = standard_figures((y_true, y_pred, {"race": [0, 1, 2, 3]}))
+    assert "training_curves" not in figs
+    assert [ax.get_title() for ax in _axes(figs["fairness"])][:3] == ["by age_group", "by gender", "by race"]
+    with pytest.raises(ValueError, match="EvalResult"):
+        standard_figures([y_true, y_pred])

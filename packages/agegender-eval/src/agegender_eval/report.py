@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -77,7 +78,8 @@ def write_report(
 def _extra_table(extra: Mapping[str, Any]) -> str:
     lines = ["| key | value |", "|:---|:---|"]
     for k, v in extra.items():
-        text = str(v).replace("|", "\\|").replace("\n", " ")
+        raw = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+        text = raw.replace("|", "\\|").replace("\n", " ").replace("`", "'")
         if len(text) > 120:
             text = text[:117] + "…"
         lines.append(f"| {str(k).replace('|', chr(92) + '|')} | `{text}` |")
