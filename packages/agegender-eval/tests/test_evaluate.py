@@ -97,6 +97,8 @@ def test_race_codes_are_named_and_extra_groups_kept():
     r = evaluate(y_true, y_pred, groups=groups)
     assert list(r.by_group["race"].index) == ["White", "Black", "Others", "unknown"]
     assert dict(r.by_group["camera"]["n"]) == {"a": 2, "b": 1, "unknown": 1}
+    mixed = evaluate(y_true, y_pred, groups={"race": [2, None, 2, 3]})
+    assert dict(mixed.by_group["race"]["n"]) == {"Asian": 2, "Indian": 1, "unknown": 1}
     with pytest.raises(ValueError, match="race"):
         evaluate(y_true, y_pred, groups={"race": [0, 1, 7, 2]})
 

@@ -236,6 +236,10 @@ def _group_frame(groups: Any, n: int) -> pd.DataFrame:
 
 def _race_column(values: pd.Series) -> pd.Series:
     """UTKFace race codes 0–4 → names (ordered categorical); names pass through; NaN → "unknown"."""
+    if values.dtype == object:  # e.g. ints mixed with None
+        coerced = pd.to_numeric(values, errors="coerce")
+        if coerced.isna().sum() == values.isna().sum():
+            values = coerced
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         v = values.to_numpy(dtype=float)
         known = ~np.isnan(v)
