@@ -38,7 +38,7 @@ def test_batches_shapes_targets_and_scalings(frame: pd.DataFrame, utk_folder: Pa
     np.testing.assert_array_equal(genders, frame["gender"].to_numpy(np.float32))
     unit, _, _ = _collect(make_dataset(frame, root=utk_folder, image_size=SIZE, scaling="unit"))
     flt, _, _ = _collect(make_dataset(frame, root=utk_folder, image_size=SIZE, scaling="float"))
-    assert unit.dtype == np.float32 and 0.0 <= unit.min() and unit.max() <= 1.0
+    assert unit.dtype == np.float32 and unit.min() >= 0.0 and unit.max() <= 1.0
     np.testing.assert_allclose(flt, images.astype(np.float32))
     np.testing.assert_allclose(unit, images / 255.0, atol=1e-6)
 
@@ -72,9 +72,12 @@ def _with_bad_files(utk_folder: Path, frame: pd.DataFrame) -> pd.DataFrame:
     (utk_folder / "40_0_0_20170103000000001.jpg").write_bytes(good[: len(good) // 2])
     (utk_folder / "41_0_0_20170103000000002.jpg").write_bytes(b"")
     (utk_folder / "42_0_0_20170103000000003.jpg").write_text("plain text, not an image")
+    corrupt = bytearray(good)
+    corrupt[20:300] = np.random.default_rng(0).integers(0, 256, 280, dtype=np.uint8).tobytes()
+    (utk_folder / "43_0_0_20170103000000004.jpg").write_bytes(bytes(corrupt))  # markers intact
     # As if from a split file written before the files went bad (the index would quarantine them).
     extra = pd.DataFrame(
-        {"path": [f"4{i}_0_0_2017010300000000{i + 1}.jpg" for i in range(3)], "age": 40, "gender": 0, "race": 0}
+        {"path": [f"4{i}_0_0_2017010300000000{i + 1}.jpg" for i in range(4)], "age": 40, "gender": 0, "race": 0}
     )
     return pd.concat([frame, extra], ignore_index=True)
 
@@ -87,6 +90,10 @@ def test_corrupt_image_error_names_file(frame: pd.DataFrame, utk_folder: Path) -
         _collect(ds)
     message = str(info.value)
     assert "40_0_0_20170103000000001.jpg" in message and "truncated JPEG" in message
+    corrupt = bad[bad["path"] == "43_0_0_20170103000000004.jpg"]
+    ds = make_dataset(pd.concat([corrupt, frame.iloc[:3]]), root=utk_folder, image_size=SIZE, batch_size=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="43_0_0_20170103000000004.jpg.*corrupt image data"):
+        _collect(ds)
 
 
 def test_skip_mode_drops_and_names_files(frame: pd.DataFrame, utk_folder: Path, capfd) -> None:
@@ -98,6 +105,7 @@ def test_skip_mode_drops_and_names_files(frame: pd.DataFrame, utk_folder: Path, 
         ("40_0_0_20170103000000001.jpg", "truncated"),
         ("41_0_0_20170103000000002.jpg", "0 bytes"),
         ("42_0_0_20170103000000003.jpg", "not a JPEG or PNG"),
+        ("43_0_0_20170103000000004.jpg", "corrupt image data"),
     ):
         line = next(line for line in err.splitlines() if name in line)
         assert reason in line and "skipped" in line

@@ -7,8 +7,15 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from utkface_data import DatasetError, Splits, index_folder, load_splits, save_splits, split_frame, subset
+from utkface_data import (
+    DatasetError,
+    Splits,
+    index_folder,
+    load_splits,
+    save_splits,
+    split_frame,
+    subset,
+)
 from utkface_data.splits import stratum
 
 

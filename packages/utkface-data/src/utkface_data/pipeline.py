@@ -6,9 +6,11 @@ compact form. Only the list of paths lives in memory; images stream unless ``cac
 
 Bad files: before decoding, each file's bytes are checked in the graph (non-empty, JPEG/PNG
 signature, JPEG end-of-image marker so truncated files are caught, PNG header size under
-``max_pixels``). A bad file either stops iteration with an ``InvalidArgumentError`` whose message
-names the file and the problem (``on_error="raise"``, the default) or is skipped with a warning
-on stderr that names it (``on_error="skip"``).
+``max_pixels``), and the decode itself runs in a one-element dataset under ``ignore_errors`` so
+a decoder failure is turned into a reason attached to the file's path. A bad file then either
+stops iteration with an ``InvalidArgumentError`` whose message names the file and the problem
+(``on_error="raise"``, the default) or is skipped with a warning on stderr that names it
+(``on_error="skip"``).
 """
 
 from __future__ import annotations
@@ -165,38 +167,47 @@ def make_dataset(
         # Shuffle only the (path, label) records: cheap, and images still stream.
         ds = ds.shuffle(shuffle_buffer or len(paths), seed=seed, reshuffle_each_iteration=True)
 
-    def load(path: tf.Tensor, target: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, dict[str, tf.Tensor]]:
+    def decode(data: tf.Tensor) -> tf.Tensor:
+        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        image = tf.image.resize(image, (height, width), method="bilinear", antialias=False)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+    def load(path: tf.Tensor, target: dict[str, tf.Tensor]) -> tf.data.Dataset:
+        # One tiny dataset per file: the decode runs under ignore_errors, and if it yields
+        # nothing the fallback element carries the reason, so the failure keeps its file name.
         data = tf.io.read_file(path)
         problem = _problem(data, max_pixels)
-        ok = tf.equal(problem, "")
+        decoded = (
+            tf.data.Dataset.from_tensors(data)
+            .filter(lambda _: tf.equal(problem, ""))
+            .map(lambda d: (tf.ensure_shape(decode(d), (height, width, 3)), tf.constant("")))
+            .ignore_errors()
+        )
+        reason = tf.where(tf.equal(problem, ""), "corrupt image data (the decoder failed)", problem)
+        fallback = tf.data.Dataset.from_tensors((tf.zeros((height, width, 3), tf.uint8), reason))
+        return decoded.concatenate(fallback).take(1).map(lambda image, why: (image, why, path, target))
 
-        def decode() -> tf.Tensor:
-            image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-            image = tf.image.resize(image, (height, width), method="bilinear", antialias=False)
-            return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-
-        if on_error == "raise":
-            check = tf.debugging.Assert(ok, [_ERROR_PREFIX, path, problem], summarize=3)
-            with tf.control_dependencies([check]):
-                image = decode()
-        else:
-
-            def bad() -> tf.Tensor:
-                warn = tf.print("WARNING:", _ERROR_PREFIX, "skipped:", path, "-", problem, output_stream=sys.stderr)
-                with tf.control_dependencies([warn]):
-                    return tf.zeros((height, width, 3), tf.uint8)
-
-            image = tf.cond(ok, decode, bad)
-        image = tf.ensure_shape(image, (height, width, 3))
-        return image, ok, target
-
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.interleave(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if on_error == "skip":
-        ds = ds.filter(lambda image, ok, target: ok)
-        # Anything the signature checks cannot see (corrupt data inside a complete JPEG) is
-        # dropped too, and TF logs the error.
-        ds = ds.ignore_errors(log_warning=True)
-    ds = ds.map(lambda image, ok, target: (image, target))
+
+        def keep(image: tf.Tensor, why: tf.Tensor, path: tf.Tensor, target: Any) -> tf.Tensor:
+            def warn() -> tf.Tensor:
+                printed = tf.print("WARNING:", _ERROR_PREFIX, "skipped:", path, "-", why, output_stream=sys.stderr)
+                with tf.control_dependencies([printed]):
+                    return tf.constant(False)
+
+            return tf.cond(tf.equal(why, ""), lambda: tf.constant(True), warn)
+
+        ds = ds.filter(keep).map(lambda image, why, path, target: (image, target))
+    else:
+
+        def check(image: tf.Tensor, why: tf.Tensor, path: tf.Tensor, target: Any) -> tuple[tf.Tensor, Any]:
+            # InvalidArgumentError "assertion failed: [utkface_data: unreadable image] [<path>] [<reason>]"
+            ok = tf.debugging.Assert(tf.equal(why, ""), [_ERROR_PREFIX, path, why], summarize=3)
+            with tf.control_dependencies([ok]):
+                return tf.identity(image), target
+
+        ds = ds.map(check)
     if cache is not None:
         ds = ds.cache("" if str(cache) == "memory" else str(Path(cache)))
         if shuffle:
