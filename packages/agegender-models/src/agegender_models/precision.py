@@ -1,0 +1,80 @@
+"""Mixed precision selection. Layers capture the policy when they are built."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import keras
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+
+
+@functools.cache
+def bf16_supported() -> bool:
+    """True on a GPU, or on a CPU with native bfloat16 math (AVX512_BF16 or AMX-BF16).
+
+    Without those, TensorFlow emulates bf16 matmuls/convolutions and mixed precision is
+    usually slower than float32.
+    """
+    try:
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return True
+    except Exception:  # pragma: no cover - TF missing or broken
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """``"auto"`` -> ``"mixed_bfloat16"`` where :func:`bf16_supported`, else ``"float32"``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={precision!r}")
+    if precision == "auto":
+        return "mixed_bfloat16" if bf16_supported() else "float32"
+    return precision
+
+
+def set_precision(precision: str = "auto") -> str:
+    """Set the global Keras dtype policy for models built afterwards; returns the policy name."""
+    policy = resolve_precision(precision)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def get_precision() -> str:
+    """Name of the active global Keras dtype policy (e.g. ``"float32"``, ``"mixed_bfloat16"``)."""
+    return keras.mixed_precision.global_policy().name
+
+
+# the name the training module records
+active_precision = get_precision
+
+
+def model_precision(model: keras.Model) -> str:
+    """The dtype policy a built model computes its backbone in (what a training run records)."""
+    try:
+        return model.get_layer("backbone").dtype_policy.name
+    except ValueError:
+        return model.dtype_policy.name
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str | None) -> Iterator[str]:
+    """Temporarily set the global policy (``None`` keeps the current one)."""
+    previous = get_precision()
+    if precision is None:
+        yield previous
+        return
+    policy = set_precision(precision)
+    try:
+        yield policy
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

@@ -1,0 +1,54 @@
+"""Save/load in the ``.keras`` format. Loading uses Keras safe mode (no pickled lambdas)."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import keras
+
+from . import layers as _layers  # noqa: F401  (registers the custom layers)
+
+
+class ModelFileError(ValueError):
+    """A file that should hold a saved model cannot be read as one."""
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
+    """``model.save(path)``; ``path`` must end in ``.keras``. Returns the path."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"Models are saved in the `.keras` format. Received: path={str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
+
+
+def load_model(
+    path: str | os.PathLike, *, compile: bool = True, safe_mode: bool = True
+) -> keras.Model:
+    """Load a ``.keras`` model saved from :func:`create_model` (safe mode by default).
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
+    is not a valid ``.keras`` archive (corrupt, truncated, another format).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file not found. Received: path={str(path)!r}")
+    if path.suffix != ".keras":
+        raise ModelFileError(
+            f"Only `.keras` model files can be loaded (weights files go to "
+            f"create_model(weights=...)). Received: path={str(path)!r}"
+        )
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"{str(path)!r} is not a valid .keras file (not a zip archive: corrupt or truncated)."
+        )
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
+    except Exception as exc:
+        raise ModelFileError(
+            f"Could not load model from {str(path)!r} (corrupt or incompatible .keras file): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
