@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import agegender_models
@@ -80,6 +81,7 @@ def bare_plugin_net(*, input_shape, name="backbone"):
 @pytest.fixture()
 def plugin_package(tmp_path, monkeypatch):
     """A tiny installed distribution that declares two backbones in our entry-point group."""
+    load_backbone_plugins()  # whatever is installed already, before the tiny package appears
     (tmp_path / "tiny_plugin_mod.py").write_text(PLUGIN)
     dist = tmp_path / "tiny_plugin-0.1.dist-info"
     dist.mkdir()
@@ -93,8 +95,7 @@ def plugin_package(tmp_path, monkeypatch):
     yield
     for name in ("tiny_plugin_net", "bare_plugin_net"):
         _registry._backbones.pop(name, None)
-    monkeypatch.delitem(__import__("sys").modules, "tiny_plugin_mod", raising=False)
-    load_backbone_plugins(reload=True)
+    sys.modules.pop("tiny_plugin_mod", None)
 
 
 def test_entry_point_plugin_adds_backbones(plugin_package):

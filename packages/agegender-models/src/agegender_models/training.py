@@ -312,14 +312,14 @@ def train(config: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]
     import pandas as pd
 
     from agegender_models import compile_model, create_model
-    from agegender_models.precision import active_precision, set_precision
+    from agegender_models.precision import model_precision, set_precision
 
     keras.utils.set_random_seed(config.seed)
     precision = set_precision(config.precision)
     splits, root, report = prepare_splits(config, out)
 
     with strategy.scope():
-        model_kwargs = dict(config.model_kwargs)
+        model_kwargs = {"age_bias": float(splits.train["age"].mean()), **config.model_kwargs}
         if config.trainable_layers is not None:
             model_kwargs["trainable_layers"] = config.trainable_layers
         model = create_model(
@@ -336,7 +336,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]
 
     run_config = {
         "config": dataclasses.asdict(config),
-        "precision": active_precision(),
+        "precision": model_precision(model),
         "precision_requested": config.precision,
         "precision_resolved": precision,
         "strategy": type(strategy).__name__,
