@@ -8,7 +8,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from utkface_data import index_folder, make_dataset  # noqa: E402
+from utkface_data import DatasetError, index_folder, make_dataset  # noqa: E402
 
 SIZE = (16, 16)
 
@@ -77,38 +77,50 @@ def _with_bad_files(utk_folder: Path, frame: pd.DataFrame) -> pd.DataFrame:
     (utk_folder / "43_0_0_20170103000000004.jpg").write_bytes(bytes(corrupt))  # markers intact
     # As if from a split file written before the files went bad (the index would quarantine them).
     extra = pd.DataFrame(
-        {"path": [f"4{i}_0_0_2017010300000000{i + 1}.jpg" for i in range(4)], "age": 40, "gender": 0, "race": 0}
+        {"path": [f"4{i}_0_0_2017010300000000{i + 1}.jpg" for i in range(4)], "age": 99, "gender": 0, "race": 0}
     )
     return pd.concat([frame, extra], ignore_index=True)
 
 
-def test_corrupt_image_error_names_file(frame: pd.DataFrame, utk_folder: Path) -> None:
+def test_bad_files_named_before_training(frame: pd.DataFrame, utk_folder: Path) -> None:
     bad = _with_bad_files(utk_folder, frame)
-    truncated = bad[bad["path"] == "40_0_0_20170103000000001.jpg"]
-    ds = make_dataset(pd.concat([frame.iloc[:3], truncated]), root=utk_folder, image_size=SIZE, batch_size=2)
-    with pytest.raises(tf.errors.InvalidArgumentError) as info:
-        _collect(ds)
+    with pytest.raises(DatasetError) as info:
+        make_dataset(bad, root=utk_folder, image_size=SIZE)
     message = str(info.value)
-    assert "40_0_0_20170103000000001.jpg" in message and "truncated JPEG" in message
-    corrupt = bad[bad["path"] == "43_0_0_20170103000000004.jpg"]
-    ds = make_dataset(pd.concat([corrupt, frame.iloc[:3]]), root=utk_folder, image_size=SIZE, batch_size=2)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="43_0_0_20170103000000004.jpg.*corrupt image data"):
-        _collect(ds)
+    for name, reason in (
+        ("40_0_0_20170103000000001.jpg", "truncated JPEG"),
+        ("41_0_0_20170103000000002.jpg", "0 bytes"),
+        ("42_0_0_20170103000000003.jpg", "not a JPEG or PNG"),
+    ):
+        line = next(line for line in message.splitlines() if name in line)
+        assert reason in line
+    assert "43_0_0" not in message  # markers intact: only the decoder can tell
+
+
+def test_decoder_failure_during_iteration_names_file(frame: pd.DataFrame, utk_folder: Path) -> None:
+    bad = _with_bad_files(utk_folder, frame)
+    for name in ("43_0_0_20170103000000004.jpg", "40_0_0_20170103000000001.jpg"):
+        rows = pd.concat([frame.iloc[:20], bad[bad["path"] == name], frame.iloc[20:]])
+        ds = make_dataset(rows, root=utk_folder, image_size=SIZE, batch_size=4, check_files=False)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"unreadable image.*{name}"):
+            _collect(ds)
 
 
 def test_skip_mode_drops_and_names_files(frame: pd.DataFrame, utk_folder: Path, capfd) -> None:
     bad = _with_bad_files(utk_folder, frame)
-    images, _, _ = _collect(make_dataset(bad, root=utk_folder, image_size=SIZE, on_error="skip"))
-    assert len(images) == len(frame)
-    err = capfd.readouterr().err
+    with pytest.warns(UserWarning) as record:
+        ds = make_dataset(bad, root=utk_folder, image_size=SIZE, on_error="skip")
+    warned = "\n".join(str(w.message) for w in record)
     for name, reason in (
         ("40_0_0_20170103000000001.jpg", "truncated"),
-        ("41_0_0_20170103000000002.jpg", "0 bytes"),
+        ("41_0_0_20170103000000002.jpg", "empty file (0 bytes)"),
         ("42_0_0_20170103000000003.jpg", "not a JPEG or PNG"),
-        ("43_0_0_20170103000000004.jpg", "corrupt image data"),
     ):
-        line = next(line for line in err.splitlines() if name in line)
-        assert reason in line and "skipped" in line
+        assert f"{name}: {reason}" in warned
+    images, _, ages = _collect(ds)
+    assert len(images) == len(frame) and 99.0 not in ages
+    err = capfd.readouterr().err
+    assert "43_0_0_20170103000000004.jpg" in err and "skipped" in err
 
 
 def test_missing_file_fails_before_training(frame: pd.DataFrame, utk_folder: Path) -> None:
