@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from utkface_data import (
     AGE_GROUPS,
     DatasetError,

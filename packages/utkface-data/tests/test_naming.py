@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from utkface_data import FaceLabels, MalformedNameError, load_corrections, parse_filename
 from utkface_data.naming import looks_like_image
 
