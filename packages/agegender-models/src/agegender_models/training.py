@@ -28,6 +28,7 @@ and ``history.csv`` picking up where they were.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -35,6 +36,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,12 +143,10 @@ def make_strategy(name: str = "default"):
     if tf.config.list_physical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
     cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
+    with contextlib.suppress(RuntimeError):  # devices already initialised: use what exists
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
         )
-    except RuntimeError:
-        pass  # devices already initialised: use what exists
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices=devices)
 
@@ -226,18 +226,37 @@ def prepare_splits(config: TrainConfig, out: Path):
     return splits, Path(root), report
 
 
-def _dataset(frame, root: Path, config: TrainConfig, *, training: bool):
+@contextlib.contextmanager
+def _finite_datasets():
+    """Keras warns at the end of every pass over a dataset of unknown length; ours are finite."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        yield
+
+
+def _dataset(frame, root: Path, config: TrainConfig, *, training: bool, replicas: int = 1):
+    """Training/validation batches.
+
+    With several replicas the last partial batch is dropped (Keras' ``tf.distribute`` path fails
+    on a batch that does not split evenly), and the batch is shrunk when the split is smaller than
+    one batch. This affects only the per-epoch figures; the final validation and test metrics
+    are computed on every image with the best model, outside the strategy.
+    """
     utkface_data, _ = _app_modules()
+    batch_size = config.batch_size
+    if replicas > 1:
+        batch_size = max(replicas, min(batch_size, len(frame) // replicas * replicas))
     return utkface_data.make_dataset(
         frame,
         root=root,
         image_size=(config.image_size, config.image_size),
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         scaling="uint8",
         shuffle=training,
         augment=training and config.augment,
         cache=config.cache,
         seed=config.seed,
+        drop_remainder=replicas > 1,
     )
 
 
@@ -253,7 +272,8 @@ def predict_frame(model, frame, root: Path, *, image_size: int, batch_size: int 
     dataset = utkface_data.make_dataset(
         frame, root=root, image_size=(image_size, image_size), batch_size=batch_size, scaling="uint8"
     )
-    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    with _finite_datasets():
+        outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
     return {
         "age": np.asarray(outputs["age"], dtype="float64").reshape(-1),
         "p_female": np.asarray(outputs["gender"], dtype="float64").reshape(-1),
@@ -301,8 +321,11 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def train(config: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
-    """Run one training job as described in the module docstring; returns the metrics dict."""
+def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list | None = None) -> dict[str, Any]:
+    """Run one training job as described in the module docstring; returns the metrics dict.
+
+    ``callbacks`` are extra Keras callbacks, run after the run folder's own.
+    """
     config.validate()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,8 +380,9 @@ def train(config: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]
         }
     (out / "config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
 
-    train_ds = _dataset(splits.train, root, config, training=True)
-    val_ds = _dataset(splits.val, root, config, training=False)
+    replicas = strategy.num_replicas_in_sync
+    train_ds = _dataset(splits.train, root, config, training=True, replicas=replicas)
+    val_ds = _dataset(splits.val, root, config, training=False, replicas=replicas)
 
     history_path = out / "history.csv"
     checkpoints = out / "checkpoints"
@@ -371,7 +395,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]
     )
     # Order matters at train begin: BackupAndRestore sets the initial epoch, EarlyStopping resets
     # its state, then ResumeState restores it from history.csv before CSVLogger opens the file.
-    callbacks = [
+    own_callbacks = [
         keras.callbacks.BackupAndRestore(str(checkpoints / "backup")),
         best_checkpoint,
         keras.callbacks.ModelCheckpoint(checkpoints / "last.keras"),
@@ -380,15 +404,16 @@ def train(config: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]
         keras.callbacks.CSVLogger(str(history_path), append=True),
     ]
     if config.lr_schedule == "plateau":
-        callbacks.append(
+        own_callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-5
             )
         )
 
     started = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-              verbose=verbose)
+    with _finite_datasets():
+        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,
+                  callbacks=own_callbacks + list(callbacks or []), verbose=verbose)
     wall_s = time.perf_counter() - started
 
     from agegender_models import load_model

@@ -24,7 +24,7 @@ from .index import (
     index_folder,
 )
 from .naming import GENDER_NAMES, RACE_NAMES, FaceLabels, load_corrections, parse_filename
-from .splits import Splits, load_splits, save_splits, split_frame, subset
+from .splits import Splits, load_split_file, load_splits, save_splits, split_frame, subset
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import make_dataset
@@ -48,6 +48,7 @@ __all__ = [
     "get_data_dir",
     "index_folder",
     "load_corrections",
+    "load_split_file",
     "load_splits",
     "make_dataset",
     "parse_filename",

@@ -20,7 +20,7 @@ from ._paths import get_data_dir
 from .errors import DatasetError
 from .index import age_bin
 
-__all__ = ["SPLIT_COLUMNS", "SPLIT_NAMES", "Splits", "load_splits", "save_splits", "split_frame", "stratum", "subset"]
+__all__ = ["SPLIT_COLUMNS", "SPLIT_NAMES", "Splits", "load_split_file", "load_splits", "save_splits", "split_frame", "stratum", "subset"]
 
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_COLUMNS = ["path", "age", "gender", "race", "datetime"]
@@ -137,6 +137,41 @@ def save_splits(splits: Splits, out_dir: str | os.PathLike[str]) -> dict[str, Pa
     return written
 
 
+def load_split_file(
+    path: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    check_files: bool = True,
+) -> pd.DataFrame:
+    """Read one split CSV (``path,age,gender,race[,datetime]``, paths relative to ``root``).
+
+    ``root`` is the image folder (``None``: ``UTKFACE_DIR``). With ``check_files`` every
+    referenced image must exist; otherwise ``DatasetError`` names the split file and lists the
+    missing images.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file is missing: {path}")
+    try:
+        df = pd.read_csv(path, dtype={"path": str, "datetime": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not a readable split CSV ({exc})") from None
+    missing_cols = [c for c in _REQUIRED if c not in df.columns]
+    if missing_cols:
+        raise DatasetError(f"{path}: missing column(s) {missing_cols}; has {list(df.columns)}")
+    for col in ("age", "gender", "race"):
+        if not pd.api.types.is_integer_dtype(df[col]):
+            raise DatasetError(f"{path}: column {col!r} must hold integers")
+    if check_files:
+        base = get_data_dir(root)
+        missing = [p for p in df["path"] if not (base / p).is_file()]
+        if missing:
+            shown = "\n".join(f"  {m}" for m in missing[:20])
+            more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+            raise DatasetError(f"{path}: {len(missing)} image(s) not found under {base}:\n{shown}{more}")
+    return df
+
+
 def load_splits(
     out_dir: str | os.PathLike[str],
     *,
@@ -152,29 +187,6 @@ def load_splits(
     folder = Path(out_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"split folder does not exist: {folder}")
-    base = get_data_dir(root) if check_files or root is not None else None
-    frames = []
-    for name in SPLIT_NAMES:
-        path = folder / f"{name}.csv"
-        if not path.is_file():
-            raise FileNotFoundError(f"split file is missing: {path}")
-        try:
-            df = pd.read_csv(path, dtype={"path": str, "datetime": str}, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{path}: not a readable split CSV ({exc})") from None
-        missing_cols = [c for c in _REQUIRED if c not in df.columns]
-        if missing_cols:
-            raise DatasetError(f"{path}: missing column(s) {missing_cols}; has {list(df.columns)}")
-        for col in ("age", "gender", "race"):
-            if not pd.api.types.is_integer_dtype(df[col]):
-                raise DatasetError(f"{path}: column {col!r} must hold integers")
-        if check_files and base is not None:
-            missing = [p for p in df["path"] if not (base / p).is_file()]
-            if missing:
-                shown = "\n".join(f"  {m}" for m in missing[:20])
-                more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-                raise DatasetError(
-                    f"{path}: {len(missing)} image(s) not found under {base}:\n{shown}{more}"
-                )
-        frames.append(df)
-    return Splits(*frames)
+    return Splits(
+        *(load_split_file(folder / f"{name}.csv", root=root, check_files=check_files) for name in SPLIT_NAMES)
+    )

@@ -1,0 +1,45 @@
+"""Fixtures for the cross-package tests: a tiny generated UTKFace-style folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+IMAGE_PX = 40
+
+
+def make_face_folder(folder: Path, n: int = 64, *, seed: int = 0) -> Path:
+    """Write ``n`` small synthetic "faces" with valid UTKFace names (ages 1-90, both genders).
+
+    The images carry a weak label signal (brightness follows age, a colour channel follows gender)
+    so a tiny model can move its loss, but nothing here is a real face.
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        age = int(rng.integers(1, 91))
+        gender = i % 2
+        race = int(rng.integers(0, 5))
+        base = rng.integers(0, 60, size=(IMAGE_PX, IMAGE_PX, 3))
+        base[..., 0] += 2 * age
+        base[..., 2] += 80 * gender
+        pixels = np.clip(base, 0, 255).astype("uint8")
+        name = f"{age}_{gender}_{race}_2017011{i:010d}.jpg.chip.jpg"
+        Image.fromarray(pixels).save(folder / name, quality=90)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def face_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 valid generated images plus one malformed name and one non-image file."""
+    folder = make_face_folder(tmp_path_factory.mktemp("utkface") / "faces")
+    Image.new("RGB", (IMAGE_PX, IMAGE_PX)).save(folder / "61_1_20170109142408075.jpg.chip.jpg")
+    (folder / "README.txt").write_text("not an image\n")
+    return folder

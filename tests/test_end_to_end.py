@@ -1,0 +1,224 @@
+"""End to end: train on generated images, resume after a kill, distribute, predict, evaluate.
+
+Tiny on purpose (64 images of 40 px, 32 px model input, 1-3 epochs): this checks the mechanics a
+user relies on, not model quality (that is RESULTS.md's job, on real data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from agegender_models.training import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"n": 64, "image_size": 32, "batch_size": 16, "seed": 0}
+METRIC_KEYS = {"n", "gender_accuracy", "age_mae", "age_rmse", "age_cs", "age_mae_by_bin", "by_group"}
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "agegender_models.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(face_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "model_a"
+    train(TrainConfig(out=str(out), data_dir=str(face_folder), epochs=2, **TINY), verbose=0)
+    return out
+
+
+def test_run_folder_has_every_output(trained_run: Path, face_folder: Path) -> None:
+    from agegender_models import load_model
+
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["config"]["backbone"] == "custom_cnn"
+    assert config["config"]["seed"] == 0
+    assert config["precision"] in {"float32", "mixed_bfloat16"}
+    assert len(config["dataset_fingerprint"]) == 64
+    assert {"tensorflow", "keras", "utkface-data", "agegender-models", "agegender-eval"} <= set(
+        config["versions"]
+    )
+    # the malformed name and the text file are reported, not silently dropped
+    report = config["index_report"]
+    assert report["files_seen"] == 66
+    assert [q["file"] for q in report["quarantined"]] == ["61_1_20170109142408075.jpg.chip.jpg"]
+    assert report["not_images"] == ["README.txt"]
+
+    splits = {name: pd.read_csv(trained_run / "splits" / f"{name}.csv") for name in ("train", "val", "test")}
+    assert sum(len(s) for s in splits.values()) == 64
+    assert set(splits["train"]["path"]).isdisjoint(splits["test"]["path"])
+
+    history = pd.read_csv(trained_run / "history.csv")
+    assert list(history["epoch"]) == [0, 1]
+    assert {"loss", "val_loss", "val_gender_accuracy", "val_age_mae"} <= set(history.columns)
+
+    model = load_model(trained_run / "model.keras")
+    assert [o.name.split("/")[0] for o in model.outputs] or model.output_names
+    assert set(model.output_names) == {"gender", "age"}
+
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2
+    for split in ("validation", "test"):
+        assert METRIC_KEYS <= set(metrics[split])
+        assert set(metrics[split]["by_group"]["age_group"]) <= {"under 10", "10–17", "18+"}
+    assert metrics["test"]["n"] == len(splits["test"])
+    assert (trained_run / "report" / "report.md").is_file()
+    assert list((trained_run / "report").glob("*.png"))
+    assert (trained_run / "checkpoints" / "last.keras").is_file()
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import keras
+    from agegender_models.training import TrainConfig, train
+
+    class KillMidEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    config = TrainConfig(out=sys.argv[1], data_dir=sys.argv[2], epochs=3, **{tiny})
+    train(config, verbose=0, callbacks=[KillMidEpoch()])
+    """
+)
+
+
+def test_resume_after_kill_continues_from_last_finished_epoch(face_folder: Path, tmp_path: Path) -> None:
+    import keras
+
+    out = tmp_path / "run"
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT.format(tiny=repr(TINY)))
+    killed = subprocess.run([sys.executable, str(script), str(out), str(face_folder)],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0]
+    assert not (out / "metrics.json").exists()
+
+    class Recorder(keras.callbacks.Callback):
+        epochs: list[int] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs.append(epoch)
+
+    train(TrainConfig(out=str(out), data_dir=str(face_folder), epochs=3, **TINY), verbose=0,
+          callbacks=[Recorder()])
+    assert Recorder.epochs == [1, 2]  # epoch 0 is not trained again
+    assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0, 1, 2]
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 3
+
+
+def test_mirrored_strategy_on_two_logical_cpus(face_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mirrored"
+    result = _cli("train", "--data-dir", str(face_folder), "--n", "32", "--epochs", "1",
+                  "--image-size", "32", "--batch-size", "8", "--strategy", "mirrored",
+                  "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["strategy"] == "MirroredStrategy"
+    assert config["replicas"] == 2
+    assert (out / "model.keras").is_file()
+
+
+def test_cli_predict_json_lists_bad_files_and_predicts_good_ones(trained_run: Path, face_folder: Path,
+                                                                 tmp_path: Path) -> None:
+    good = sorted(face_folder.glob("*.jpg"))[:3]
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(good[0].read_bytes()[:200])
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    result = _cli("predict", "--model", str(trained_run / "model.keras"), "--json",
+                  *map(str, good), str(corrupt), str(empty), str(tmp_path / "missing.jpg"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout)
+    assert [p["file"] for p in payload["predictions"]] == [str(p) for p in good]
+    for p in payload["predictions"]:
+        assert p["gender"] in {"male", "female"}
+        assert 0.0 <= p["p_female"] <= 1.0
+        assert 0.0 <= p["age"] <= 120.0
+    errors = {e["file"]: e["reason"] for e in payload["errors"]}
+    assert set(errors) == {str(corrupt), str(empty), str(tmp_path / "missing.jpg")}
+    assert "no image" in errors[str(empty)]
+
+
+def test_cli_predict_missing_model_is_one_clear_line(tmp_path: Path) -> None:
+    result = _cli("predict", "--model", str(tmp_path / "nope.keras"), str(tmp_path))
+    assert result.returncode == 2
+    assert "model file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_evaluate_writes_metrics(trained_run: Path, face_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = _cli("evaluate", "--model", str(trained_run / "model.keras"), "--data-dir",
+                  str(face_folder), "--split", str(trained_run / "splits" / "test.csv"),
+                  "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["n"] == len(pd.read_csv(trained_run / "splits" / "test.csv"))
+    assert "5" in metrics["age_cs"]
+
+
+def test_cli_evaluate_folder_without_images_is_clear(trained_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    result = _cli("evaluate", "--model", str(trained_run / "model.keras"), "--data-dir",
+                  str(tmp_path), "--out", str(tmp_path / "eval"))
+    assert result.returncode == 2
+    assert str(tmp_path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_example_prints_seed_format_lines(face_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "example"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "reproduce_model_a.py"), "--data-dir",
+         str(face_folder), "--n", "48", "--epochs", "1", "--seed", "1", "--image-size", "32",
+         "--quiet", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Validation Accuracy for Gender Classification: " in result.stdout
+    assert "(seed reported 0.902)" in result.stdout
+    assert "Validation MAE for Age Estimation: " in result.stdout
+    assert (out / "model.keras").is_file()
+
+
+def test_model_b_example_without_weights_says_which_file(face_folder: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras_home"), "AGEGENDER_WEIGHTS_DIR": ""}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "reproduce_model_b.py"), "--data-dir",
+         str(face_folder), "--n", "32", "--epochs", "1", "--image-size", "32", "--out",
+         str(tmp_path / "b")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 2
+    assert "resnet50" in result.stderr.lower()
+    assert ".h5" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predictions_cover_a_grayscale_and_rgba_image(trained_run: Path, tmp_path: Path) -> None:
+    from agegender_models import Predictor
+
+    gray = tmp_path / "gray.png"
+    Image.new("L", (50, 70), 128).save(gray)
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (90, 60), (10, 20, 30, 128)).save(rgba)
+    results = Predictor(trained_run / "model.keras").predict([gray, rgba])
+    assert [r["file"] for r in results] == [str(gray), str(rgba)]
