@@ -14,7 +14,9 @@ from PIL import Image
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "utkface" / "crop_part1_5000"
 
 
-def write_image(path: Path, *, size: tuple[int, int] = (24, 24), mode: str = "RGB", seed: int = 0) -> Path:
+def write_image(
+    path: Path, *, size: tuple[int, int] = (24, 24), mode: str = "RGB", seed: int = 0
+) -> Path:
     """Write a small random image; the format follows the extension (JPEG for .jpg files)."""
     rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]

@@ -23,19 +23,27 @@ def test_index_json_contract(messy_folder: Path, capsys) -> None:
     report = json.loads(out)
     assert isinstance(report["files_seen"], int) and isinstance(report["indexed"], int)
     assert all(set(q) >= {"file", "reason"} for q in report["quarantined"])
-    assert report["indexed"] + len(report["quarantined"]) + len(report["not_images"]) == report["files_seen"]
+    assert (
+        report["indexed"] + len(report["quarantined"]) + len(report["not_images"])
+        == report["files_seen"]
+    )
     assert report["files_seen"] == 24 + 5 + 2 + 2
 
 
 def test_index_json_verify_and_recursive(messy_folder: Path, image_writer, capsys) -> None:
     image_writer(messy_folder / "sub" / "40_0_1_20170103000000001.jpg")
-    code, out, _ = _run(capsys, "index", str(messy_folder), "--json", "--verify-images", "--recursive")
+    code, out, _ = _run(
+        capsys, "index", str(messy_folder), "--json", "--verify-images", "--recursive"
+    )
     report = json.loads(out)
     assert code == 0 and report["files_seen"] == 24 + 5 + 2 + 2 + 1
     reasons = {q["file"]: q["reason"] for q in report["quarantined"]}
     assert "cannot decode" in reasons["32_1_0_20170103000000997.jpg"]
     assert "sub/40_0_1_20170103000000001.jpg" not in reasons
-    assert report["indexed"] + len(report["quarantined"]) + len(report["not_images"]) == report["files_seen"]
+    assert (
+        report["indexed"] + len(report["quarantined"]) + len(report["not_images"])
+        == report["files_seen"]
+    )
 
 
 def test_index_text(utk_folder: Path, capsys) -> None:
@@ -80,7 +88,9 @@ def test_strict_error_names_files(messy_folder: Path, capsys) -> None:
 
 
 def test_split_bad_n(utk_folder: Path, tmp_path: Path, capsys) -> None:
-    code, _, err = _run(capsys, "split", str(utk_folder), "--n", "999", "--out", str(tmp_path / "o"))
+    code, _, err = _run(
+        capsys, "split", str(utk_folder), "--n", "999", "--out", str(tmp_path / "o")
+    )
     assert code == 1 and "n=999" in err
 
 

@@ -85,7 +85,9 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_guard(tmp_path: Path) -> None:
@@ -111,13 +113,19 @@ def test_strict_names_every_bad_file(messy_folder: Path) -> None:
     with pytest.raises(DatasetError) as info:
         index_folder(messy_folder, strict=True, progress=False)
     message = str(info.value)
-    for name in ("61_1_20170109142408075.jpg.chip.jpg", "53__0_20170116184028385.jpg", "30_1_0_20170103000000999.jpg"):
+    for name in (
+        "61_1_20170109142408075.jpg.chip.jpg",
+        "53__0_20170116184028385.jpg",
+        "30_1_0_20170103000000999.jpg",
+    ):
         assert name in message
 
 
 def test_corrections_index_malformed_file(messy_folder: Path, tmp_path: Path) -> None:
     csv = tmp_path / "corrections.csv"
-    csv.write_text("file,age,gender,race,datetime\n61_1_20170109142408075.jpg.chip.jpg,61,1,3,20170109142408075\n")
+    csv.write_text(
+        "file,age,gender,race,datetime\n61_1_20170109142408075.jpg.chip.jpg,61,1,3,20170109142408075\n"
+    )
     idx = index_folder(messy_folder, corrections=csv, progress=False)
     row = idx.frame.set_index("path").loc["61_1_20170109142408075.jpg.chip.jpg"]
     assert (row["age"], row["gender"], row["race"]) == (61, 1, 3)
@@ -125,7 +133,9 @@ def test_corrections_index_malformed_file(messy_folder: Path, tmp_path: Path) ->
     assert "61_1_20170109142408075.jpg.chip.jpg" not in _reasons(idx)
     assert idx.report.reconciles
     mapping = {"53__0_20170116184028385.jpg": FaceLabels(53, 0, 0, "")}
-    assert "53__0_20170116184028385.jpg" in set(index_folder(messy_folder, corrections=mapping, progress=False).frame["path"])
+    assert "53__0_20170116184028385.jpg" in set(
+        index_folder(messy_folder, corrections=mapping, progress=False).frame["path"]
+    )
 
 
 def test_recursive(utk_folder: Path, image_writer) -> None:
@@ -167,8 +177,23 @@ def test_argument_validation(utk_folder: Path) -> None:
 
 
 def test_age_group_and_bin() -> None:
-    assert list(age_group([0, 9, 10, 17, 18, 116])) == ["under 10", "under 10", "10–17", "10–17", "18+", "18+"]
-    assert list(age_bin([0, 10, 18, 30, 45, 60, 116])) == ["0-9", "10-17", "18-29", "30-44", "45-59", "60+", "60+"]
+    assert list(age_group([0, 9, 10, 17, 18, 116])) == [
+        "under 10",
+        "under 10",
+        "10–17",
+        "10–17",
+        "18+",
+        "18+",
+    ]
+    assert list(age_bin([0, 10, 18, 30, 45, 60, 116])) == [
+        "0-9",
+        "10-17",
+        "18-29",
+        "30-44",
+        "45-59",
+        "60+",
+        "60+",
+    ]
     with pytest.raises(ValueError, match="Received"):
         age_group([-1])
 
@@ -181,4 +206,7 @@ def test_real_folder(shared_dir: Path) -> None:
     names = {q["file"] for q in r.quarantined}
     if shared_dir.name == "crop_part1_5000":
         assert (r.files_seen, r.indexed) == (5002, 5000)
-        assert names == {"61_1_20170109142408075.jpg.chip.jpg", "61_3_20170109150557335.jpg.chip.jpg"}
+        assert names == {
+            "61_1_20170109142408075.jpg.chip.jpg",
+            "61_3_20170109150557335.jpg.chip.jpg",
+        }

@@ -52,7 +52,9 @@ def test_parse_malformed(name: str, reason: str) -> None:
     gender=st.integers(0, 1),
     race=st.integers(0, 4),
     dt=st.from_regex(r"\A[0-9]{8,20}\Z"),
-    ext=st.sampled_from([".jpg", ".jpg.chip.jpg", ".png", ".jpeg", ".JPG", ".Jpg.Chip.Jpg", ".PNG"]),
+    ext=st.sampled_from(
+        [".jpg", ".jpg.chip.jpg", ".png", ".jpeg", ".JPG", ".Jpg.Chip.Jpg", ".PNG"]
+    ),
 )
 def test_parse_roundtrip(age: int, gender: int, race: int, dt: str, ext: str) -> None:
     assert parse_filename(f"{age}_{gender}_{race}_{dt}{ext}") == FaceLabels(age, gender, race, dt)
@@ -89,7 +91,9 @@ def test_corrections_csv(tmp_path) -> None:
     csv = tmp_path / "fix.csv"
     csv.write_text("file,age,gender,race\n61_1_20170109142408075.jpg.chip.jpg,61,1,0\n")
     table = load_corrections(csv)
-    assert table == {"61_1_20170109142408075.jpg.chip.jpg": FaceLabels(61, 1, 0, "20170109142408075")}
+    assert table == {
+        "61_1_20170109142408075.jpg.chip.jpg": FaceLabels(61, 1, 0, "20170109142408075")
+    }
 
 
 @pytest.mark.parametrize(

@@ -31,10 +31,16 @@ def test_batches_shapes_targets_and_scalings(frame: pd.DataFrame, utk_folder: Pa
     ds = make_dataset(frame, root=utk_folder, image_size=SIZE, batch_size=8)
     x, y = next(iter(ds))
     assert x.dtype == tf.uint8 and tuple(x.shape) == (8, 16, 16, 3)
-    assert set(y) == {"gender", "age"} and y["gender"].dtype == tf.float32 and tuple(y["age"].shape) == (8,)
+    assert (
+        set(y) == {"gender", "age"}
+        and y["gender"].dtype == tf.float32
+        and tuple(y["age"].shape) == (8,)
+    )
     images, genders, ages = _collect(ds)
     assert len(images) == len(frame)
-    np.testing.assert_array_equal(ages, frame["age"].to_numpy(np.float32))  # order kept without shuffle
+    np.testing.assert_array_equal(
+        ages, frame["age"].to_numpy(np.float32)
+    )  # order kept without shuffle
     np.testing.assert_array_equal(genders, frame["gender"].to_numpy(np.float32))
     unit, _, _ = _collect(make_dataset(frame, root=utk_folder, image_size=SIZE, scaling="unit"))
     flt, _, _ = _collect(make_dataset(frame, root=utk_folder, image_size=SIZE, scaling="float"))
@@ -77,7 +83,12 @@ def _with_bad_files(utk_folder: Path, frame: pd.DataFrame) -> pd.DataFrame:
     (utk_folder / "43_0_0_20170103000000004.jpg").write_bytes(bytes(corrupt))  # markers intact
     # As if from a split file written before the files went bad (the index would quarantine them).
     extra = pd.DataFrame(
-        {"path": [f"4{i}_0_0_2017010300000000{i + 1}.jpg" for i in range(4)], "age": 99, "gender": 0, "race": 0}
+        {
+            "path": [f"4{i}_0_0_2017010300000000{i + 1}.jpg" for i in range(4)],
+            "age": 99,
+            "gender": 0,
+            "race": 0,
+        }
     )
     return pd.concat([frame, extra], ignore_index=True)
 
@@ -147,7 +158,9 @@ def test_cache_shuffle_augment(frame: pd.DataFrame, utk_folder: Path, tmp_path: 
 
 
 def test_repeat_drop_remainder(frame: pd.DataFrame, utk_folder: Path) -> None:
-    ds = make_dataset(frame, root=utk_folder, image_size=SIZE, batch_size=5, repeat=True, drop_remainder=True)
+    ds = make_dataset(
+        frame, root=utk_folder, image_size=SIZE, batch_size=5, repeat=True, drop_remainder=True
+    )
     batches = list(ds.take(7))
     assert all(b[0].shape[0] == 5 for b in batches)
 
@@ -162,7 +175,9 @@ def test_repeat_drop_remainder(frame: pd.DataFrame, utk_folder: Path) -> None:
         ({"cache": 3}, "Received: cache=3"),
     ],
 )
-def test_argument_validation(frame: pd.DataFrame, utk_folder: Path, kwargs: dict, match: str) -> None:
+def test_argument_validation(
+    frame: pd.DataFrame, utk_folder: Path, kwargs: dict, match: str
+) -> None:
     with pytest.raises(ValueError, match=match):
         make_dataset(frame, root=utk_folder, **kwargs)
 

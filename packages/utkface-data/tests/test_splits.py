@@ -38,8 +38,16 @@ fractions = st.sampled_from([0.0, 0.1, 0.15, 0.2, 0.25, 0.3])
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frame=frames, val=fractions, test=fractions, seed=st.integers(0, 2**31), shuffle_seed=st.integers(0, 1000))
-def test_split_properties(frame: pd.DataFrame, val: float, test: float, seed: int, shuffle_seed: int) -> None:
+@given(
+    frame=frames,
+    val=fractions,
+    test=fractions,
+    seed=st.integers(0, 2**31),
+    shuffle_seed=st.integers(0, 1000),
+)
+def test_split_properties(
+    frame: pd.DataFrame, val: float, test: float, seed: int, shuffle_seed: int
+) -> None:
     n = len(frame)
     if n and round(n * val) + round(n * test) >= n:
         with pytest.raises(ValueError, match="nothing left to train"):
@@ -90,8 +98,12 @@ def test_split_known_values() -> None:
     s = split_frame(frame, seed=0)
     assert (len(s.train), len(s.val), len(s.test)) == (28, 6, 6)
     assert list(s.test["path"]) == [
-        "00006_833651.jpg", "00008_55531.jpg", "00015_821228.jpg",
-        "00016_131440.jpg", "00032_509447.jpg", "00033_995500.jpg",
+        "00006_833651.jpg",
+        "00008_55531.jpg",
+        "00015_821228.jpg",
+        "00016_131440.jpg",
+        "00032_509447.jpg",
+        "00033_995500.jpg",
     ]
 
 
@@ -144,7 +156,9 @@ def test_load_splits_missing_image(utk_folder: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as info:
         load_splits(tmp_path / "splits", root=utk_folder)
     assert "val.csv" in str(info.value) and gone in str(info.value)
-    assert len(load_splits(tmp_path / "splits", root=utk_folder, check_files=False).val) == len(s.val)
+    assert len(load_splits(tmp_path / "splits", root=utk_folder, check_files=False).val) == len(
+        s.val
+    )
 
 
 def test_load_splits_bad_files(tmp_path: Path, utk_folder: Path) -> None:

@@ -26,22 +26,38 @@ def _parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("dir", nargs="?", default=None, help="image folder (default: $UTKFACE_DIR)")
         p.add_argument("--recursive", action="store_true", help="also index sub-folders")
-        p.add_argument("--verify-images", action="store_true", help="decode every image; quarantine unreadable ones")
-        p.add_argument("--corrections", default=None, help="CSV file,age,gender,race[,datetime] giving labels for named files")
-        p.add_argument("--strict", action="store_true", help="fail on any malformed or unreadable file")
+        p.add_argument(
+            "--verify-images",
+            action="store_true",
+            help="decode every image; quarantine unreadable ones",
+        )
+        p.add_argument(
+            "--corrections",
+            default=None,
+            help="CSV file,age,gender,race[,datetime] giving labels for named files",
+        )
+        p.add_argument(
+            "--strict", action="store_true", help="fail on any malformed or unreadable file"
+        )
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p_index = sub.add_parser("index", help="scan a folder and print a report")
     common(p_index)
-    p_index.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p_index.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of text"
+    )
 
     p_split = sub.add_parser("split", help="write train/val/test CSV files (paths relative to DIR)")
     common(p_split)
-    p_split.add_argument("--n", type=int, default=None, help="stratified subset size (default: all images)")
+    p_split.add_argument(
+        "--n", type=int, default=None, help="stratified subset size (default: all images)"
+    )
     p_split.add_argument("--seed", type=int, default=0)
     p_split.add_argument("--val", type=float, default=0.15)
     p_split.add_argument("--test", type=float, default=0.15)
-    p_split.add_argument("--out", required=True, help="output folder for train.csv, val.csv, test.csv")
+    p_split.add_argument(
+        "--out", required=True, help="output folder for train.csv, val.csv, test.csv"
+    )
     p_split.add_argument("--json", action="store_true", help="print the counts as JSON")
     return parser
 
@@ -56,7 +72,9 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.command == "index":
-        print(json.dumps(idx.report.to_dict(), ensure_ascii=False) if args.json else str(idx.report))
+        print(
+            json.dumps(idx.report.to_dict(), ensure_ascii=False) if args.json else str(idx.report)
+        )
         return 0
     frame = idx.frame
     if args.n is not None:
@@ -65,8 +83,16 @@ def _run(args: argparse.Namespace) -> int:
     written = save_splits(splits, args.out)
     counts = {name: len(df) for name, df in zip(written, splits, strict=True)}
     if args.json:
-        print(json.dumps({"root": str(idx.root), "out": str(args.out), "counts": counts,
-                          "quarantined": len(idx.report.quarantined)}))
+        print(
+            json.dumps(
+                {
+                    "root": str(idx.root),
+                    "out": str(args.out),
+                    "counts": counts,
+                    "quarantined": len(idx.report.quarantined),
+                }
+            )
+        )
     else:
         print(
             f"{sum(counts.values())} images from {idx.root} "

@@ -112,7 +112,8 @@ class IndexReport:
         lines = [
             f"UTKFace index of {self.root}",
             f"  files seen:   {self.files_seen}",
-            f"  indexed:      {self.indexed}" + (f" ({len(self.corrected)} by corrections)" if self.corrected else ""),
+            f"  indexed:      {self.indexed}"
+            + (f" ({len(self.corrected)} by corrections)" if self.corrected else ""),
             f"  quarantined:  {len(self.quarantined)}",
             f"  not images:   {len(self.not_images)}",
             f"  images decoded and checked: {'yes' if self.verified_images else 'no (use --verify-images)'}",
@@ -151,7 +152,9 @@ class DatasetIndex:
         return [str(self.root / p) for p in self.frame["path"]]
 
 
-def check_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict[str, Any] | None, str | None]:
+def check_image(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[dict[str, Any] | None, str | None]:
     """Fully decode one image with PIL. Returns ``(info, None)`` or ``(None, reason)``.
 
     ``info`` has ``width``, ``height`` and ``mode`` (the stored mode: "RGB", "L", "RGBA", ...).
@@ -195,7 +198,9 @@ def _scan(root: Path, recursive: bool) -> list[str]:
     return found
 
 
-def _counts(values: Iterable[Any], order: Iterable[Any], names: Mapping[Any, str] | None = None) -> dict[str, int]:
+def _counts(
+    values: Iterable[Any], order: Iterable[Any], names: Mapping[Any, str] | None = None
+) -> dict[str, int]:
     series = pd.Series(list(values), dtype=object)
     vc = series.value_counts()
     return {(names[k] if names else str(k)): int(vc.get(k, 0)) for k in order}
@@ -233,9 +238,13 @@ def index_folder(
     ``DatasetError`` when the folder holds no usable images (or, with ``strict``, any bad file).
     """
     if not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise ValueError(f"max_pixels must be a positive integer. Received: max_pixels={max_pixels!r}")
+        raise ValueError(
+            f"max_pixels must be a positive integer. Received: max_pixels={max_pixels!r}"
+        )
     if workers is not None and (not isinstance(workers, int) or workers <= 0):
-        raise ValueError(f"workers must be a positive integer or None. Received: workers={workers!r}")
+        raise ValueError(
+            f"workers must be a positive integer or None. Received: workers={workers!r}"
+        )
     root = get_data_dir(directory)
     table = load_corrections(corrections)
 
@@ -244,7 +253,9 @@ def index_folder(
     quarantined: list[dict[str, str]] = []
     not_images: list[str] = []
     corrected: list[str] = []
-    for rel in tqdm(files, desc="index", unit="file", disable=not progress or len(files) < 2000, leave=False):
+    for rel in tqdm(
+        files, desc="index", unit="file", disable=not progress or len(files) < 2000, leave=False
+    ):
         name = rel.rsplit("/", 1)[-1]
         if not looks_like_image(name):
             not_images.append(rel)
@@ -261,7 +272,15 @@ def index_folder(
         if os.path.getsize(root / rel) == 0:
             quarantined.append({"file": rel, "reason": "empty file (0 bytes)"})
             continue
-        rows.append({"path": rel, "age": labels.age, "gender": labels.gender, "race": labels.race, "datetime": labels.datetime})
+        rows.append(
+            {
+                "path": rel,
+                "age": labels.age,
+                "gender": labels.gender,
+                "race": labels.race,
+                "datetime": labels.datetime,
+            }
+        )
 
     if verify_images and rows:
         n_workers = workers or min(8, (os.cpu_count() or 1) + 1)
@@ -269,7 +288,11 @@ def index_folder(
             results = list(
                 tqdm(
                     pool.map(lambda r: check_image(root / r["path"], max_pixels=max_pixels), rows),
-                    total=len(rows), desc="verify", unit="img", disable=not progress or len(rows) < 200, leave=False,
+                    total=len(rows),
+                    desc="verify",
+                    unit="img",
+                    disable=not progress or len(rows) < 200,
+                    leave=False,
                 )
             )
         kept = []
@@ -308,10 +331,14 @@ def index_folder(
     )
     if frame.empty:
         if not files:
-            raise DatasetError(f"folder is empty: {root}" + ("" if recursive else " (use recursive=True / --recursive for sub-folders)"))
+            raise DatasetError(
+                f"folder is empty: {root}"
+                + ("" if recursive else " (use recursive=True / --recursive for sub-folders)")
+            )
         detail = "; ".join(f"{q['file']}: {q['reason']}" for q in quarantined[:3])
         raise DatasetError(
             f"no usable UTKFace images in {root}: {len(files)} file(s) seen, "
-            f"{len(not_images)} not images, {len(quarantined)} quarantined" + (f" (e.g. {detail})" if detail else "")
+            f"{len(not_images)} not images, {len(quarantined)} quarantined"
+            + (f" (e.g. {detail})" if detail else "")
         )
     return DatasetIndex(frame=frame, root=root, report=report)

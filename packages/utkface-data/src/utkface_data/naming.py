@@ -172,7 +172,10 @@ def load_corrections(
                     found = re.search(r"\d{8,20}", file)
                     dt = found.group(0) if found else ""
                 labels = FaceLabels(
-                    age=int(row["age"]), gender=int(row["gender"]), race=int(row["race"]), datetime=dt
+                    age=int(row["age"]),
+                    gender=int(row["gender"]),
+                    race=int(row["race"]),
+                    datetime=dt,
                 )
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{path}, line {line}: invalid correction ({exc})") from None

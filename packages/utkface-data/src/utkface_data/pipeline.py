@@ -55,12 +55,22 @@ def _resolve_paths(frame: pd.DataFrame, root: str | os.PathLike[str] | None) -> 
     return [str(base / p) for p in paths]
 
 
-def _check_args(frame: Any, image_size: Any, batch_size: Any, scaling: Any, cache: Any, on_error: Any, max_pixels: Any) -> None:
+def _check_args(
+    frame: Any,
+    image_size: Any,
+    batch_size: Any,
+    scaling: Any,
+    cache: Any,
+    on_error: Any,
+    max_pixels: Any,
+) -> None:
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"frame must be a pandas DataFrame. Received: frame={type(frame).__name__}")
     missing = [c for c in ("path", "age", "gender") if c not in frame.columns]
     if missing:
-        raise ValueError(f"frame is missing column(s) {missing}. Received: columns={list(frame.columns)}")
+        raise ValueError(
+            f"frame is missing column(s) {missing}. Received: columns={list(frame.columns)}"
+        )
     if len(frame) == 0:
         raise ValueError("frame has no rows. Received: len(frame)=0")
     if (
@@ -68,9 +78,13 @@ def _check_args(frame: Any, image_size: Any, batch_size: Any, scaling: Any, cach
         or len(image_size) != 2
         or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in image_size)
     ):
-        raise ValueError(f"image_size must be (height, width) positive ints. Received: image_size={image_size!r}")
+        raise ValueError(
+            f"image_size must be (height, width) positive ints. Received: image_size={image_size!r}"
+        )
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+        raise ValueError(
+            f"batch_size must be a positive integer. Received: batch_size={batch_size!r}"
+        )
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {SCALINGS}. Received: scaling={scaling!r}")
     if cache is not None and not isinstance(cache, str | os.PathLike):
@@ -78,7 +92,9 @@ def _check_args(frame: Any, image_size: Any, batch_size: Any, scaling: Any, cach
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip'. Received: on_error={on_error!r}")
     if not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise ValueError(f"max_pixels must be a positive integer. Received: max_pixels={max_pixels!r}")
+        raise ValueError(
+            f"max_pixels must be a positive integer. Received: max_pixels={max_pixels!r}"
+        )
 
 
 def file_problem(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
@@ -164,22 +180,29 @@ def make_dataset(
         if bad and on_error == "raise":
             missing = [p for p, why in bad if why == "file not found"]
             if missing:
-                listed = ", ".join(missing[:10]) + (f" ... and {len(missing) - 10} more" if len(missing) > 10 else "")
-                raise FileNotFoundError(f"{len(missing)} image file(s) listed in the frame do not exist: {listed}")
+                listed = ", ".join(missing[:10]) + (
+                    f" ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+                )
+                raise FileNotFoundError(
+                    f"{len(missing)} image file(s) listed in the frame do not exist: {listed}"
+                )
             shown = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
             more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-            raise DatasetError(f"{len(bad)} unusable image file(s) (on_error='skip' leaves them out):\n{shown}{more}")
+            raise DatasetError(
+                f"{len(bad)} unusable image file(s) (on_error='skip' leaves them out):\n{shown}{more}"
+            )
         if bad:
             for p, why in bad:
                 warnings.warn(f"{_ERROR_PREFIX} skipped: {p}: {why}", stacklevel=2)
             keep = np.array([why is None for _, why in problems])
             if not keep.any():
-                raise DatasetError(f"none of the {len(paths)} image files is usable, e.g. {bad[0][0]}: {bad[0][1]}")
+                raise DatasetError(
+                    f"none of the {len(paths)} image files is usable, e.g. {bad[0][0]}: {bad[0][1]}"
+                )
             paths = [p for p, k in zip(paths, keep, strict=True) if k]
             gender, age = gender[keep], age[keep]
     height, width = image_size
     deterministic = seed is not None
-
 
     ds = tf.data.Dataset.from_tensor_slices((paths, {"gender": gender, "age": age}))
     if shuffle and cache is None:
@@ -187,11 +210,17 @@ def make_dataset(
         ds = ds.shuffle(shuffle_buffer or len(paths), seed=seed, reshuffle_each_iteration=True)
 
     def decode(path: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.uint8, expand_animations=False)
+        image = tf.io.decode_image(
+            tf.io.read_file(path), channels=3, dtype=tf.uint8, expand_animations=False
+        )
         image = tf.image.resize(image, (height, width), method="bilinear", antialias=False)
-        return tf.ensure_shape(tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8), (height, width, 3))
+        return tf.ensure_shape(
+            tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8), (height, width, 3)
+        )
 
-    def load_chunk(chunk: tf.Tensor, target: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    def load_chunk(
+        chunk: tf.Tensor, target: dict[str, tf.Tensor]
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         # Decode a few files under ignore_errors and compare what came out with what went in:
         # a file the decoder rejects is then known by name (TF's own decode error names no file).
         k = tf.shape(chunk, out_type=tf.int64)[0]
@@ -211,22 +240,36 @@ def make_dataset(
         failed = tf.boolean_mask(chunk, tf.equal(seen, 0))
         if on_error == "raise":
             # InvalidArgumentError: "assertion failed: [utkface_data: unreadable image ...] [<path>...]"
-            report = tf.debugging.Assert(tf.equal(tf.size(failed), 0), [_DECODE_ERROR, failed], summarize=_CHUNK)
+            report = tf.debugging.Assert(
+                tf.equal(tf.size(failed), 0), [_DECODE_ERROR, failed], summarize=_CHUNK
+            )
         else:
             report = tf.cond(
                 tf.size(failed) > 0,
-                lambda: tf.print("WARNING:", _ERROR_PREFIX, "skipped (corrupt image data):", failed, output_stream=sys.stderr),
+                lambda: tf.print(
+                    "WARNING:",
+                    _ERROR_PREFIX,
+                    "skipped (corrupt image data):",
+                    failed,
+                    output_stream=sys.stderr,
+                ),
                 lambda: tf.no_op(),
             )
         with tf.control_dependencies([report]):
             images = tf.identity(images)
         return images, {key: tf.gather(value, index) for key, value in target.items()}
 
-    ds = ds.batch(_CHUNK).map(load_chunk, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic).unbatch()
+    ds = (
+        ds.batch(_CHUNK)
+        .map(load_chunk, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        .unbatch()
+    )
     if cache is not None:
         ds = ds.cache("" if str(cache) == "memory" else str(Path(cache)))
         if shuffle:
-            ds = ds.shuffle(shuffle_buffer or min(len(paths), 2048), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(
+                shuffle_buffer or min(len(paths), 2048), seed=seed, reshuffle_each_iteration=True
+            )
     if repeat:
         ds = ds.repeat()
     if augment:
@@ -239,7 +282,9 @@ def make_dataset(
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if scaling != "uint8":
         scale = 1.0 / 255.0 if scaling == "unit" else 1.0
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) * scale, y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(
+            lambda x, y: (tf.cast(x, tf.float32) * scale, y), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

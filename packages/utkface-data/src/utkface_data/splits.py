@@ -20,7 +20,17 @@ from ._paths import get_data_dir
 from .errors import DatasetError
 from .index import age_bin
 
-__all__ = ["SPLIT_COLUMNS", "SPLIT_NAMES", "Splits", "load_split_file", "load_splits", "save_splits", "split_frame", "stratum", "subset"]
+__all__ = [
+    "SPLIT_COLUMNS",
+    "SPLIT_NAMES",
+    "Splits",
+    "load_split_file",
+    "load_splits",
+    "save_splits",
+    "split_frame",
+    "stratum",
+    "subset",
+]
 
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_COLUMNS = ["path", "age", "gender", "race", "datetime"]
@@ -40,10 +50,14 @@ def _check_frame(frame: pd.DataFrame, needed: list[str]) -> None:
         raise TypeError(f"frame must be a pandas DataFrame. Received: frame={type(frame).__name__}")
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise ValueError(f"frame is missing column(s) {missing}. Received: columns={list(frame.columns)}")
+        raise ValueError(
+            f"frame is missing column(s) {missing}. Received: columns={list(frame.columns)}"
+        )
     dup = frame["path"][frame["path"].duplicated()]
     if len(dup):
-        raise ValueError(f"frame has duplicate paths, e.g. {dup.iloc[0]!r}. Received: {len(dup)} duplicates")
+        raise ValueError(
+            f"frame has duplicate paths, e.g. {dup.iloc[0]!r}. Received: {len(dup)} duplicates"
+        )
 
 
 def stratum(frame: pd.DataFrame) -> pd.Series:
@@ -54,7 +68,9 @@ def stratum(frame: pd.DataFrame) -> pd.Series:
 
 def _ordered(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     """Rows ordered by (stratum, seeded hash of path): independent of the input order."""
-    keys = [hashlib.blake2b(f"{seed}:{p}".encode(), digest_size=8).hexdigest() for p in frame["path"]]
+    keys = [
+        hashlib.blake2b(f"{seed}:{p}".encode(), digest_size=8).hexdigest() for p in frame["path"]
+    ]
     out = frame.assign(_stratum=stratum(frame).to_numpy(), _key=keys)
     out = out.sort_values(["_stratum", "_key", "path"], kind="mergesort")
     return out.drop(columns=["_stratum", "_key"])
@@ -84,7 +100,9 @@ def subset(frame: pd.DataFrame, n: int, *, seed: int = 0) -> pd.DataFrame:
     return picked.sort_values("path", kind="mergesort").reset_index(drop=True)
 
 
-def split_frame(frame: pd.DataFrame, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> Splits:
+def split_frame(
+    frame: pd.DataFrame, *, val: float = 0.15, test: float = 0.15, seed: int = 0
+) -> Splits:
     """Split into train/val/test, stratified by age bin x gender, deterministic for ``seed``.
 
     ``val`` and ``test`` are fractions; ``round(len * val)`` rows go to val and
@@ -96,13 +114,17 @@ def split_frame(frame: pd.DataFrame, *, val: float = 0.15, test: float = 0.15, s
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1:
             raise ValueError(f"{name} must be a fraction in [0, 1). Received: {name}={value!r}")
     if val + test >= 1:
-        raise ValueError(f"val + test must leave rows for training. Received: val={val}, test={test}")
+        raise ValueError(
+            f"val + test must leave rows for training. Received: val={val}, test={test}"
+        )
     _check_frame(frame, ["path", "age", "gender"])
     total = len(frame)
     n_test = int(round(total * test))
     n_val = int(round(total * val))
     if total and n_test + n_val >= total:
-        raise ValueError(f"{total} rows are too few for val={val}, test={test}: nothing left to train on")
+        raise ValueError(
+            f"{total} rows are too few for val={val}, test={test}: nothing left to train on"
+        )
     ordered = _ordered(frame, int(seed))
     is_test = _systematic(total, n_test)
     rest = ordered[~is_test]
@@ -122,7 +144,9 @@ def save_splits(splits: Splits, out_dir: str | os.PathLike[str]) -> dict[str, Pa
     Returns the written paths by split name.
     """
     if not isinstance(splits, tuple) or len(splits) != 3:
-        raise ValueError(f"splits must be a Splits(train, val, test). Received: {type(splits).__name__}")
+        raise ValueError(
+            f"splits must be a Splits(train, val, test). Received: {type(splits).__name__}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -168,7 +192,9 @@ def load_split_file(
         if missing:
             shown = "\n".join(f"  {m}" for m in missing[:20])
             more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-            raise DatasetError(f"{path}: {len(missing)} image(s) not found under {base}:\n{shown}{more}")
+            raise DatasetError(
+                f"{path}: {len(missing)} image(s) not found under {base}:\n{shown}{more}"
+            )
     return df
 
 
@@ -188,5 +214,8 @@ def load_splits(
     if not folder.is_dir():
         raise FileNotFoundError(f"split folder does not exist: {folder}")
     return Splits(
-        *(load_split_file(folder / f"{name}.csv", root=root, check_files=check_files) for name in SPLIT_NAMES)
+        *(
+            load_split_file(folder / f"{name}.csv", root=root, check_files=check_files)
+            for name in SPLIT_NAMES
+        )
     )
