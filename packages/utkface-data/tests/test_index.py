@@ -146,6 +146,12 @@ def test_recursive(utk_folder: Path, image_writer) -> None:
     assert "part2/deep/40_0_1_20170103000000001.jpg" in set(deep.frame["path"])
 
 
+def test_recursive_symlink_loop_terminates(utk_folder: Path) -> None:
+    (utk_folder / "loop").symlink_to(utk_folder, target_is_directory=True)
+    idx = index_folder(utk_folder, recursive=True, progress=False)
+    assert idx.report.files_seen == 24 and idx.report.reconciles
+
+
 def test_missing_and_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         index_folder(tmp_path / "nope", progress=False)

@@ -185,12 +185,15 @@ def _scan(root: Path, recursive: bool) -> list[str]:
     """Relative POSIX paths of every regular file under root (top level unless recursive)."""
     found: list[str] = []
     stack = [root]
+    visited = {os.path.realpath(root)}  # a symlink loop is visited once
     while stack:
         folder = stack.pop()
         with os.scandir(folder) as it:
             for entry in it:
                 if entry.is_dir(follow_symlinks=True):
-                    if recursive:
+                    real = os.path.realpath(entry.path)
+                    if recursive and real not in visited:
+                        visited.add(real)
                         stack.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=True):
                     found.append(Path(entry.path).relative_to(root).as_posix())
