@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+
 from agegender_models import backbone_defaults, create_model
 
 TINY = (32, 32, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+
 from agegender_models import (
     Preprocess,
     backbone_defaults,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 import textwrap
 
-import agegender_models
 import keras
 import pytest
+
+import agegender_models
 from agegender_models import (
     ENTRY_POINT_GROUP,
     _registry,

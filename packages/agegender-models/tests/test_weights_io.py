@@ -7,6 +7,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from PIL import Image
+
 from agegender_models import (
     ModelFileError,
     Predictor,
@@ -22,7 +24,6 @@ from agegender_models import (
     set_trainable,
 )
 from agegender_models.precision import bf16_supported, resolve_precision
-from PIL import Image
 
 SHARED_MOBILENET = Path("/work/shared/weights/mobilenet_v2_1.0_224_no_top_tfslim.weights.h5")
 
