@@ -129,6 +129,7 @@ def main(argv=None) -> int:
 
     import keras
     import tensorflow as tf
+
     from agegender_models import bf16_supported, compile_model, create_model, get_precision
 
     root = Path(args.data_dir)
