@@ -173,8 +173,10 @@ def create_model(
 
         inputs = keras.Input(shape=shape, name="image")
         x = Preprocess(cfg["preprocessing"], name="preprocess")(inputs)
-        # keras.applications backbones are called with training=False so their BatchNorm
-        # layers run in inference mode; set_trainable also freezes them (see there)
+        # keras.applications backbones are called with training=False (the documented
+        # transfer-learning idiom), but Keras 3.15's Functional.call overrides that stored
+        # argument with the outer `training` during fit; what actually keeps BatchNorm in
+        # inference mode is set_trainable freezing every BatchNorm layer (tested).
         x = features(x, training=False) if cfg["bn_inference"] else features(x)
         if len(x.shape) == 4:
             pool = {
@@ -222,6 +224,10 @@ def set_trainable(
     With ``freeze_batchnorm`` (default), every BatchNormalization layer of the backbone is
     frozen, which in Keras 3 also makes it run in inference mode (moving statistics are
     neither used from the batch nor updated) — including inside the trainable last N layers.
+    (Calling the backbone with ``training=False`` alone is not enough in Keras 3.15: a
+    functional model passes the outer ``training=True`` of ``fit`` on to nested models, so
+    a trainable BatchNorm would update its statistics. Do not set ``model.trainable = True``
+    by hand on a pretrained model; call this function.)
     Recompile the model afterwards for the change to take effect in ``fit``.
     Returns the model.
     """
