@@ -65,13 +65,12 @@ def test_run_folder_has_every_output(trained_run: Path, face_folder: Path) -> No
     assert {"loss", "val_loss", "val_gender_accuracy", "val_age_mae"} <= set(history.columns)
 
     model = load_model(trained_run / "model.keras")
-    assert [o.name.split("/")[0] for o in model.outputs] or model.output_names
     assert set(model.output_names) == {"gender", "age"}
 
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["epochs_run"] == 2
     for split in ("validation", "test"):
-        assert METRIC_KEYS <= set(metrics[split])
+        assert set(metrics[split]) >= METRIC_KEYS
         assert set(metrics[split]["by_group"]["age_group"]) <= {"under 10", "10–17", "18+"}
     assert metrics["test"]["n"] == len(splits["test"])
     assert (trained_run / "report" / "report.md").is_file()
@@ -170,7 +169,7 @@ def test_cli_evaluate_writes_metrics(trained_run: Path, face_folder: Path, tmp_p
                   "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert METRIC_KEYS <= set(metrics)
+    assert set(metrics) >= METRIC_KEYS
     assert metrics["n"] == len(pd.read_csv(trained_run / "splits" / "test.csv"))
     assert "5" in metrics["age_cs"]
 

@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from agegender_eval import AGE_GROUPS, EvalResult, evaluate
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from agegender_eval import AGE_GROUPS, EvalResult, evaluate
 
 CONTRACT_KEYS = {"n", "gender_accuracy", "age_mae", "age_rmse", "age_cs", "age_mae_by_bin", "by_group"}
 

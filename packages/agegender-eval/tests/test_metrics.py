@@ -6,6 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from agegender_eval import (
     AGE_BINS,
     age_metrics,
@@ -18,8 +21,6 @@ from agegender_eval import (
     mean_signed_error,
     root_mean_squared_error,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 ages = st.integers(min_value=0, max_value=116)
 pred_ages = st.floats(min_value=-20, max_value=140, allow_nan=False, allow_infinity=False)

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
+
 from agegender_eval import (
     evaluate,
     plot_age_scatter,
@@ -26,7 +28,6 @@ from agegender_eval import (
     standard_figures,
     write_report,
 )
-from matplotlib.figure import Figure
 
 EPOCHS = 6
 HISTORY = {
