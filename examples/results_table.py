@@ -1,0 +1,66 @@
+"""Print a run folder's results as Markdown: overall and by age group, validation and test.
+
+    python examples/results_table.py runs/model_a_improved [runs/other ...]
+
+Reads ``metrics.json``, ``config.json`` and ``history.csv`` of each run folder written by
+``agegender train`` / ``examples/reproduce_*.py``; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+GROUP_ORDER = ("under 10", "10–17", "18+")
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def run_table(run: Path) -> str:
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    with (run / "history.csv").open(newline="") as f:
+        epochs = len(list(csv.DictReader(f)))
+    lines = [
+        f"### `{run.name}` — backbone `{metrics['backbone']}`",
+        "",
+        f"epochs run {epochs} (best epoch {metrics.get('best_epoch')}), precision "
+        f"{config['precision']}, split sizes {config['split_sizes']}, dataset fingerprint "
+        f"`{config['dataset_fingerprint'][:12]}…`",
+        "",
+        "| split | group | n | gender accuracy | age MAE | age RMSE | CS@5 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for split in ("validation", "test"):
+        result = metrics[split]
+        rows = [("overall", result)]
+        groups = result["by_group"].get("age_group", {})
+        rows += [(g, groups[g]) for g in GROUP_ORDER if g in groups]
+        for name, values in rows:
+            lines.append(
+                f"| {split} | {name} | {values['n']} | {_fmt(values['gender_accuracy'], 3)} | "
+                f"{_fmt(values['age_mae'], 2)} | {_fmt(values.get('age_rmse'), 2)} | "
+                f"{_fmt(values['age_cs']['5'], 3)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders")
+    args = parser.parse_args(argv)
+    for run in args.runs:
+        if not (run / "metrics.json").is_file():
+            print(f"error: {run} has no metrics.json (not a finished run folder)", file=sys.stderr)
+            return 2
+        print(run_table(run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
