@@ -1,8 +1,8 @@
 """Train several registered backbones on the same split with the same budget and compare them.
 
     python examples/compare_backbones.py --data-dir DIR --out runs/compare \
-        --backbones custom_cnn mobilenet_v2 efficientnet_b0 \
-        --weights mobilenet_v2=../shared/weights/mobilenet_v2_1.0_224_no_top_tfslim.weights.h5
+        --backbones custom_cnn mobilenet_v2 mobilenet_v3_small \
+        --weights-for mobilenet_v2=../shared/weights/mobilenet_v2_1.0_224_no_top_tfslim.weights.h5
 
 Writes ``OUT/splits/`` (shared by every backbone), one run folder per backbone, and
 ``OUT/comparison.md`` / ``OUT/comparison.csv`` / ``OUT/comparison.png`` (test split, overall and by
@@ -60,7 +60,7 @@ def markdown_table(table) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
-    parser.add_argument("--backbones", nargs="+", default=["custom_cnn", "mobilenet_v2", "efficientnet_b0"])
+    parser.add_argument("--backbones", nargs="+", default=["custom_cnn", "mobilenet_v2", "mobilenet_v3_small"])
     parser.add_argument("--weights-for", nargs="*", default=[], metavar="BACKBONE=WEIGHTS",
                         help="weights per backbone (a file or 'imagenet'); others use --weights")
     args = parser.parse_args()

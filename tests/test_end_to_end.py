@@ -221,3 +221,23 @@ def test_predictions_cover_a_grayscale_and_rgba_image(trained_run: Path, tmp_pat
     Image.new("RGBA", (90, 60), (10, 20, 30, 128)).save(rgba)
     results = Predictor(trained_run / "model.keras").predict([gray, rgba])
     assert [r["file"] for r in results] == [str(gray), str(rgba)]
+
+
+def test_compare_backbones_writes_one_table_for_the_same_split(face_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "compare_backbones.py"), "--data-dir",
+         str(face_folder), "--n", "48", "--epochs", "1", "--image-size", "32", "--quiet",
+         "--backbones", "custom_cnn", "mobilenet_v3_small", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(out / "comparison.csv")
+    assert list(table["backbone"]) == ["custom_cnn", "mobilenet_v3_small"]
+    assert {"gender_acc", "age_mae", "cs5", "age_mae[18+]"} <= set(table.columns)
+    assert (out / "comparison.png").stat().st_size > 0
+    assert "| custom_cnn |" in (out / "comparison.md").read_text()
+    # every backbone trained and was tested on the one shared split
+    shared = pd.read_csv(out / "splits" / "test.csv")["path"].tolist()
+    for backbone in ("custom_cnn", "mobilenet_v3_small"):
+        assert pd.read_csv(out / backbone / "splits" / "test.csv")["path"].tolist() == shared
