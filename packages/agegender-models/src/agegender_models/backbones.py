@@ -96,17 +96,11 @@ def mobilenet_v2(*, input_shape, name="backbone"):
     )
 
 
+# same conventions as MobileNetV2 ([-1, 1] scaling done by our layer instead of the Rescaling
+# keras would put inside, frozen BatchNorm, avg-pool head); only the weights file differs
 MOBILENET_V3_SMALL_CFG = {
-    "input_shape": (128, 128, 3),
-    "preprocessing": "tf",  # the [-1, 1] Rescaling keras puts inside, done by our layer
-    "weights": "imagenet",
+    **MOBILENET_V2_CFG,
     "imagenet_files": ("weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",),
-    "trainable_layers": 30,
-    "min_size": 32,
-    "bn_inference": True,
-    "head": "avg",
-    "dense": (256,),
-    "dropout": 0.3,
 }
 
 
