@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from agegender_models.cli import add_train_arguments, config_from_args, format_summary
+from agegender_models.cli import add_train_arguments, config_from_args, format_summary, run_or_exit
 
 DATA_HELP = (
     "no UTKFace folder given: pass --data-dir DIR or set UTKFACE_DIR. UTKFace (non-commercial "
@@ -20,19 +19,18 @@ def run(description: str, *, backbone: str, seed_numbers: dict[str, float], **ov
     add_train_arguments(parser, backbone=backbone)
     parser.set_defaults(**overrides)
     args = parser.parse_args()
-    if not args.data_dir and not args.splits:
+    if not args.data_dir:
         print(f"error: {DATA_HELP}", file=sys.stderr)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return run_or_exit(_train_and_report, args, seed_numbers, prog=sys.argv[0])
+
+
+def _train_and_report(args: argparse.Namespace, seed_numbers: dict[str, float]) -> int:
     from agegender_models.training import train
 
-    try:
-        metrics = train(config_from_args(args), verbose=0 if args.quiet else "auto")
-    except (FileNotFoundError, NotADirectoryError, ValueError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    metrics = train(config_from_args(args), verbose=0 if args.quiet else "auto")
     val = metrics["validation"]
-    print(format_summary(metrics))
+    print(format_summary({k: metrics[k] for k in ("validation", "test")}))
     print(f"Validation Accuracy for Gender Classification: {val['gender_accuracy']:.3f} "
           f"(seed reported {seed_numbers['gender_accuracy']})")
     print(f"Validation MAE for Age Estimation: {val['age_mae']:.2f} "

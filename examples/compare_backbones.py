@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
-from agegender_models.cli import add_train_arguments, config_from_args
+from agegender_models.cli import add_train_arguments, config_from_args, run_or_exit
 
 
 def _weights(pairs: list[str]) -> dict[str, str]:
@@ -67,7 +66,10 @@ def main() -> int:
     if not args.data_dir:
         print("error: pass --data-dir DIR or set UTKFACE_DIR", file=sys.stderr)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return run_or_exit(compare, args, prog=sys.argv[0])
+
+
+def compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from agegender_models.training import prepare_splits, train
@@ -75,6 +77,7 @@ def main() -> int:
     per_backbone = _weights(args.weights_for)
     out = Path(args.out)
     base = config_from_args(args)
+    base.validate()
     prepare_splits(base, out)  # one split for every backbone
     runs = {}
     for backbone in args.backbones:

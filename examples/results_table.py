@@ -2,14 +2,13 @@
 
     python examples/results_table.py runs/model_a_improved [runs/other ...]
 
-Reads ``metrics.json``, ``config.json`` and ``history.csv`` of each run folder written by
+Reads ``metrics.json`` and ``config.json`` of each run folder written by
 ``agegender train`` / ``examples/reproduce_*.py``; nothing is recomputed.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -24,12 +23,10 @@ def _fmt(value: float | None, digits: int) -> str:
 def run_table(run: Path) -> str:
     metrics = json.loads((run / "metrics.json").read_text())
     config = json.loads((run / "config.json").read_text())
-    with (run / "history.csv").open(newline="") as f:
-        epochs = len(list(csv.DictReader(f)))
     lines = [
         f"### `{run.name}` — backbone `{metrics['backbone']}`",
         "",
-        f"epochs run {epochs} (best epoch {metrics.get('best_epoch')}), precision "
+        f"epochs run {metrics['epochs_run']} (best epoch {metrics.get('best_epoch')}), precision "
         f"{config['precision']}, split sizes {config['split_sizes']}, dataset fingerprint "
         f"`{config['dataset_fingerprint'][:12]}…`",
         "",
@@ -55,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders")
     args = parser.parse_args(argv)
     for run in args.runs:
-        if not (run / "metrics.json").is_file():
-            print(f"error: {run} has no metrics.json (not a finished run folder)", file=sys.stderr)
+        missing = [name for name in ("metrics.json", "config.json") if not (run / name).is_file()]
+        if missing:
+            print(f"error: {run} has no {' or '.join(missing)} (not a finished run folder)", file=sys.stderr)
             return 2
         print(run_table(run))
     return 0

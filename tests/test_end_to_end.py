@@ -265,3 +265,56 @@ def test_model_b_example_trains_from_a_local_weights_file(face_folder: Path, tmp
     assert config["config"]["backbone"] == "resnet50"
     assert config["config"]["weights"] == str(weights)
     assert (out / "model.keras").is_file()
+
+
+def test_resume_state_restores_history_and_callback_state(tmp_path: Path) -> None:
+    """The bookkeeping of a resumed run, without training: 3 epochs backed up, 4 logged."""
+    import keras
+
+    from agegender_models.training import _make_resume_callback
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss,val_loss\n0,5,3.0\n1,4,1.0\n2,3,2.0\n3,2,2.5\n")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
+    early = keras.callbacks.EarlyStopping(patience=10)
+    early.on_train_begin()
+    best = keras.callbacks.ModelCheckpoint(tmp_path / "m.keras", save_best_only=True)
+    _make_resume_callback(history, backup, early, best).on_train_begin()
+    assert pd.read_csv(history)["epoch"].tolist() == [0, 1, 2]  # epoch 3 is trained again
+    assert (early.best, early.wait, early.best_epoch, best.best) == (1.0, 1, 1, 1.0)
+
+
+def test_finished_run_folder_is_not_trained_again(trained_run: Path, face_folder: Path) -> None:
+    before = (trained_run / "history.csv").read_text(), (trained_run / "model.keras").stat().st_mtime
+    with pytest.warns(UserWarning, match="finished run"):
+        metrics = train(TrainConfig(out=str(trained_run), data_dir=str(face_folder), epochs=2, **TINY))
+    assert metrics == json.loads((trained_run / "metrics.json").read_text())
+    assert ((trained_run / "history.csv").read_text(), (trained_run / "model.keras").stat().st_mtime) == before
+
+
+def test_unfinished_run_refuses_changed_options(face_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"config": {"backbone": "custom_cnn", "n": 64, "seed": 0}}))
+    with pytest.raises(ValueError, match=r"n=64 -> 32"):
+        train(TrainConfig(out=str(out), data_dir=str(face_folder), **{**TINY, "n": 32}))
+
+
+def test_too_small_splits_fail_before_writing(face_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="split would be empty"):
+        train(TrainConfig(out=str(out), data_dir=str(face_folder), **{**TINY, "n": 3}))
+    assert not (out / "splits").exists()
+
+
+def test_cli_train_without_data_is_one_clear_line(tmp_path: Path) -> None:
+    env_free = {k: v for k, v in os.environ.items() if k != "UTKFACE_DIR"}
+    result = subprocess.run(
+        [sys.executable, "-m", "agegender_models.cli", "train", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=300, env={**env_free, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 2
+    assert "UTKFACE_DIR" in result.stderr
+    assert "Traceback" not in result.stderr

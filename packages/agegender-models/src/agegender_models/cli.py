@@ -20,6 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# training.py imports the 'app' extra (utkface_data, agegender_eval) only inside its functions
+from agegender_models.training import LR_SCHEDULES, STRATEGIES
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -27,6 +30,20 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 class CLIError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
+
+
+# Errors that describe the user's input (a missing file, a bad option, a missing extra): one line
+# on stderr and exit status 2, never a traceback.
+USER_ERRORS = (CLIError, FileNotFoundError, NotADirectoryError, ValueError, ImportError)
+
+
+def run_or_exit(func, *args, prog: str = "agegender") -> int:
+    """Call ``func(*args)``; a user error becomes one line on stderr and exit status 2."""
+    try:
+        return int(func(*args))
+    except USER_ERRORS as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -62,12 +79,12 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, backbone: str = "cus
     fit.add_argument("--patience", type=int, default=10, help="early-stopping patience (default 10)")
     fit.add_argument("--gender-weight", type=float, default=1.0, help="loss weight of the gender head")
     fit.add_argument("--age-weight", type=float, default=1.0, help="loss weight of the age head")
-    fit.add_argument("--lr-schedule", choices=["constant", "plateau"], default="constant",
+    fit.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                      help="'plateau' halves the learning rate when the validation loss stalls")
     fit.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
                      default="auto", help="'auto' = mixed bfloat16 where the hardware supports it")
     fit.add_argument("--no-mixed-precision", action="store_true", help="same as --precision float32")
-    fit.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"], default="default",
+    fit.add_argument("--strategy", choices=STRATEGIES, default="default",
                      help="tf.distribute strategy ('mirrored' splits the CPU in two without a GPU)")
     parser.add_argument("--out", required=True, help="run folder (an existing one is resumed)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress output")
@@ -89,11 +106,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def format_summary(metrics: dict[str, Any]) -> str:
-    """A short human summary of a run's metrics.json (overall and by age group)."""
+    """A short human summary of results (overall and by age group): ``metrics`` maps a label
+    (e.g. "validation", "test") to an ``agegender_eval`` result dict."""
     lines = []
-    for split in ("validation", "test"):
-        result = metrics.get(split)
-        if not result:
+    for split, result in metrics.items():
+        if not isinstance(result, dict) or "gender_accuracy" not in result:
             continue
         lines.append(
             f"{split:>10}: gender accuracy {result['gender_accuracy']:.3f}, age MAE "
@@ -139,7 +156,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = write_evaluation(model, frame, root, Path(args.out), image_size=size,
                               title=f"Evaluation of {args.model}",
                               extra={"model": str(args.model), "data_dir": str(root)})
-    print(format_summary({"test": result.to_dict()}).replace("      test", "evaluation"))
+    print(format_summary({"evaluation": result.to_dict()}))
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
@@ -266,14 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except CLIError as exc:
-        print(f"agegender: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError, ImportError) as exc:
-        print(f"agegender: error: {exc}", file=sys.stderr)
-        return 2
+    return run_or_exit(args.func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,6 +48,9 @@ class Predictor:
 
         {"file": str | None, "age": float, "gender": "male" | "female", "p_female": float}
 
+    ``gender`` is "female" when ``p_female > threshold`` (strictly, as Keras' binary accuracy and
+    ``agegender_eval`` count it).
+
     Unreadable files are not fatal: they are listed in ``predictor.errors`` as
     ``{"file", "reason"}`` (reset at each call) and the other images are still predicted.
     """
@@ -116,7 +119,7 @@ class Predictor:
                     {
                         "file": files[start + j],
                         "age": float(age[j]),
-                        "gender": GENDERS[int(p_female[j] >= self.threshold)],
+                        "gender": GENDERS[int(p_female[j] > self.threshold)],
                         "p_female": float(p_female[j]),
                     }
                 )

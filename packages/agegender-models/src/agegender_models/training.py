@@ -114,10 +114,10 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule must be one of {LR_SCHEDULES}. Received: lr_schedule={self.lr_schedule!r}"
             )
-        if self.data_dir is None and self.splits is None and not os.environ.get("UTKFACE_DIR"):
+        if self.data_dir is None and not os.environ.get("UTKFACE_DIR"):
             raise ValueError(
                 "no data: pass data_dir (--data-dir) or set the UTKFACE_DIR environment variable "
-                "to a folder of UTKFace images"
+                "to a folder of UTKFace images (split files hold paths relative to it)"
             )
 
 
@@ -148,6 +148,12 @@ def make_strategy(name: str = "default"):
             cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
         )
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(devices) < 2:
+        warnings.warn(
+            "strategy='mirrored': TensorFlow's devices were already initialised, so the CPU could "
+            "not be split in two; training runs on one replica. Choose the strategy first.",
+            stacklevel=2,
+        )
     return tf.distribute.MirroredStrategy(devices=devices)
 
 
@@ -162,16 +168,23 @@ def _read_history(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _make_resume_callback(history_path: Path, early_stopping, checkpoint):
+def _backed_up_epochs(backup_dir: Path) -> int:
+    """Epochs finished according to BackupAndRestore's metadata (0 when there is no backup)."""
+    meta = backup_dir / "training_metadata.json"
+    return int(json.loads(meta.read_text())["epoch"]) if meta.is_file() else 0
+
+
+def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, checkpoint):
     """A callback that, on (re)start, aligns history.csv and the callbacks' state with the backup."""
     import keras
 
     class ResumeState(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            initial_epoch = int(getattr(self.model, "_initial_epoch", 0) or 0)
+            initial_epoch = _backed_up_epochs(backup_dir)
             rows = [r for r in _read_history(history_path) if int(r["epoch"]) < initial_epoch]
             if history_path.exists():
-                # Drop epochs that were logged but not backed up (killed in between).
+                # Drop epochs that were logged but not backed up (killed in between): the backup
+                # is written last at the end of an epoch, so those epochs are trained again.
                 with history_path.open("w", newline="") as f:
                     if rows:
                         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -194,7 +207,7 @@ def _make_resume_callback(history_path: Path, early_stopping, checkpoint):
 
 
 def _fingerprint(frame) -> str:
-    """SHA-256 over the sorted (path, age, gender, race, file size) of the images used."""
+    """SHA-256 over the sorted (path, age, gender, race) rows of the images used."""
     digest = hashlib.sha256()
     for row in frame.sort_values("path").itertuples(index=False):
         digest.update(f"{row.path},{row.age},{row.gender},{row.race}\n".encode())
@@ -205,14 +218,10 @@ def prepare_splits(config: TrainConfig, out: Path):
     """Index + subset + split (or load the given split files); returns (splits, root, index report)."""
     utkface_data, _ = _app_modules()
     splits_out = out / "splits"
-    if config.splits is not None:
-        root = Path(config.data_dir or os.environ["UTKFACE_DIR"])
-        splits = utkface_data.load_splits(config.splits, root=root)
-        report = None
-    elif (splits_out / "train.csv").exists():
-        # Resuming: keep exactly the split the run started with.
-        root = Path(config.data_dir or os.environ["UTKFACE_DIR"])
-        splits = utkface_data.load_splits(splits_out, root=root)
+    if config.splits is not None or (splits_out / "train.csv").exists():
+        # Given split files, or resuming: keep exactly the split the run started with.
+        root = utkface_data.get_data_dir(config.data_dir)
+        splits = utkface_data.load_splits(config.splits or splits_out, root=root)
         report = None
     else:
         index = utkface_data.index_folder(config.data_dir, progress=False)
@@ -222,6 +231,12 @@ def prepare_splits(config: TrainConfig, out: Path):
             frame = utkface_data.subset(frame, config.n, seed=config.seed)
         splits = utkface_data.split_frame(frame, val=config.val, test=config.test, seed=config.seed)
         report = index.report
+    empty = [name for name, part in zip(("train", "val", "test"), splits, strict=True) if len(part) == 0]
+    if empty:
+        raise ValueError(
+            f"the {'/'.join(empty)} split would be empty with n={config.n}, val={config.val}, "
+            f"test={config.test}: use more images or larger fractions"
+        )
     utkface_data.save_splits(splits, splits_out)
     return splits, Path(root), report
 
@@ -291,16 +306,12 @@ def evaluate_frame(model, frame, root: Path, *, image_size: int, batch_size: int
 
 
 def write_evaluation(model, frame, root: Path, out: Path, *, image_size: int, title: str,
-                     history=None, extra: dict[str, Any] | None = None):
+                     history=None, best_epoch: int | None = None, extra: dict[str, Any] | None = None):
     """Evaluate on ``frame`` and write ``out/report.md``, ``out/metrics.json`` and the plots."""
     _, agegender_eval = _app_modules()
     result, _ = evaluate_frame(model, frame, root, image_size=image_size)
-    figures = agegender_eval.standard_figures(result, history=history)
+    figures = agegender_eval.standard_figures(result, history=history, early_stopping_epoch=best_epoch)
     agegender_eval.write_report(result, figures, out, title=title, extra=extra)
-    import matplotlib.pyplot as plt
-
-    for figure in figures.values():
-        plt.close(figure)
     return result
 
 
@@ -321,13 +332,42 @@ def _versions() -> dict[str, str]:
     return found
 
 
+# Options that define a run: a resumed run folder must be started with the same values.
+RUN_DEFINING = ("backbone", "n", "seed", "val", "test", "splits", "image_size", "weights",
+                "trainable_layers", "model_kwargs")
+
+
+def _previous_run(out: Path, config: TrainConfig) -> dict[str, Any]:
+    """The config.json of an unfinished run in ``out`` ({} if none); refuses changed options."""
+    path = out / "config.json"
+    if not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    before = previous.get("config", {})
+    now = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    changed = [f"{key}={before.get(key)!r} -> {now[key]!r}" for key in RUN_DEFINING
+               if key in before and before[key] != now[key]]
+    if changed:
+        raise ValueError(
+            f"{out} holds an unfinished run started with other options ({', '.join(changed)}); "
+            "resume it with the same options or use a new --out"
+        )
+    return previous
+
+
 def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list | None = None) -> dict[str, Any]:
     """Run one training job as described in the module docstring; returns the metrics dict.
 
-    ``callbacks`` are extra Keras callbacks, run after the run folder's own.
+    ``callbacks`` are extra Keras callbacks, run after the run folder's own. An unfinished run
+    folder is resumed (its options that define the run must not change); a finished one (it has
+    ``metrics.json``) is not trained again: its metrics are returned as they are.
     """
     config.validate()
     out = Path(config.out)
+    if (out / "metrics.json").is_file():
+        warnings.warn(f"{out} holds a finished run: not training again (use a new --out)", stacklevel=2)
+        return json.loads((out / "metrics.json").read_text())
+    previous = _previous_run(out, config)
     out.mkdir(parents=True, exist_ok=True)
     strategy = make_strategy(config.strategy)  # before anything initialises TensorFlow's devices
 
@@ -371,7 +411,9 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
         "platform": platform.platform(),
         "seed_recipe": SEED_RECIPE,
     }
-    if report is not None:
+    if report is None and "index_report" in previous:
+        run_config["index_report"] = previous["index_report"]
+    elif report is not None:
         run_config["index_report"] = {
             "files_seen": report.files_seen,
             "indexed": report.indexed,
@@ -393,15 +435,16 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     best_checkpoint = keras.callbacks.ModelCheckpoint(
         out / "model.keras", monitor="val_loss", save_best_only=True
     )
-    # Order matters at train begin: BackupAndRestore sets the initial epoch, EarlyStopping resets
-    # its state, then ResumeState restores it from history.csv before CSVLogger opens the file.
+    backup_dir = checkpoints / "backup"
+    # Order matters. At train begin EarlyStopping resets its state, then ResumeState restores it
+    # from history.csv (trimmed to the backed-up epochs) before CSVLogger opens the file. At epoch
+    # end the backup is written last, so an epoch it records is also in history.csv and the
+    # checkpoints. ReduceLROnPlateau's own patience counter is not restored on resume.
     own_callbacks = [
-        keras.callbacks.BackupAndRestore(str(checkpoints / "backup")),
         best_checkpoint,
         keras.callbacks.ModelCheckpoint(checkpoints / "last.keras"),
         early_stopping,
-        _make_resume_callback(history_path, early_stopping, best_checkpoint),
-        keras.callbacks.CSVLogger(str(history_path), append=True),
+        _make_resume_callback(history_path, backup_dir, early_stopping, best_checkpoint),
     ]
     if config.lr_schedule == "plateau":
         own_callbacks.append(
@@ -409,6 +452,10 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
                 monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-5
             )
         )
+    own_callbacks += [
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+        keras.callbacks.BackupAndRestore(str(backup_dir)),
+    ]
 
     started = time.perf_counter()
     with _finite_datasets():
@@ -428,7 +475,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     val_result, _ = evaluate_frame(best, splits.val, root, image_size=size)
     test_result = write_evaluation(
         best, splits.test, root, out / "report", image_size=size,
-        title=f"{config.backbone} on the held-out test split", history=history,
+        title=f"{config.backbone} on the held-out test split", history=history, best_epoch=best_epoch,
         extra={"split": "test", "backbone": config.backbone},
     )
     metrics = {
