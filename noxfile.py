@@ -43,7 +43,7 @@ def slow(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """Ruff lint and format check."""
+    """Ruff lint (rules and import order from the root pyproject.toml)."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
 
