@@ -33,7 +33,8 @@ def test_model_a_smoke_on_real_images(tmp_path: Path) -> None:
     for split in ("validation", "test"):
         result = metrics[split]
         assert 0.0 <= result["gender_accuracy"] <= 1.0
-        # even two epochs beat an absurd model; a broken pipeline (wrong scaling, labels) does not
+        # a smoke bound, not a quality bar: predicting the mean age gives about 20 years here,
+        # while outputs stuck at a bound (0 or 120) or NaN from a broken pipeline do not pass
         assert result["age_mae"] < 30.0
         assert set(result["by_group"]["age_group"]) == {"under 10", "10–17", "18+"}
     assert (out / "report" / "report.md").is_file()
