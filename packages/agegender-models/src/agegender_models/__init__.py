@@ -19,6 +19,7 @@ from ._registry import (
     load_backbone_plugins,
     register_backbone,
 )
+from .export import ExportFormatError, export_model
 from .layers import BoundedAge, Preprocess
 from .precision import bf16_supported, get_precision, model_precision, set_precision
 from .predict import Predictor, predict
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ExportFormatError",
     "BackboneSpec",
     "BoundedAge",
     "ModelFileError",
@@ -40,6 +42,7 @@ __all__ = [
     "bf16_supported",
     "compile_model",
     "create_model",
+    "export_model",
     "freeze_backbone",
     "get_backbone",
     "get_precision",

@@ -3,6 +3,7 @@
     agegender train --data-dir DIR --out runs/model_a            # the seed's Model A recipe
     agegender evaluate --model runs/model_a/model.keras --data-dir DIR --out eval/
     agegender predict --model runs/model_a/model.keras face1.jpg faces/ --json
+    agegender export --model runs/model_a/model.keras --format tflite --out model.tflite
 
 ``train`` and ``evaluate`` need the ``app`` extra (``pip install "agegender-models[app]"``);
 ``predict`` needs only this package.
@@ -230,6 +231,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# export
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from agegender_models.export import export_model
+
+    path = export_model(_load(args.model), args.out, format=args.format)
+    print(f"exported {args.model} as {args.format}: {path} (input: uint8 RGB images, "
+          f"outputs: gender = P(female), age in years)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="print CSV")
     predict.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     predict.set_defaults(func=_cmd_predict)
+
+    export = commands.add_parser(
+        "export", help="export a saved model for serving (SavedModel or TFLite)",
+        description="Export a .keras model. The artefact takes raw uint8 RGB images of the model's "
+        "input size (preprocessing inside) and returns gender (P(female)) and age.",
+    )
+    export.add_argument("--model", required=True, help="saved model (.keras)")
+    export.add_argument("--format", choices=["savedmodel", "tflite", "onnx"], default="savedmodel",
+                        help="savedmodel (a folder) or tflite (a file); onnx is not available yet")
+    export.add_argument("--out", required=True, help="folder (savedmodel) or file (tflite) to write")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 
