@@ -77,3 +77,12 @@ def test_cli_export_from_a_keras_file(tiny_model, tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "model file not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_export_never_replaces_an_unrelated_folder(tiny_model, tmp_path: Path) -> None:
+    precious = tmp_path / "models"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="other than a SavedModel"):
+        export_model(tiny_model, precious, format="savedmodel")
+    assert (precious / "notes.txt").read_text() == "keep me"

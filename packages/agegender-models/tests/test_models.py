@@ -10,6 +10,7 @@ from agegender_models import (
     Preprocess,
     backbone_defaults,
     compile_model,
+    create_model,
     list_backbones,
     load_model,
     save_model,
@@ -121,3 +122,10 @@ def test_resnet50_last_30_layers(tiny_models):
     # trainable weights of the backbone are exactly the Conv2D kernels/biases of the tail
     expected = {id(w) for la in tail if isinstance(la, keras.layers.Conv2D) for w in la.weights}
     assert {id(w) for w in backbone.trainable_weights} == expected
+
+
+def test_pretrained_architecture_trained_from_scratch_learns_batchnorm():
+    """weights=None and no partial freeze: nothing to preserve, so BatchNorm must train."""
+    model = create_model("mobilenet_v3_small", weights=None, input_shape=(32, 32, 3))
+    bns = [la for la in model.get_layer("backbone").layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert bns and all(bn.trainable for bn in bns)

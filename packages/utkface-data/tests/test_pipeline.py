@@ -188,3 +188,25 @@ def test_real_images_stream(shared_dir: Path) -> None:
     ds = make_dataset(idx.frame.iloc[:64], root=shared_dir, batch_size=32, scaling="unit")
     x, y = next(iter(ds))
     assert tuple(x.shape) == (32, 128, 128, 3) and float(x.numpy().max()) <= 1.0
+
+
+def test_jpeg_with_bytes_after_the_end_marker_is_usable(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from utkface_data.pipeline import file_problem
+
+    path = tmp_path / "30_0_0_20170101000000000.jpg"
+    Image.new("RGB", (20, 20), (200, 100, 50)).save(path)
+    path.write_bytes(path.read_bytes() + b"\x00" * 100)  # padding after FFD9, as some cameras write
+    assert file_problem(str(path)) is None
+    path.write_bytes(path.read_bytes()[:300])  # really truncated
+    assert file_problem(str(path)) == "truncated JPEG (no end-of-image marker)"
+
+
+def test_file_cache_prefix_is_not_shared_by_different_frames(frame: pd.DataFrame, utk_folder: Path,
+                                                             tmp_path: Path) -> None:
+    prefix = str(tmp_path / "cache")
+    first, second = frame.iloc[:3], frame.iloc[3:6]
+    for part in (first, second):
+        ages = [a for _, y in make_dataset(part, root=utk_folder, cache=prefix, batch_size=8) for a in y["age"].numpy()]
+        assert ages == part["age"].astype("float32").tolist()

@@ -181,3 +181,20 @@ def test_real_subset_split_is_stable(shared_dir: Path, tmp_path: Path) -> None:
     assert (len(s.train), len(s.val), len(s.test)) == (700, 150, 150)
     save_splits(s, tmp_path / "a")
     load_splits(tmp_path / "a", root=shared_dir)
+
+
+def test_load_splits_refuses_leaking_or_out_of_range_splits(tmp_path) -> None:
+    import pandas as pd
+    import pytest
+
+    from utkface_data import DatasetError, load_splits
+
+    rows = {"path": ["a.jpg", "b.jpg"], "age": [30, 40], "gender": [0, 1], "race": [0, 2]}
+    for name, frame in (("train", rows), ("val", {k: v[:1] for k, v in rows.items()}),
+                        ("test", {"path": ["c.jpg"], "age": [5], "gender": [1], "race": [4]})):
+        pd.DataFrame(frame).to_csv(tmp_path / f"{name}.csv", index=False)
+    with pytest.raises(DatasetError, match=r"both train.csv and val.csv .* a.jpg"):
+        load_splits(tmp_path, check_files=False)
+    pd.DataFrame({"path": ["d.jpg"], "age": [30], "gender": [2], "race": [0]}).to_csv(tmp_path / "val.csv", index=False)
+    with pytest.raises(DatasetError, match=r"val.csv: 1 row\(s\) with gender out of range, e.g. d.jpg: gender=2"):
+        load_splits(tmp_path, check_files=False)

@@ -156,6 +156,9 @@ def create_model(
     else:
         weights_path = os.fspath(weights)
 
+    # BatchNorm of a keras.applications backbone stays in inference mode when fine-tuning
+    # (pretrained weights or a partly frozen backbone); trained from scratch, it must learn
+    bn_frozen = bool(cfg["bn_inference"]) and (weights_path is not None or trainable_layers is not None)
     with precision_scope(precision):
         features = spec.fn(input_shape=shape, name="backbone")
         if not isinstance(features, keras.Model):
@@ -177,7 +180,7 @@ def create_model(
         # transfer-learning idiom), but Keras 3.15's Functional.call overrides that stored
         # argument with the outer `training` during fit; what actually keeps BatchNorm in
         # inference mode is set_trainable freezing every BatchNorm layer (tested).
-        x = features(x, training=False) if cfg["bn_inference"] else features(x)
+        x = features(x, training=False) if bn_frozen else features(x)
         if len(x.shape) == 4:
             pool = {
                 "flatten": layers.Flatten(name="flatten"),
@@ -200,7 +203,7 @@ def create_model(
         model = keras.Model(
             inputs, {"gender": gender, "age": age}, name=name or f"agegender_{backbone}"
         )
-    set_trainable(model, trainable_layers, freeze_batchnorm=bool(cfg["bn_inference"]))
+    set_trainable(model, trainable_layers, freeze_batchnorm=bn_frozen)
     return model
 
 

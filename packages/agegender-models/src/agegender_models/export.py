@@ -65,7 +65,7 @@ def export_model(model_or_path: keras.Model | str | os.PathLike, out: str | os.P
     """Export ``model_or_path`` (a model or a ``.keras`` file) to ``out``; returns the path.
 
     ``format="savedmodel"`` writes a folder, ``"tflite"`` one ``.tflite`` file. An existing
-    ``out`` is replaced.
+    file or SavedModel at ``out`` is replaced; any other non-empty folder is refused.
     """
     if format not in FORMATS:
         raise ExportFormatError(f"`format` must be one of {FORMATS}. Received: format={format!r}")
@@ -76,6 +76,8 @@ def export_model(model_or_path: keras.Model | str | os.PathLike, out: str | os.P
         )
     model = model_or_path if isinstance(model_or_path, keras.Model) else load_model(model_or_path, compile=False)
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "saved_model.pb").is_file():
+        raise FileExistsError(f"{out} is a folder that holds something other than a SavedModel: not replacing it")
     if out.is_dir():
         shutil.rmtree(out)
     elif out.exists():

@@ -29,11 +29,16 @@ def _to_rgb_array(image: Any, size: tuple[int, int]) -> np.ndarray:
         if arr.dtype != np.uint8:
             arr = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
         image = Image.fromarray(arr)
-    image = image.convert("RGB")
+    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
     h, w = size
-    if image.size != (w, h):
-        image = image.resize((w, h), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    if arr.shape[:2] != (h, w):
+        # exactly as utkface_data's training pipeline resizes (bilinear, no antialiasing, rounded):
+        # a model must see the same pixels at serving time as in training
+        import tensorflow as tf
+
+        resized = tf.image.resize(arr, (h, w), method="bilinear", antialias=False).numpy()
+        arr = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    return arr
 
 
 class Predictor:

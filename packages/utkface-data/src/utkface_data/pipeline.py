@@ -19,6 +19,7 @@ Bad files are named, never dropped silently:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import sys
@@ -99,23 +100,24 @@ def _check_args(
 
 def file_problem(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Cheap check of one image file without decoding it: ``None`` if it looks usable, else the
-    reason. Reads only the first 24 and last 12 bytes: missing or empty file, not a JPEG/PNG
-    signature, JPEG without its end-of-image marker (truncated), PNG without ``IEND``
-    (truncated) or whose header claims more than ``max_pixels`` pixels."""
+    reason. Reads only the first 24 bytes and the last KiB: missing or empty file, not a JPEG/PNG
+    signature, JPEG without an end-of-image marker near its end (truncated; padding or trailing
+    data after the marker is fine, as for the decoders), PNG without ``IEND`` (truncated) or
+    whose header claims more than ``max_pixels`` pixels."""
     try:
         size = os.path.getsize(path)
         if size == 0:
             return "empty file (0 bytes)"
         with open(path, "rb") as fh:
             head = fh.read(24)
-            fh.seek(max(size - 12, 0))
+            fh.seek(max(size - 1024, 0))
             tail = fh.read()
     except FileNotFoundError:
         return "file not found"
     except OSError as exc:
         return f"cannot read file: {exc}"
     if head.startswith(b"\xff\xd8\xff"):
-        return None if tail.endswith(b"\xff\xd9") else "truncated JPEG (no end-of-image marker)"
+        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         if len(head) >= 24:
             width, height = struct.unpack(">II", head[16:24])
@@ -123,6 +125,17 @@ def file_problem(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | No
                 return f"image too large: {width}x{height} pixels exceeds max_pixels={max_pixels}"
         return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
     return "not a JPEG or PNG file (bad signature)"
+
+
+def _cache_file(prefix: str | os.PathLike[str], paths: Sequence[str], gender: np.ndarray,
+                age: np.ndarray, image_size: tuple[int, int]) -> str:
+    """A file-cache prefix that names its content: TensorFlow reuses an existing cache file
+    as it is, so another frame, label set or image size must not land on the same prefix."""
+    digest = hashlib.blake2b(digest_size=8)
+    for path, g, a in zip(paths, gender.tolist(), age.tolist(), strict=True):
+        digest.update(f"{path},{g},{a}\n".encode())
+    digest.update(f"{image_size[0]}x{image_size[1]}".encode())
+    return f"{Path(prefix)}.{digest.hexdigest()}"
 
 
 def make_dataset(
@@ -202,7 +215,8 @@ def make_dataset(
             paths = [p for p, k in zip(paths, keep, strict=True) if k]
             gender, age = gender[keep], age[keep]
     height, width = image_size
-    deterministic = seed is not None
+    # without shuffling, rows always come out in frame order (predictions line up with labels)
+    deterministic = seed is not None or not shuffle
 
     ds = tf.data.Dataset.from_tensor_slices((paths, {"gender": gender, "age": age}))
     if shuffle and cache is None:
@@ -265,7 +279,7 @@ def make_dataset(
         .unbatch()
     )
     if cache is not None:
-        ds = ds.cache("" if str(cache) == "memory" else str(Path(cache)))
+        ds = ds.cache("" if str(cache) == "memory" else _cache_file(cache, paths, gender, age, image_size))
         if shuffle:
             ds = ds.shuffle(
                 shuffle_buffer or min(len(paths), 2048), seed=seed, reshuffle_each_iteration=True

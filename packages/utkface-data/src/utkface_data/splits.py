@@ -19,6 +19,7 @@ import pandas as pd
 from ._paths import get_data_dir
 from .errors import DatasetError
 from .index import age_bin
+from .naming import AGE_MAX
 
 __all__ = [
     "SPLIT_COLUMNS",
@@ -186,6 +187,21 @@ def load_split_file(
     for col in ("age", "gender", "race"):
         if not pd.api.types.is_integer_dtype(df[col]):
             raise DatasetError(f"{path}: column {col!r} must hold integers")
+    out_of_range = {
+        "age": ~df["age"].between(0, AGE_MAX),
+        "gender": ~df["gender"].isin([0, 1]),
+        "race": ~df["race"].between(0, 4),
+    }
+    for col, bad in out_of_range.items():
+        if bad.any():
+            row = df[bad].iloc[0]
+            raise DatasetError(
+                f"{path}: {int(bad.sum())} row(s) with {col} out of range, "
+                f"e.g. {row['path']}: {col}={row[col]}"
+            )
+    duplicated = df["path"][df["path"].duplicated()]
+    if len(duplicated):
+        raise DatasetError(f"{path}: {len(duplicated)} path(s) listed twice, e.g. {duplicated.iloc[0]}")
     if check_files:
         base = get_data_dir(root)
         missing = [p for p in df["path"] if not (base / p).is_file()]
@@ -213,9 +229,18 @@ def load_splits(
     folder = Path(out_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"split folder does not exist: {folder}")
-    return Splits(
+    splits = Splits(
         *(
             load_split_file(folder / f"{name}.csv", root=root, check_files=check_files)
             for name in SPLIT_NAMES
         )
     )
+    for i, first in enumerate(SPLIT_NAMES):
+        for second in SPLIT_NAMES[i + 1 :]:
+            shared = set(getattr(splits, first)["path"]) & set(getattr(splits, second)["path"])
+            if shared:
+                raise DatasetError(
+                    f"{folder}: {len(shared)} image(s) are in both {first}.csv and {second}.csv "
+                    f"(the splits leak into each other), e.g. {sorted(shared)[0]}"
+                )
+    return splits
