@@ -318,3 +318,23 @@ def test_cli_train_without_data_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "UTKFACE_DIR" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_head_refit_changes_only_the_output_layers(face_folder: Path, tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    from agegender_models import load_model
+
+    out = tmp_path / "refit"
+    metrics = train(TrainConfig(out=str(out), data_dir=str(face_folder), epochs=1, head_refit_epochs=1,
+                                **TINY), verbose=0)
+    assert set(metrics["before_head_refit"]) == {"validation", "test"}
+    before = load_model(out / "checkpoints" / "best_before_head_refit.keras")
+    after = load_model(out / "model.keras")
+    assert all(la.rate == 0.0 for la in after.layers if isinstance(la, keras.layers.Dropout))
+    for layer in before.layers:
+        old = [np.asarray(w) for w in layer.get_weights()]
+        new = [np.asarray(w) for w in after.get_layer(layer.name).get_weights()]
+        same = all(np.array_equal(a, b) for a, b in zip(old, new, strict=True))
+        assert same == (layer.name not in ("age_dense", "gender")), layer.name

@@ -82,6 +82,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, backbone: str = "cus
     fit.add_argument("--age-weight", type=float, default=1.0, help="loss weight of the age head")
     fit.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                      help="'plateau' halves the learning rate when the validation loss stalls")
+    fit.add_argument("--head-refit-epochs", type=int, default=0,
+                     help="after training, refit the two output layers for N epochs with dropout off "
+                     "(removes dropout's train/inference mismatch; default 0 = the seed's recipe)")
     fit.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
                      default="auto", help="'auto' = mixed bfloat16 where the hardware supports it")
     fit.add_argument("--no-mixed-precision", action="store_true", help="same as --precision float32")
@@ -102,7 +105,7 @@ def config_from_args(args: argparse.Namespace):
         age_loss_weight=args.age_weight, lr_schedule=args.lr_schedule, augment=args.augment,
         precision="float32" if args.no_mixed_precision else args.precision,
         strategy=args.strategy, weights=args.weights, trainable_layers=args.trainable_layers,
-        cache=None if args.no_cache else "memory",
+        cache=None if args.no_cache else "memory", head_refit_epochs=args.head_refit_epochs,
     )
 
 

@@ -91,6 +91,7 @@ class TrainConfig:
     weights: str | None = None
     trainable_layers: int | None = None
     cache: str | None = "memory"
+    head_refit_epochs: int = 0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -103,6 +104,10 @@ class TrainConfig:
             )
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32. Received: image_size={self.image_size}")
+        if self.head_refit_epochs < 0:
+            raise ValueError(
+                f"head_refit_epochs must be >= 0. Received: head_refit_epochs={self.head_refit_epochs}"
+            )
         for name in ("batch_size", "epochs", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer. Received: {name}={getattr(self, name)}")
@@ -319,6 +324,29 @@ def write_evaluation(model, frame, root: Path, out: Path, *, image_size: int, ti
 # Training
 
 
+def refit_heads(model, train_ds, val_ds, *, epochs: int, learning_rate: float, loss_weights,
+                verbose: int | str = "auto"):
+    """Refit only the two output layers, with dropout off and everything else frozen.
+
+    Dropout before a regression head leaves a train/inference mismatch: the head is fitted to
+    dropped-out activations, and without dropout its ages shift. A few epochs on the frozen
+    features, as they are at inference, remove it. The model keeps its layers (the dropout rate
+    is stored as 0, which changes nothing at inference). Returns the model.
+    """
+    import keras
+
+    from agegender_models import compile_model
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+        layer.trainable = layer.name in ("age_dense", "gender")
+    compile_model(model, learning_rate=learning_rate, loss_weights=loss_weights)
+    with _finite_datasets():
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, shuffle=False, verbose=verbose)
+    return model
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -463,9 +491,28 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
                   callbacks=own_callbacks + list(callbacks or []), verbose=verbose)
     wall_s = time.perf_counter() - started
 
-    from agegender_models import load_model
+    from agegender_models import load_model, save_model
 
     best = load_model(out / "model.keras")
+    before_refit = None
+    if config.head_refit_epochs:
+        kept = checkpoints / "best_before_head_refit.keras"
+        if kept.is_file():  # resumed after a refit was interrupted: start from the trained model
+            best = load_model(kept)
+        else:
+            save_model(best, kept)
+        before_refit = {
+            "validation": evaluate_frame(best, splits.val, root, image_size=config.image_size)[0].to_dict(),
+            "test": evaluate_frame(best, splits.test, root, image_size=config.image_size)[0].to_dict(),
+        }
+        plain = dataclasses.replace(config, augment=False)
+        refit_heads(
+            best, _dataset(splits.train, root, plain, training=True), val_ds,
+            epochs=config.head_refit_epochs, learning_rate=config.learning_rate,
+            loss_weights={"gender": config.gender_loss_weight, "age": config.age_loss_weight},
+            verbose=verbose,
+        )
+        save_model(best, out / "model.keras")
     history = pd.read_csv(history_path) if history_path.exists() else None
     epochs_run = 0 if history is None else len(history)
     best_epoch = None
@@ -486,5 +533,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
         "validation": val_result.to_dict(),
         "test": test_result.to_dict(),
     }
+    if before_refit is not None:
+        metrics["before_head_refit"] = before_refit
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     return metrics
