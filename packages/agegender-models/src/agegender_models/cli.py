@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 # training.py imports the 'app' extra (utkface_data, agegender_eval) only inside its functions
+from agegender_models.export import FORMATS as EXPORT_FORMATS
 from agegender_models.training import LR_SCHEDULES, STRATEGIES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -302,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         "input size (preprocessing inside) and returns gender (P(female)) and age.",
     )
     export.add_argument("--model", required=True, help="saved model (.keras)")
-    export.add_argument("--format", choices=["savedmodel", "tflite", "onnx"], default="savedmodel",
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="savedmodel",
                         help="savedmodel (a folder) or tflite (a file); onnx is not available yet")
     export.add_argument("--out", required=True, help="folder (savedmodel) or file (tflite) to write")
     export.set_defaults(func=_cmd_export)
