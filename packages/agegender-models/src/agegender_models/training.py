@@ -16,9 +16,11 @@ A run folder holds::
     config.json        every option, seed, library versions, dataset fingerprint, precision, devices
     splits/            train.csv, val.csv, test.csv (paths relative to the data folder)
     history.csv        one row per finished epoch (Keras CSVLogger)
-    checkpoints/       last.keras (every epoch) and backup/ (resume state)
-    model.keras        the best model (lowest validation loss)
-    metrics.json       validation and test results (agegender-eval keys)
+    checkpoints/       last.keras (every epoch), backup/ (resume state) and, with a head refit,
+                       best_before_head_refit.keras
+    model.keras        the best model (lowest validation loss; heads refitted if asked)
+    metrics.json       validation and test results (agegender-eval keys; with a head refit
+                       also the results before it, under "before_head_refit")
     report/            report.md, metrics.json and plots for the test split
 
 A run killed at any point and started again with the same ``out`` folder continues from the last
