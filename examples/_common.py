@@ -30,7 +30,7 @@ def _train_and_report(args: argparse.Namespace, seed_numbers: dict[str, float]) 
 
     metrics = train(config_from_args(args), verbose=0 if args.quiet else "auto")
     val = metrics["validation"]
-    print(format_summary({k: metrics[k] for k in ("validation", "test")}))
+    print(format_summary(metrics))
     print(f"Validation Accuracy for Gender Classification: {val['gender_accuracy']:.3f} "
           f"(seed reported {seed_numbers['gender_accuracy']})")
     print(f"Validation MAE for Age Estimation: {val['age_mae']:.2f} "
