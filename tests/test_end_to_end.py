@@ -338,3 +338,59 @@ def test_head_refit_changes_only_the_output_layers(face_folder: Path, tmp_path: 
         new = [np.asarray(w) for w in after.get_layer(layer.name).get_weights()]
         same = all(np.array_equal(a, b) for a, b in zip(old, new, strict=True))
         assert same == (layer.name not in ("age_dense", "gender")), layer.name
+
+
+def test_transfer_recipe_freezes_then_unfreezes_exactly_the_last_layers(face_folder: Path,
+                                                                        tmp_path: Path) -> None:
+    """Warm-up: nothing in the backbone moves. Fine-tuning: only the last N backbone layers'
+    weights move, and no BatchNorm statistic or scale (inference mode) anywhere."""
+    import keras
+    import numpy as np
+
+    from agegender_models import create_model
+
+    weights = tmp_path / "mobilenet_v2.weights.h5"
+    create_model("mobilenet_v2", weights=None, input_shape=(32, 32, 3)).get_layer("backbone").save_weights(weights)
+    snapshots: list[tuple[str, dict[str, list[np.ndarray]]]] = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def _take(self, when: str) -> None:
+            backbone = self.model.get_layer("backbone")
+            snapshots.append((when, {la.name: [np.array(w) for w in la.get_weights()] for la in backbone.layers}))
+
+        def on_train_begin(self, logs=None):
+            self._take("begin")
+
+        def on_train_end(self, logs=None):
+            self._take("end")
+
+    n_last = 10
+    config = TrainConfig(out=str(tmp_path / "run"), data_dir=str(face_folder), backbone="mobilenet_v2",
+                         weights=str(weights), warmup_epochs=1, epochs=2, trainable_layers=n_last,
+                         learning_rate=1e-2, **TINY)
+    train(config, callbacks=[Snapshot()], verbose=0)
+    assert [when for when, _ in snapshots] == ["begin", "end", "begin", "end"]
+    names = list(snapshots[0][1])
+    last = set(names[-n_last:])
+
+    def moved(before, after, name):
+        return not all(np.array_equal(a, b) for a, b in zip(before[name], after[name], strict=True))
+
+    (_, warm_begin), (_, warm_end), (_, tune_begin), (_, tune_end) = snapshots
+    assert not [name for name in names if moved(warm_begin, warm_end, name)]
+    changed = {name for name in names if moved(tune_begin, tune_end, name)}
+    backbone = create_model("mobilenet_v2", weights=None, input_shape=(32, 32, 3)).get_layer("backbone")
+    batchnorm = {la.name for la in backbone.layers if isinstance(la, keras.layers.BatchNormalization)}
+    assert changed, "fine-tuning moved nothing"
+    assert changed <= last - batchnorm
+    assert changed == {name for name in last - batchnorm if warm_begin[name]}
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["epoch"].tolist() == [0, 1]
+
+
+def test_transfer_recipe_needs_pretrained_weights(face_folder: Path, tmp_path: Path) -> None:
+    config = TrainConfig(out=str(tmp_path / "run"), data_dir=str(face_folder), backbone="mobilenet_v2",
+                         warmup_epochs=1, epochs=2, **TINY)
+    with pytest.raises(ValueError, match="needs pretrained weights"):
+        train(config, verbose=0)
+    assert not (tmp_path / "run").exists()

@@ -83,6 +83,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, backbone: str = "cus
     fit.add_argument("--age-weight", type=float, default=1.0, help="loss weight of the age head")
     fit.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                      help="'plateau' halves the learning rate when the validation loss stalls")
+    fit.add_argument("--warmup-epochs", type=int, default=0,
+                     help="transfer recipe (needs --weights): train N epochs with the backbone frozen, "
+                     "then unfreeze --trainable-layers and go on at --finetune-lr (default 0: off)")
+    fit.add_argument("--finetune-lr", type=float, default=None,
+                     help="learning rate after the warm-up (default: --lr / 10)")
     fit.add_argument("--head-refit-epochs", type=int, default=0,
                      help="after training, refit the two output layers for N epochs with dropout off "
                      "(removes dropout's train/inference mismatch; default 0 = the seed's recipe)")
@@ -107,6 +112,7 @@ def config_from_args(args: argparse.Namespace):
         precision="float32" if args.no_mixed_precision else args.precision,
         strategy=args.strategy, weights=args.weights, trainable_layers=args.trainable_layers,
         cache=None if args.no_cache else "memory", head_refit_epochs=args.head_refit_epochs,
+        warmup_epochs=args.warmup_epochs, finetune_learning_rate=args.finetune_lr,
     )
 
 

@@ -16,12 +16,20 @@ A run folder holds::
     config.json        every option, seed, library versions, dataset fingerprint, precision, devices
     splits/            train.csv, val.csv, test.csv (paths relative to the data folder)
     history.csv        one row per finished epoch (Keras CSVLogger)
-    checkpoints/       last.keras (every epoch), backup/ (resume state) and, with a head refit,
+    checkpoints/       last.keras (every epoch), backup/ (resume state), with a warm-up
+                       warmup.weights.h5 (the model after it) and, with a head refit,
                        best_before_head_refit.keras
     model.keras        the best model (lowest validation loss; heads refitted if asked)
     metrics.json       validation and test results (agegender-eval keys; with a head refit
                        also the results before it, under "before_head_refit")
     report/            report.md, metrics.json and plots for the test split
+
+With ``warmup_epochs`` (needs pretrained ``weights``) the run follows the transfer recipe: first
+the whole backbone is frozen and only the new layers learn for ``warmup_epochs`` epochs at
+``learning_rate``; then the last ``trainable_layers`` backbone layers (the backbone's default when
+not given) are unfrozen, BatchNorm staying frozen in inference mode, and training goes on at
+``finetune_learning_rate`` (default ``learning_rate / 10``) up to ``epochs`` in all. Both phases
+write the same history.csv and checkpoints; early stopping and the best model span both.
 
 A run killed at any point and started again with the same ``out`` folder continues from the last
 finished epoch (``keras.callbacks.BackupAndRestore``), with early stopping, the best-model checkpoint
@@ -94,6 +102,8 @@ class TrainConfig:
     trainable_layers: int | None = None
     cache: str | None = "memory"
     head_refit_epochs: int = 0
+    warmup_epochs: int = 0
+    finetune_learning_rate: float | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -106,6 +116,22 @@ class TrainConfig:
             )
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32. Received: image_size={self.image_size}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0. Received: warmup_epochs={self.warmup_epochs}")
+        if self.warmup_epochs and self.weights is None:
+            raise ValueError(
+                "warmup_epochs (the transfer recipe's frozen-backbone phase) needs pretrained weights: "
+                "pass weights ('imagenet' or a weights file). Received: weights=None"
+            )
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                "warmup_epochs must be smaller than epochs (the maximum, warm-up included). "
+                f"Received: warmup_epochs={self.warmup_epochs}, epochs={self.epochs}"
+            )
+        if self.finetune_learning_rate is not None and self.finetune_learning_rate <= 0:
+            raise ValueError(
+                f"finetune_learning_rate must be positive. Received: {self.finetune_learning_rate}"
+            )
         if self.head_refit_epochs < 0:
             raise ValueError(
                 f"head_refit_epochs must be >= 0. Received: head_refit_epochs={self.head_refit_epochs}"
@@ -181,13 +207,18 @@ def _backed_up_epochs(backup_dir: Path) -> int:
     return int(json.loads(meta.read_text())["epoch"]) if meta.is_file() else 0
 
 
-def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, checkpoint):
-    """A callback that, on (re)start, aligns history.csv and the callbacks' state with the backup."""
+def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, checkpoint,
+                          first_epoch: int = 0):
+    """A callback that, on (re)start, aligns history.csv and the callbacks' state with the backup.
+
+    ``first_epoch`` is where this ``fit`` starts without a backup (the fine-tuning phase of the
+    transfer recipe starts after the warm-up epochs, which stay in history.csv).
+    """
     import keras
 
     class ResumeState(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            initial_epoch = _backed_up_epochs(backup_dir)
+            initial_epoch = max(first_epoch, _backed_up_epochs(backup_dir))
             rows = [r for r in _read_history(history_path) if int(r["epoch"]) < initial_epoch]
             if history_path.exists():
                 # Drop epochs that were logged but not backed up (killed in between): the backup
@@ -364,7 +395,7 @@ def _versions() -> dict[str, str]:
 
 # Options that define a run: a resumed run folder must be started with the same values.
 RUN_DEFINING = ("backbone", "n", "seed", "val", "test", "splits", "image_size", "weights",
-                "trainable_layers", "model_kwargs")
+                "trainable_layers", "warmup_epochs", "model_kwargs")
 
 
 def _previous_run(out: Path, config: TrainConfig) -> dict[str, Any]:
@@ -404,16 +435,21 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     import keras
     import pandas as pd
 
-    from agegender_models import compile_model, create_model
+    from agegender_models import compile_model, create_model, get_backbone, set_trainable
     from agegender_models.precision import model_precision, set_precision
 
     keras.utils.set_random_seed(config.seed)
+    finetune_lr = config.learning_rate
+    if config.warmup_epochs:
+        finetune_lr = config.finetune_learning_rate or config.learning_rate / 10
     precision = set_precision(config.precision)
     splits, root, report = prepare_splits(config, out)
 
     with strategy.scope():
         model_kwargs = {"age_bias": float(splits.train["age"].mean()), **config.model_kwargs}
-        if config.trainable_layers is not None:
+        if config.warmup_epochs:
+            model_kwargs["trainable_layers"] = 0
+        elif config.trainable_layers is not None:
             model_kwargs["trainable_layers"] = config.trainable_layers
         model = create_model(
             config.backbone,
@@ -459,38 +495,61 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     history_path = out / "history.csv"
     checkpoints = out / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
-    early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.patience, restore_best_weights=False
-    )
-    best_checkpoint = keras.callbacks.ModelCheckpoint(
-        out / "model.keras", monitor="val_loss", save_best_only=True
-    )
-    backup_dir = checkpoints / "backup"
-    # Order matters. At train begin EarlyStopping resets its state, then ResumeState restores it
-    # from history.csv (trimmed to the backed-up epochs) before CSVLogger opens the file. At epoch
-    # end the backup is written last, so an epoch it records is also in history.csv and the
-    # checkpoints. ReduceLROnPlateau's own patience counter is not restored on resume.
-    own_callbacks = [
-        best_checkpoint,
-        keras.callbacks.ModelCheckpoint(checkpoints / "last.keras"),
-        early_stopping,
-        _make_resume_callback(history_path, backup_dir, early_stopping, best_checkpoint),
-    ]
-    if config.lr_schedule == "plateau":
-        own_callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-5
-            )
+    loss_weights = {"gender": config.gender_loss_weight, "age": config.age_loss_weight}
+
+    def fit(first_epoch: int, last_epoch: int, backup_dir: Path) -> None:
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=False
         )
-    own_callbacks += [
-        keras.callbacks.CSVLogger(str(history_path), append=True),
-        keras.callbacks.BackupAndRestore(str(backup_dir)),
-    ]
+        best_checkpoint = keras.callbacks.ModelCheckpoint(
+            out / "model.keras", monitor="val_loss", save_best_only=True
+        )
+        # Order matters. At train begin EarlyStopping resets its state, then ResumeState restores
+        # it from history.csv (trimmed to the backed-up epochs) before CSVLogger opens the file. At
+        # epoch end the backup is written last, so an epoch it records is also in history.csv and
+        # the checkpoints. ReduceLROnPlateau's own patience counter is not restored on resume.
+        own_callbacks = [
+            best_checkpoint,
+            keras.callbacks.ModelCheckpoint(checkpoints / "last.keras"),
+            early_stopping,
+            _make_resume_callback(history_path, backup_dir, early_stopping, best_checkpoint,
+                                  first_epoch),
+        ]
+        if config.lr_schedule == "plateau":
+            own_callbacks.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-6
+                )
+            )
+        own_callbacks += [
+            keras.callbacks.CSVLogger(str(history_path), append=True),
+            keras.callbacks.BackupAndRestore(str(backup_dir)),
+        ]
+        with _finite_datasets():
+            model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=last_epoch,
+                      shuffle=False, callbacks=own_callbacks + list(callbacks or []), verbose=verbose)
 
     started = time.perf_counter()
-    with _finite_datasets():
-        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, shuffle=False,
-                  callbacks=own_callbacks + list(callbacks or []), verbose=verbose)
+    if config.warmup_epochs:
+        # The transfer recipe. Phase 1: the whole backbone frozen (create_model was given
+        # trainable_layers=0), only the new layers learn, at learning_rate. Phase 2: the last
+        # trainable_layers backbone layers are unfrozen (BatchNorm stays frozen, in inference
+        # mode) and training goes on at the lower finetune_learning_rate.
+        warm = checkpoints / "warmup.weights.h5"
+        if warm.is_file():  # resumed after the warm-up had finished
+            model.load_weights(warm)
+        else:
+            fit(0, config.warmup_epochs, checkpoints / "backup_warmup")
+            model.save_weights(warm)
+        unfrozen = config.trainable_layers
+        if unfrozen is None:  # the backbone's default, as without a warm-up
+            unfrozen = get_backbone(config.backbone).cfg()["trainable_layers"]
+        with strategy.scope():
+            set_trainable(model, unfrozen)
+            compile_model(model, learning_rate=finetune_lr, loss_weights=loss_weights)
+        fit(config.warmup_epochs, config.epochs, checkpoints / "backup")
+    else:
+        fit(0, config.epochs, checkpoints / "backup")
     wall_s = time.perf_counter() - started
 
     from agegender_models import load_model, save_model
@@ -510,9 +569,8 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
         plain = dataclasses.replace(config, augment=False)
         refit_heads(
             best, _dataset(splits.train, root, plain, training=True), val_ds,
-            epochs=config.head_refit_epochs, learning_rate=config.learning_rate,
-            loss_weights={"gender": config.gender_loss_weight, "age": config.age_loss_weight},
-            verbose=verbose,
+            epochs=config.head_refit_epochs, learning_rate=finetune_lr,
+            loss_weights=loss_weights, verbose=verbose,
         )
         save_model(best, out / "model.keras")
     history = pd.read_csv(history_path) if history_path.exists() else None
