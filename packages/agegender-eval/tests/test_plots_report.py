@@ -72,7 +72,7 @@ def test_training_curves_from_history_dict_and_csvlogger_frame():
     mae_ax = _axes(fig)[0]
     assert mae_ax.get_xlabel() == "epoch" and mae_ax.get_ylabel() == "MAE (years)"
     labels = [line.get_label() for line in mae_ax.get_lines()]
-    assert labels == ["train", "validation", "early stop (epoch 4)"]
+    assert labels == ["train", "validation", "best epoch, kept (4)"]
     assert list(mae_ax.get_lines()[1].get_ydata()) == HISTORY["val_age_mae"]
     assert list(mae_ax.get_lines()[2].get_xdata()) == [4, 4]
 

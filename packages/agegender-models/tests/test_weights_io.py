@@ -213,3 +213,21 @@ def test_predictor_files_arrays_and_errors(tiny_models, tmp_path):
     batch = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     res, errors = predict(path, batch)
     assert len(res) == 3 and errors == [] and all(r["file"] is None for r in res)
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_auto_precision_wants_a_gpu_with_native_bf16(monkeypatch, tmp_path, capability, expected) -> None:
+    """A T4/V100 (compute capability < 8) emulates bf16: "auto" must stay float32 there."""
+    import builtins
+
+    import tensorflow as tf
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda device: {"compute_capability": capability})
+    no_bf16_cpu = tmp_path / "cpuinfo"
+    no_bf16_cpu.write_text("flags : fpu avx2 avx512f\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(
+        no_bf16_cpu if path == "/proc/cpuinfo" else path, *a, **k))
+    assert bf16_supported.__wrapped__() is expected

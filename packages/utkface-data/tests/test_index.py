@@ -127,6 +127,7 @@ def test_corrections_index_malformed_file(messy_folder: Path, tmp_path: Path) ->
         "file,age,gender,race,datetime\n61_1_20170109142408075.jpg.chip.jpg,61,1,3,20170109142408075\n"
     )
     idx = index_folder(messy_folder, corrections=csv, progress=False)
+    assert idx.report.unused_corrections == []
     row = idx.frame.set_index("path").loc["61_1_20170109142408075.jpg.chip.jpg"]
     assert (row["age"], row["gender"], row["race"]) == (61, 1, 3)
     assert idx.report.corrected == ["61_1_20170109142408075.jpg.chip.jpg"]
@@ -136,6 +137,17 @@ def test_corrections_index_malformed_file(messy_folder: Path, tmp_path: Path) ->
     assert "53__0_20170116184028385.jpg" in set(
         index_folder(messy_folder, corrections=mapping, progress=False).frame["path"]
     )
+
+
+def test_corrections_that_match_no_file_are_reported(messy_folder: Path) -> None:
+    mapping = {
+        "53__0_20170116184028385.jpg": FaceLabels(53, 0, 0, ""),
+        "typo_20170116184028385.jpg": FaceLabels(40, 1, 2, ""),
+    }
+    report = index_folder(messy_folder, corrections=mapping, progress=False).report
+    assert report.unused_corrections == ["typo_20170116184028385.jpg"]
+    assert report.to_dict()["unused_corrections"] == ["typo_20170116184028385.jpg"]
+    assert "matched no file" in str(report) and "typo_20170116184028385.jpg" in str(report)
 
 
 def test_recursive(utk_folder: Path, image_writer) -> None:

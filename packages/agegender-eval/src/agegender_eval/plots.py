@@ -122,7 +122,7 @@ def plot_training_curves(history: Any, *, early_stopping_epoch: int | None = Non
         if f"val_{key}" in df.columns:
             ax.plot(epochs, df[f"val_{key}"], color=VAL_COLOR, marker="o", ms=3, label="validation")
         if early_stopping_epoch is not None:
-            ax.axvline(early_stopping_epoch, color="grey", ls="--", lw=1.2, label=f"early stop (epoch {early_stopping_epoch})")
+            ax.axvline(early_stopping_epoch, color="grey", ls="--", lw=1.2, label=f"best epoch, kept ({early_stopping_epoch})")
         ax.set_title(panel_title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)

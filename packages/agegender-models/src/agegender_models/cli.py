@@ -21,11 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# training.py imports the 'app' extra (utkface_data, agegender_eval) only inside its functions
-from agegender_models.export import FORMATS as EXPORT_FORMATS
-from agegender_models.training import LR_SCHEDULES, STRATEGIES
-
+# before anything imports TensorFlow (agegender_models imports keras), or its start-up lines print
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# training.py imports the 'app' extra (utkface_data, agegender_eval) only inside its functions
+from agegender_models.export import FORMATS as EXPORT_FORMATS  # noqa: E402
+from agegender_models.training import LR_SCHEDULES, STRATEGIES  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

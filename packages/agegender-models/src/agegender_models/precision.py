@@ -13,7 +13,8 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 
 @functools.cache
 def bf16_supported() -> bool:
-    """True on a GPU, or on a CPU with native bfloat16 math (AVX512_BF16 or AMX-BF16).
+    """True on a GPU with native bfloat16 (compute capability 8.0 or newer: Ampere, Hopper, ...),
+    or on a CPU with native bfloat16 math (AVX512_BF16 or AMX-BF16).
 
     Without those, TensorFlow emulates bf16 matmuls/convolutions and mixed precision is
     usually slower than float32.
@@ -21,8 +22,10 @@ def bf16_supported() -> bool:
     try:
         import tensorflow as tf
 
-        if tf.config.list_physical_devices("GPU"):
-            return True
+        for gpu in tf.config.list_physical_devices("GPU"):
+            capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+            if capability is not None and tuple(capability) >= (8, 0):
+                return True
     except Exception:  # pragma: no cover - TF missing or broken
         pass
     try:

@@ -82,6 +82,8 @@ class IndexReport:
     quarantined: list[dict[str, str]] = field(default_factory=list)
     not_images: list[str] = field(default_factory=list)
     corrected: list[str] = field(default_factory=list)
+    # corrections-table keys that matched no file (a typo or a file that is gone): not applied
+    unused_corrections: list[str] = field(default_factory=list)
     by_gender: dict[str, int] = field(default_factory=dict)
     by_race: dict[str, int] = field(default_factory=dict)
     by_age_bin: dict[str, int] = field(default_factory=dict)
@@ -101,6 +103,7 @@ class IndexReport:
             "quarantined": [dict(q) for q in self.quarantined],
             "not_images": list(self.not_images),
             "corrected": list(self.corrected),
+            "unused_corrections": list(self.unused_corrections),
             "by_gender": dict(self.by_gender),
             "by_race": dict(self.by_race),
             "by_age_bin": dict(self.by_age_bin),
@@ -134,6 +137,9 @@ class IndexReport:
         if self.not_images:
             lines.append("Not images (ignored):")
             lines.extend(f"  {n}" for n in self.not_images)
+        if self.unused_corrections:
+            lines.append("Corrections that matched no file (not applied):")
+            lines.extend(f"  {n}" for n in self.unused_corrections)
         return "\n".join(lines)
 
 
@@ -256,6 +262,7 @@ def index_folder(
     quarantined: list[dict[str, str]] = []
     not_images: list[str] = []
     corrected: list[str] = []
+    used: set[str] = set()
     for rel in tqdm(
         files, desc="index", unit="file", disable=not progress or len(files) < 2000, leave=False
     ):
@@ -263,9 +270,11 @@ def index_folder(
         if not looks_like_image(name):
             not_images.append(rel)
             continue
-        labels = table.get(rel) or table.get(name)
+        key = rel if rel in table else name
+        labels = table.get(key)
         if labels is not None:
             corrected.append(rel)
+            used.add(key)
         else:
             try:
                 labels = parse_filename(name)
@@ -326,6 +335,7 @@ def index_folder(
         quarantined=quarantined,
         not_images=not_images,
         corrected=sorted(corrected),
+        unused_corrections=sorted(set(table) - used),
         by_gender=_counts(frame["gender"], GENDER_NAMES, GENDER_NAMES),
         by_race=_counts(frame["race"], RACE_NAMES, RACE_NAMES),
         by_age_bin=_counts(age_bin(frame["age"].to_numpy()), AGE_BIN_LABELS),
