@@ -4,6 +4,9 @@
         --backbones custom_cnn mobilenet_v2 mobilenet_v3_small \
         --weights-for mobilenet_v2=../shared/weights/mobilenet_v2_1.0_224_no_top_tfslim.weights.h5
 
+With ``--warmup-epochs N`` the backbones given pretrained weights follow the transfer recipe
+(frozen backbone for N epochs, then fine-tuning); the others train as usual.
+
 Writes ``OUT/splits/`` (shared by every backbone), one run folder per backbone, and
 ``OUT/comparison.md`` / ``OUT/comparison.csv`` / ``OUT/comparison.png`` (test split, overall and by
 age group).
@@ -77,13 +80,16 @@ def compare(args: argparse.Namespace) -> int:
     per_backbone = _weights(args.weights_for)
     out = Path(args.out)
     base = config_from_args(args)
-    base.validate()
+    dataclasses.replace(base, warmup_epochs=0).validate()  # the warm-up is checked per backbone
     prepare_splits(base, out)  # one split for every backbone
     runs = {}
     for backbone in args.backbones:
+        weights = per_backbone.get(backbone, base.weights)
         config = dataclasses.replace(
             base, backbone=backbone, out=str(out / backbone), splits=str(out / "splits"),
-            weights=per_backbone.get(backbone, base.weights),
+            weights=weights,
+            # the transfer recipe's frozen warm-up only means something with pretrained weights
+            warmup_epochs=base.warmup_epochs if weights is not None else 0,
         )
         print(f"== {backbone}", flush=True)
         runs[backbone] = train(config, verbose=0 if args.quiet else "auto")
