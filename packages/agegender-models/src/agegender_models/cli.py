@@ -298,14 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     export = commands.add_parser(
-        "export", help="export a saved model for serving (SavedModel or TFLite)",
+        "export", help="export a saved model for serving (SavedModel, TFLite or ONNX)",
         description="Export a .keras model. The artefact takes raw uint8 RGB images of the model's "
         "input size (preprocessing inside) and returns gender (P(female)) and age.",
     )
     export.add_argument("--model", required=True, help="saved model (.keras)")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="savedmodel",
-                        help="savedmodel (a folder) or tflite (a file); onnx is not available yet")
-    export.add_argument("--out", required=True, help="folder (savedmodel) or file (tflite) to write")
+                        help="savedmodel (a folder), tflite or onnx (a file; needs "
+                        "pip install 'agegender-models[onnx]')")
+    export.add_argument("--out", required=True,
+                        help="folder (savedmodel) or file (tflite, onnx) to write")
     export.set_defaults(func=_cmd_export)
     return parser
 
