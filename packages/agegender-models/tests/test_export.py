@@ -74,7 +74,8 @@ def test_onnx_matches_keras(tiny_model, images, tmp_path: Path) -> None:
         ("image", "tensor(uint8)", ["N", 32, 32, 3])
     ]
     assert {(o.name, o.type, tuple(o.shape)) for o in session.get_outputs()} == {
-        ("gender", "tensor(float)", ("N",)), ("age", "tensor(float)", ("N",))
+        ("gender", "tensor(float)", ("N",)),
+        ("age", "tensor(float)", ("N",)),
     }
     out = _run_onnx(path, images)
     ref = _reference(tiny_model, images)
@@ -98,8 +99,9 @@ def test_export_refuses_unknown_formats(tiny_model, tmp_path: Path) -> None:
         export_model(tiny_model, tmp_path / "x", format="coreml")
 
 
-def test_missing_onnx_converter_names_the_extra(tiny_model, tmp_path: Path, monkeypatch,
-                                                capsys) -> None:
+def test_missing_onnx_converter_names_the_extra(
+    tiny_model, tmp_path: Path, monkeypatch, capsys
+) -> None:
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # `import tf2onnx` raises ImportError
     (tmp_path / "model.onnx").write_bytes(b"an earlier export")
     with pytest.raises(ExportFormatError, match=r"pip install 'agegender-models\[onnx\]'"):
@@ -107,8 +109,17 @@ def test_missing_onnx_converter_names_the_extra(tiny_model, tmp_path: Path, monk
     assert (tmp_path / "model.onnx").read_bytes() == b"an earlier export"
     # the CLI: one line on stderr naming the extra, exit status 2, no traceback
     model_path = save_model(tiny_model, tmp_path / "m.keras")
-    status = cli_main(["export", "--model", str(model_path), "--format", "onnx",
-                       "--out", str(tmp_path / "m.onnx")])
+    status = cli_main(
+        [
+            "export",
+            "--model",
+            str(model_path),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("agegender: error: ONNX export needs the tf2onnx converter")
@@ -121,16 +132,40 @@ def test_cli_export_from_a_keras_file(tiny_model, tmp_path: Path) -> None:
     model_path = save_model(tiny_model, tmp_path / "m.keras")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     ok = subprocess.run(
-        [sys.executable, "-m", "agegender_models.cli", "export", "--model", str(model_path),
-         "--format", "tflite", "--out", str(tmp_path / "m.tflite")],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "agegender_models.cli",
+            "export",
+            "--model",
+            str(model_path),
+            "--format",
+            "tflite",
+            "--out",
+            str(tmp_path / "m.tflite"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "m.tflite").stat().st_size > 0
     missing = subprocess.run(
-        [sys.executable, "-m", "agegender_models.cli", "export", "--model", str(tmp_path / "no.keras"),
-         "--out", str(tmp_path / "x")],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "agegender_models.cli",
+            "export",
+            "--model",
+            str(tmp_path / "no.keras"),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert missing.returncode == 2
     assert "model file not found" in missing.stderr

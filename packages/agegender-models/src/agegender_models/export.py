@@ -116,8 +116,12 @@ def _tflite_bytes(model: keras.Model) -> bytes:
         return converter.convert()
 
 
-def export_model(model_or_path: keras.Model | str | os.PathLike, out: str | os.PathLike, *,
-                 format: str = "savedmodel") -> Path:
+def export_model(
+    model_or_path: keras.Model | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    format: str = "savedmodel",
+) -> Path:
     """Export ``model_or_path`` (a model or a ``.keras`` file) to ``out``; returns the path.
 
     ``format="savedmodel"`` writes a folder, ``"tflite"`` and ``"onnx"`` one file. An existing
@@ -130,8 +134,14 @@ def export_model(model_or_path: keras.Model | str | os.PathLike, out: str | os.P
         _import_tf2onnx()  # before loading the model: a missing extra is reported at once
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not (out / "saved_model.pb").is_file():
-        raise FileExistsError(f"{out} is a folder that holds something other than a SavedModel: not replacing it")
-    model = model_or_path if isinstance(model_or_path, keras.Model) else load_model(model_or_path, compile=False)
+        raise FileExistsError(
+            f"{out} is a folder that holds something other than a SavedModel: not replacing it"
+        )
+    model = (
+        model_or_path
+        if isinstance(model_or_path, keras.Model)
+        else load_model(model_or_path, compile=False)
+    )
     if format == "onnx" and model_precision(model) != "float32":
         raise ExportFormatError(
             "ONNX export needs a float32 model (ONNX Runtime has no bfloat16/float16 convolutions on "
