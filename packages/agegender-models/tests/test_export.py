@@ -44,6 +44,10 @@ def test_savedmodel_matches_keras(tiny_model, images, tmp_path: Path) -> None:
     assert out["gender"].shape == (5,)
     np.testing.assert_allclose(out["gender"].numpy(), ref["gender"], atol=1e-5)
     np.testing.assert_allclose(out["age"].numpy(), ref["age"], atol=1e-3)
+    # each weight is stored once (keras.export.ExportArchive.track() would store it twice)
+    weights_bytes = sum(int(np.prod(w.shape)) * 4 for w in tiny_model.weights)
+    stored = sum(f.stat().st_size for f in (path / "variables").iterdir())
+    assert weights_bytes <= stored < 1.1 * weights_bytes
 
 
 def test_tflite_matches_keras(tiny_model, images, tmp_path: Path) -> None:
