@@ -6,7 +6,8 @@
     agegender export --model runs/model_a/model.keras --format tflite --out model.tflite
 
 ``train`` and ``evaluate`` need the ``app`` extra (``pip install "agegender-models[app]"``);
-``predict`` needs only this package.
+``predict`` and ``export`` need only this package, except ``export --format onnx``: the ``onnx``
+extra.
 """
 
 from __future__ import annotations
