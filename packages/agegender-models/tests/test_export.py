@@ -90,12 +90,14 @@ def test_onnx_matches_keras(tiny_model, images, tmp_path: Path) -> None:
     np.testing.assert_allclose(one["age"], ref["age"][:1], atol=1e-3)
 
 
-def test_onnx_refuses_a_bfloat16_model(tmp_path: Path) -> None:
-    pytest.importorskip("tf2onnx")
+@pytest.mark.parametrize("format", ["tflite", "onnx"])
+def test_tflite_and_onnx_refuse_a_bfloat16_model(format: str, tmp_path: Path) -> None:
+    if format == "onnx":
+        pytest.importorskip("tf2onnx")
     model = create_model("custom_cnn", input_shape=(32, 32, 3), precision="mixed_bfloat16")
-    with pytest.raises(ExportFormatError, match="needs a float32 model"):
-        export_model(model, tmp_path / "model.onnx", format="onnx")
-    assert not (tmp_path / "model.onnx").exists()
+    with pytest.raises(ExportFormatError, match=f"{format} export needs a float32 model"):
+        export_model(model, tmp_path / f"model.{format}", format=format)
+    assert not (tmp_path / f"model.{format}").exists()
 
 
 def test_export_refuses_unknown_formats(tiny_model, tmp_path: Path) -> None:

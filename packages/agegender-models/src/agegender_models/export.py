@@ -25,8 +25,10 @@ ONNX (one file, opset :data:`ONNX_OPSET`; runs with ``onnxruntime``, no TensorFl
 
 Writing ONNX needs the ``onnx`` extra (``pip install 'agegender-models[onnx]'``: the ``tf2onnx``
 converter, and ``onnxruntime`` to check the result); without it :func:`export_model` raises
-:class:`ExportFormatError` naming that command. ONNX Runtime has no bfloat16 convolutions, so a
-model built with ``precision="mixed_bfloat16"`` is refused for ONNX (SavedModel/TFLite take it).
+:class:`ExportFormatError` naming that command. ONNX Runtime's CPU provider cannot load bfloat16
+convolutions and the TFLite converter rejects them, so only float32 models go to ONNX or TFLite;
+for a ``precision="mixed_bfloat16"`` model, copy its weights into
+``create_model(..., precision="float32")`` first (a SavedModel takes it as is).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from .precision import model_precision
 from .saving import load_model
 
 FORMATS = ("savedmodel", "tflite", "onnx")
-ONNX_OPSET = 17  # ONNX Runtime >= 1.13 and most other ONNX runtimes read it
+ONNX_OPSET = 17  # read by ONNX Runtime 1.13 (2022) and later
 ONNX_INSTALL = "pip install 'agegender-models[onnx]'"
 
 
@@ -94,8 +96,8 @@ def _onnx_bytes(model: keras.Model) -> bytes:
     tf2onnx = _import_tf2onnx()
     serve, spec = _serving_function(model)
     function = tf.function(serve, input_signature=[spec])
-    # tf2onnx logs its (non-fatal) optimizer failures with tracebacks; the result is checked by
-    # the parity tests, so keep only its errors
+    # tf2onnx logs non-fatal optimizer failures (it then skips that graph optimization, e.g. for
+    # mobilenet_v3_small) with full tracebacks: keep only its errors
     tf2onnx_logger = logging.getLogger("tf2onnx")
     level = tf2onnx_logger.level
     tf2onnx_logger.setLevel(logging.ERROR)
@@ -128,7 +130,8 @@ def export_model(
 
     ``format="savedmodel"`` writes a folder, ``"tflite"`` and ``"onnx"`` one file. An existing
     file or SavedModel at ``out`` is replaced; any other non-empty folder is refused.
-    ``"onnx"`` needs the ``onnx`` extra and a float32 model; otherwise :class:`ExportFormatError`.
+    ``"tflite"`` and ``"onnx"`` need a float32 model, ``"onnx"`` also the ``onnx`` extra;
+    otherwise :class:`ExportFormatError`.
     """
     if format not in FORMATS:
         raise ExportFormatError(f"`format` must be one of {FORMATS}. Received: format={format!r}")
@@ -144,12 +147,13 @@ def export_model(
         if isinstance(model_or_path, keras.Model)
         else load_model(model_or_path, compile=False)
     )
-    if format == "onnx" and model_precision(model) != "float32":
+    if format in ("tflite", "onnx") and model_precision(model) != "float32":
+        # ONNX Runtime's CPU provider cannot load bfloat16 convolutions; TFLite's converter
+        # fails on them ("Could not translate MLIR to FlatBuffer")
         raise ExportFormatError(
-            "ONNX export needs a float32 model (ONNX Runtime has no bfloat16/float16 convolutions on "
-            f"CPU); this one computes in {model_precision(model)!r}: rebuild it with "
-            "create_model(..., precision='float32') and set_weights(model.get_weights()), "
-            "or export 'savedmodel'/'tflite'"
+            f"{format} export needs a float32 model; this one computes in "
+            f"{model_precision(model)!r}: rebuild it with create_model(..., precision='float32') "
+            "and set_weights(model.get_weights()), or export 'savedmodel'"
         )
     # convert first, so that a failed conversion leaves an existing export at `out` in place
     artefact = None
