@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from agegender_models import create_model, save_model
+from agegender_models.cli import main as cli_main
 from agegender_models.export import ExportFormatError, export_model
+from agegender_models.predict import _to_rgb_array
+
+ROOT = Path(__file__).resolve().parents[3]
+DATA = Path(os.environ.get("UTKFACE_DIR", ROOT.parent / "shared" / "utkface" / "crop_part1_5000"))
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +44,10 @@ def test_savedmodel_matches_keras(tiny_model, images, tmp_path: Path) -> None:
     assert out["gender"].shape == (5,)
     np.testing.assert_allclose(out["gender"].numpy(), ref["gender"], atol=1e-5)
     np.testing.assert_allclose(out["age"].numpy(), ref["age"], atol=1e-3)
+    # each weight is stored once (keras.export.ExportArchive.track() would store it twice)
+    weights_bytes = sum(int(np.prod(w.shape)) * 4 for w in tiny_model.weights)
+    stored = sum(f.stat().st_size for f in (path / "variables").iterdir())
+    assert weights_bytes <= stored < 1.1 * weights_bytes
 
 
 def test_tflite_matches_keras(tiny_model, images, tmp_path: Path) -> None:
@@ -52,27 +61,117 @@ def test_tflite_matches_keras(tiny_model, images, tmp_path: Path) -> None:
     np.testing.assert_allclose(out["age"], ref["age"], atol=1e-2)
 
 
-def test_export_refuses_unknown_and_unavailable_formats(tiny_model, tmp_path: Path) -> None:
+def _run_onnx(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gender, age = session.run(["gender", "age"], {"image": images})
+    return {"gender": gender, "age": age}
+
+
+def test_onnx_matches_keras(tiny_model, images, tmp_path: Path) -> None:
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    path = export_model(tiny_model, tmp_path / "model.onnx", format="onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # the same interface as the SavedModel/TFLite signatures: uint8 (N, H, W, 3) in, (N,) out
+    assert [(i.name, i.type, i.shape) for i in session.get_inputs()] == [
+        ("image", "tensor(uint8)", ["N", 32, 32, 3])
+    ]
+    assert {(o.name, o.type, tuple(o.shape)) for o in session.get_outputs()} == {
+        ("gender", "tensor(float)", ("N",)),
+        ("age", "tensor(float)", ("N",)),
+    }
+    out = _run_onnx(path, images)
+    ref = _reference(tiny_model, images)
+    assert out["gender"].shape == (5,)
+    np.testing.assert_allclose(out["gender"], ref["gender"], atol=1e-5)
+    np.testing.assert_allclose(out["age"], ref["age"], atol=1e-3)
+    one = _run_onnx(path, images[:1])  # any batch size, including 1
+    np.testing.assert_allclose(one["age"], ref["age"][:1], atol=1e-3)
+
+
+@pytest.mark.parametrize("format", ["tflite", "onnx"])
+def test_tflite_and_onnx_refuse_a_bfloat16_model(format: str, tmp_path: Path) -> None:
+    if format == "onnx":
+        pytest.importorskip("tf2onnx")
+    model = create_model("custom_cnn", input_shape=(32, 32, 3), precision="mixed_bfloat16")
+    with pytest.raises(ExportFormatError, match=f"{format} export needs a float32 model"):
+        export_model(model, tmp_path / f"model.{format}", format=format)
+    assert not (tmp_path / f"model.{format}").exists()
+
+
+def test_export_refuses_unknown_formats(tiny_model, tmp_path: Path) -> None:
     with pytest.raises(ExportFormatError, match="must be one of"):
         export_model(tiny_model, tmp_path / "x", format="coreml")
-    with pytest.raises(ExportFormatError, match="ONNX export is not available yet"):
-        export_model(tiny_model, tmp_path / "x.onnx", format="onnx")
+
+
+def test_missing_onnx_converter_names_the_extra(
+    tiny_model, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # `import tf2onnx` raises ImportError
+    (tmp_path / "model.onnx").write_bytes(b"an earlier export")
+    with pytest.raises(ExportFormatError, match=r"pip install 'agegender-models\[onnx\]'"):
+        export_model(tiny_model, tmp_path / "model.onnx", format="onnx")
+    assert (tmp_path / "model.onnx").read_bytes() == b"an earlier export"
+    # the CLI: one line on stderr naming the extra, exit status 2, no traceback
+    model_path = save_model(tiny_model, tmp_path / "m.keras")
+    status = cli_main(
+        [
+            "export",
+            "--model",
+            str(model_path),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("agegender: error: ONNX export needs the tf2onnx converter")
+    assert "pip install 'agegender-models[onnx]'" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_cli_export_from_a_keras_file(tiny_model, tmp_path: Path) -> None:
     model_path = save_model(tiny_model, tmp_path / "m.keras")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     ok = subprocess.run(
-        [sys.executable, "-m", "agegender_models.cli", "export", "--model", str(model_path),
-         "--format", "tflite", "--out", str(tmp_path / "m.tflite")],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "agegender_models.cli",
+            "export",
+            "--model",
+            str(model_path),
+            "--format",
+            "tflite",
+            "--out",
+            str(tmp_path / "m.tflite"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "m.tflite").stat().st_size > 0
     missing = subprocess.run(
-        [sys.executable, "-m", "agegender_models.cli", "export", "--model", str(tmp_path / "no.keras"),
-         "--out", str(tmp_path / "x")],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "agegender_models.cli",
+            "export",
+            "--model",
+            str(tmp_path / "no.keras"),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert missing.returncode == 2
     assert "model file not found" in missing.stderr
@@ -86,3 +185,37 @@ def test_export_never_replaces_an_unrelated_folder(tiny_model, tmp_path: Path) -
     with pytest.raises(FileExistsError, match="other than a SavedModel"):
         export_model(tiny_model, precious, format="savedmodel")
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"real UTKFace folder not found: {DATA}")
+@pytest.mark.parametrize("format", ["savedmodel", "tflite", "onnx"])
+def test_exports_match_keras_on_real_images(format: str, tmp_path: Path) -> None:
+    """32 real face chips, resized as :class:`Predictor` resizes them, through each export."""
+    import keras
+    import tensorflow as tf
+    from PIL import Image
+
+    if format == "onnx":
+        pytest.importorskip("tf2onnx")
+        pytest.importorskip("onnxruntime")
+    files = sorted(DATA.glob("*.jpg"))[::150][:32]
+    assert len(files) == 32
+    keras.utils.set_random_seed(0)
+    model = create_model("custom_cnn", input_shape=(64, 64, 3))
+    images = np.stack([_to_rgb_array(Image.open(f), (64, 64)) for f in files])
+    ref = _reference(model, images)
+    path = export_model(model, tmp_path / f"model.{format}", format=format)
+    if format == "savedmodel":
+        serve = tf.saved_model.load(str(path)).signatures["serve"]
+        out = {k: v.numpy() for k, v in serve(image=tf.constant(images)).items()}
+    elif format == "tflite":
+        out = tf.lite.Interpreter(str(path)).get_signature_runner("serve")(image=images)
+    else:
+        out = _run_onnx(path, images)
+    # the tolerance is far below what a wrong input scaling (0-1 instead of 0-255) changes
+    wrong = _reference(model, images / 255.0)
+    for key, atol in (("gender", 1e-4), ("age", 1e-3)):
+        assert np.abs(wrong[key] - ref[key]).max() > 10 * atol
+        diff = np.abs(out[key] - ref[key]).max()
+        assert diff <= atol, f"{format} {key}: max |diff| {diff} > {atol}"

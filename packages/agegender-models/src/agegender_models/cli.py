@@ -6,7 +6,8 @@
     agegender export --model runs/model_a/model.keras --format tflite --out model.tflite
 
 ``train`` and ``evaluate`` need the ``app`` extra (``pip install "agegender-models[app]"``);
-``predict`` needs only this package.
+``predict`` and ``export`` need only this package, except ``export --format onnx``: the ``onnx``
+extra.
 """
 
 from __future__ import annotations
@@ -305,14 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     export = commands.add_parser(
-        "export", help="export a saved model for serving (SavedModel or TFLite)",
+        "export", help="export a saved model for serving (SavedModel, TFLite or ONNX)",
         description="Export a .keras model. The artefact takes raw uint8 RGB images of the model's "
         "input size (preprocessing inside) and returns gender (P(female)) and age.",
     )
     export.add_argument("--model", required=True, help="saved model (.keras)")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="savedmodel",
-                        help="savedmodel (a folder) or tflite (a file); onnx is not available yet")
-    export.add_argument("--out", required=True, help="folder (savedmodel) or file (tflite) to write")
+                        help="savedmodel (a folder), tflite or onnx (a file; needs "
+                        "pip install 'agegender-models[onnx]')")
+    export.add_argument("--out", required=True,
+                        help="folder (savedmodel) or file (tflite, onnx) to write")
     export.set_defaults(func=_cmd_export)
     return parser
 
