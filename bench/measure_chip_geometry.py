@@ -36,8 +36,15 @@ PAD = 0.5  # pad fraction on each side
 def _stats(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=np.float64)
     q = np.percentile(a, [5, 25, 50, 75, 95])
-    return {"n": int(a.size), "mean": float(a.mean()), "p05": float(q[0]), "p25": float(q[1]),
-            "median": float(q[2]), "p75": float(q[3]), "p95": float(q[4])}
+    return {
+        "n": int(a.size),
+        "mean": float(a.mean()),
+        "p05": float(q[0]),
+        "p25": float(q[1]),
+        "median": float(q[2]),
+        "p75": float(q[3]),
+        "p95": float(q[4]),
+    }
 
 
 def _largest(faces, key):
@@ -60,8 +67,20 @@ def main() -> None:
     mtcnn = MTCNN()
     haar = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
 
-    m = {k: [] for k in ("eye_cx", "eye_cy", "eye_dist", "eye_mouth", "angle_deg", "box_cx",
-                         "box_cy", "box_w", "box_h")}
+    m = {
+        k: []
+        for k in (
+            "eye_cx",
+            "eye_cy",
+            "eye_dist",
+            "eye_mouth",
+            "angle_deg",
+            "box_cx",
+            "box_cy",
+            "box_w",
+            "box_h",
+        )
+    }
     h = {k: [] for k in ("box_cx", "box_cy", "box_w", "box_h")}
     found = {"mtcnn": 0, "haar": 0}
     groups = {g: {"n": 0, "mtcnn": 0, "haar": 0} for g in ("under 10", "10–17", "18+")}
@@ -79,7 +98,9 @@ def main() -> None:
         if face is not None:
             found["mtcnn"] += 1
             groups[group]["mtcnn"] += 1
-            k = {name: np.asarray(p, dtype=np.float64) - pad for name, p in face["keypoints"].items()}
+            k = {
+                name: np.asarray(p, dtype=np.float64) - pad for name, p in face["keypoints"].items()
+            }
             eyes = (k["left_eye"] + k["right_eye"]) / 2
             mouth = (k["mouth_left"] + k["mouth_right"]) / 2
             dx, dy = k["right_eye"] - k["left_eye"]
@@ -106,24 +127,50 @@ def main() -> None:
             h["box_w"].append(w / size)
             h["box_h"].append(hh / size)
 
+    # How well does each landmark-based estimate of the chip side predict the real one (1.0)?
+    # Each estimate is normalised by its median, so the spread (p05-p95) is what counts.
+    eye = np.asarray(m["eye_dist"]) / np.median(m["eye_dist"])
+    mouth = np.asarray(m["eye_mouth"]) / np.median(m["eye_mouth"])
+    estimates = {
+        "eyes": eye,
+        "eye_mouth": mouth,
+        "max": np.maximum(eye, mouth),
+        "mean": (eye + mouth) / 2,
+    }
+    side = {}
+    for name, est in estimates.items():
+        est = est / np.median(est)
+        side[name] = {
+            **_stats(list(est)),
+            "abs_log_error_mean": float(np.mean(np.abs(np.log(est)))),
+        }
+
     n = len(frame)
     result = {
-        "command": "python bench/measure_chip_geometry.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "command": "python bench/measure_chip_geometry.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "n": n,
         "seconds": round(time.perf_counter() - start, 1),
         "detection_rate": {k: v / n for k, v in found.items()},
         "by_age_group": groups,
         "mtcnn": {k: _stats(v) for k, v in m.items()},
         "haar": {k: _stats(v) for k, v in h.items()},
+        "side_estimators": side,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{n} chips in {result['seconds']} s; detection rate {result['detection_rate']}")
     for det in ("mtcnn", "haar"):
         for key, s in result[det].items():
-            print(f"{det:>5} {key:>9}: median {s['median']:.4f}  IQR [{s['p25']:.4f}, {s['p75']:.4f}]"
-                  f"  p05-p95 [{s['p05']:.4f}, {s['p95']:.4f}]")
+            print(
+                f"{det:>5} {key:>9}: median {s['median']:.4f}  IQR [{s['p25']:.4f}, {s['p75']:.4f}]"
+                f"  p05-p95 [{s['p05']:.4f}, {s['p95']:.4f}]"
+            )
+    for name, s in side.items():
+        print(
+            f"side from {name:>9}: p05-p95 [{s['p05']:.3f}, {s['p95']:.3f}]"
+            f"  mean |log error| {s['abs_log_error_mean']:.4f}"
+        )
     print(f"written: {args.out}")
 
 
