@@ -13,11 +13,11 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 PYTHON = "3.11"
-# Editable installs of the three libraries, with the extras the cross-package tests use.
+# Editable installs of the three libraries, with the extras the tests use (detect: face detectors).
 PACKAGES = [
     "-e", "packages/utkface-data[tf]",
     "-e", "packages/agegender-eval",
-    "-e", "packages/agegender-models[app]",
+    "-e", "packages/agegender-models[app,detect]",
 ]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100"]
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
