@@ -385,7 +385,7 @@ def test_real_chips_pasted_into_a_photo_are_found_and_recropped(name: str) -> No
     detector = get_detector(name)
     chips = sorted(p for p in Path(DATA).glob("*.chip.jpg"))[::500][:8]
     rng = np.random.default_rng(0)
-    found, similar = 0, 0
+    corrs = []
     for path in chips:
         chip = np.asarray(Image.open(path).convert("RGB"))
         photo = rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
@@ -395,12 +395,11 @@ def test_real_chips_pasted_into_a_photo_are_found_and_recropped(name: str) -> No
             for f in detector.detect_faces(photo)
             if 200 <= f.box[0] + f.box[2] / 2 <= 400 and 100 <= f.box[1] + f.box[3] / 2 <= 300
         ]
-        if not faces:
-            continue
-        found += 1
-        crop = crop_face(photo, faces[0]).astype(float)
-        # the re-crop lines up with the chip: strong correlation in the central region
-        a, b = crop[40:160, 40:160].ravel(), chip[40:160, 40:160].astype(float).ravel()
-        similar += np.corrcoef(a, b)[0, 1] > 0.6
-    assert found >= 6, f"{name} found {found}/{len(chips)} pasted chips"
-    assert similar >= found - 1
+        if faces:
+            crop = crop_face(photo, faces[0]).astype(float)
+            a, b = crop[40:160, 40:160].ravel(), chip[40:160, 40:160].astype(float).ravel()
+            corrs.append(np.corrcoef(a, b)[0, 1])
+    assert len(corrs) >= 6, f"{name} found {len(corrs)}/{len(chips)} pasted chips"
+    # the re-crop lines up with the chip (measured: mean 0.86-0.88 for both detectors; the same
+    # faces cropped 20 px off or with the other detector's geometry: 0.45-0.65)
+    assert np.mean(corrs) > 0.75, corrs
