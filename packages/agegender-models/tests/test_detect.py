@@ -335,6 +335,23 @@ def test_predict_detector_failure_is_one_line_naming_the_problem(model, tmp_path
     assert "\n" not in reason and len(reason) <= 300
 
 
+def test_predict_huge_photo_detects_small_and_crops_from_the_original(
+    model, tmp_path: Path
+) -> None:
+    class Downscaling(det._DownscalingDetector):
+        def _detect(self, rgb):
+            self.seen = rgb.shape
+            return [Face((100, 60, 50, 50), 0.9)]  # in the downscaled image
+
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (6000, 4000), (90, 120, 150)).save(path)
+    detector = Downscaling(max_side=1200)
+    results, errors = Predictor(model, detector=detector).predict([path], return_errors=True)
+    assert errors == []
+    assert detector.seen == (800, 1200, 3)
+    assert results[0]["box"] == [500, 300, 250, 250]  # in pixels of the 6000x4000 original
+
+
 def test_predict_applies_exif_orientation_before_detecting(model, tmp_path: Path) -> None:
     path = tmp_path / "rotated.jpg"
     exif = Image.Exif()
