@@ -3,11 +3,12 @@
     agegender train --data-dir DIR --out runs/model_a            # the seed's Model A recipe
     agegender evaluate --model runs/model_a/model.keras --data-dir DIR --out eval/
     agegender predict --model runs/model_a/model.keras face1.jpg faces/ --json
+    agegender predict --model runs/model_a/model.keras --detect mtcnn photo.jpg   # whole photos
     agegender export --model runs/model_a/model.keras --format tflite --out model.tflite
 
 ``train`` and ``evaluate`` need the ``app`` extra (``pip install "agegender-models[app]"``);
-``predict`` and ``export`` need only this package, except ``export --format onnx``: the ``onnx``
-extra.
+``predict`` and ``export`` need only this package, except ``predict --detect`` (the ``detect``
+extra, ``pip install "agegender-models[detect]"``) and ``export --format onnx`` (the ``onnx`` extra).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # training.py imports the 'app' extra (utkface_data, agegender_eval) only inside its functions
+from agegender_models.detect import DETECTORS  # noqa: E402
 from agegender_models.export import FORMATS as EXPORT_FORMATS  # noqa: E402
 from agegender_models.training import LR_SCHEDULES, STRATEGIES  # noqa: E402
 
@@ -210,31 +212,43 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from agegender_models import Predictor
 
     files, errors = expand_inputs(args.inputs)
-    predictor = Predictor(_load(args.model))
+    model = _load(args.model)
+    # builds the detector before any image is read: a missing 'detect' extra is one clear line
+    predictor = Predictor(model, detector=args.detect)
     predictions: list[dict[str, Any]] = []
     if files:
         found, bad = predictor.predict(files, batch_size=args.batch_size, return_errors=True)
         predictions.extend(found)
         errors.extend(bad)
-    rows = [
-        {"file": p["file"], "age": round(float(p["age"]), 1), "gender": p["gender"],
-         "p_female": round(float(p["p_female"]), 4)}
-        for p in predictions
-    ]
+    rows = []
+    for p in predictions:
+        row: dict[str, Any] = {"file": p["file"]}
+        if args.detect:
+            row.update(face=p["face"], box=p["box"], confidence=p["confidence"])
+        row.update(age=round(float(p["age"]), 1), gender=p["gender"],
+                   p_female=round(float(p["p_female"]), 4))
+        rows.append(row)
     if args.json:
         print(json.dumps({"predictions": rows, "errors": errors}, indent=2))
     elif args.csv:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["file", "age", "gender", "p_female", "error"])
+        face_fields = ["face", "box", "confidence"] if args.detect else []
+        writer = csv.DictWriter(
+            buffer, fieldnames=["file", *face_fields, "age", "gender", "p_female", "error"]
+        )
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(
+            {**r, "box": " ".join(map(str, r["box"]))} if args.detect else r for r in rows
+        )
         writer.writerows({"file": e["file"], "error": e["reason"]} for e in errors)
         print(buffer.getvalue(), end="")
     else:
         width = max([len(r["file"]) for r in rows] + [4])
-        print(f"{'file':<{width}}  {'age':>5}  {'gender':<6}  p_female")
+        face_head = f"  {'face':>4}  {'box (x y w h)':<21}" if args.detect else ""
+        print(f"{'file':<{width}}{face_head}  {'age':>5}  {'gender':<6}  p_female")
         for r in rows:
-            print(f"{r['file']:<{width}}  {r['age']:>5.1f}  {r['gender']:<6}  {r['p_female']:.3f}")
+            face = (f"  {r['face']:>4}  {' '.join(map(str, r['box'])):<21}" if args.detect else "")
+            print(f"{r['file']:<{width}}{face}  {r['age']:>5.1f}  {r['gender']:<6}  {r['p_female']:.3f}")
         for e in errors:
             print(f"error: {e['file']}: {e['reason']}", file=sys.stderr)
     if not rows:
@@ -303,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print one JSON object")
     fmt.add_argument("--csv", action="store_true", help="print CSV")
     predict.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    predict.add_argument("--detect", choices=DETECTORS, default=None,
+                         help="find the faces in ordinary photos and crop each like a UTKFace chip "
+                         "(one result per face, with 'face' and 'box'; a photo with no face is "
+                         "listed in errors as 'no face found'). Needs "
+                         "pip install 'agegender-models[detect]'. Default: inputs are face chips")
     predict.set_defaults(func=_cmd_predict)
 
     export = commands.add_parser(

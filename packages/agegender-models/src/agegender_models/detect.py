@@ -1,0 +1,352 @@
+"""Find faces in ordinary photos and crop them the way UTKFace chips are cropped.
+
+The models are trained on UTKFace chips: faces detected, aligned (eyes level) and cropped tightly
+to 200x200. Fed a whole photo, or a face cropped differently, they give wrong ages. This module
+turns a photo into chips::
+
+    from agegender_models.detect import crop_face, get_detector
+
+    detector = get_detector("mtcnn")             # or "haar", or any object with detect_faces()
+    for face in detector.detect_faces(image):    # image: HxW, HxWx3 or HxWx4, 0-255
+        chip = crop_face(image, face)            # 200x200x3 uint8, like a UTKFace chip
+
+Detectors (``pip install 'agegender-models[detect]'``; both ship their weights in the wheel, so
+they work offline):
+
+* ``"mtcnn"`` (default): the ``mtcnn`` package (TensorFlow); a box, a confidence and five
+  landmarks per face. Crops are aligned on the landmarks.
+* ``"haar"``: OpenCV's frontal-face Haar cascade; a box only (no landmarks, no rotation).
+  Lighter and faster, misses turned faces.
+
+Any object with a ``detect_faces(image) -> list[Face]`` method can be passed instead of a name
+(tests use a fake one). Large photos are downscaled so their longer side is at most ``max_side``
+for detection; boxes and landmarks are mapped back and the crop is taken from the original.
+
+**Chip geometry.** The constants below were measured by running both detectors on 1,000 real
+chips of ``crop_part1_5000`` (random sample, seed 0; each chip edge-padded by 50 % so nothing is
+clipped) -- medians, as fractions of the chip side::
+
+    python bench/measure_chip_geometry.py --data-dir ../shared/utkface/crop_part1_5000 \\
+        --n 1000 --seed 0 --out bench/chip_geometry.json
+
+A landmark crop puts the midpoint of the eyes at ``CHIP_EYE_CENTER`` with the eyes level, and
+scales the face so that the chip side equals the mean of two estimates, ``eye distance /
+CHIP_EYE_DISTANCE`` and ``eye-to-mouth distance / CHIP_EYE_MOUTH`` (on the measured chips this
+mean predicted the chip side better than either alone or their maximum; see bench/RESULTS.md).
+A box-only crop (Haar, or a face without landmarks) puts the box centre at ``CHIP_BOX_CENTER`` and
+makes the chip side ``box width / CHIP_BOX_WIDTH``. Pixels outside the photo repeat its edge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+CHIP_SIZE = 200
+# MTCNN landmarks in a chip (fractions of the chip side; medians over 1,000 chips). MTCNN gives
+# landmarks as pixel indices (measured eye centre 0.4900, 0.2900); here they are pixel centres,
+# +0.5 px of 200.
+CHIP_EYE_CENTER = (0.4925, 0.2925)
+CHIP_EYE_DISTANCE = 0.3901
+CHIP_EYE_MOUTH = 0.3961
+# Haar boxes in a chip (fractions of the chip side; medians over 1,000 chips)
+CHIP_BOX_CENTER = (0.4950, 0.4150)
+CHIP_BOX_WIDTH = 1.0450
+
+DETECTORS = ("mtcnn", "haar")
+EXTRA_HINT = "pip install 'agegender-models[detect]'"
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face, in pixels of the image given to the detector.
+
+    ``box`` is ``(x, y, width, height)``; ``landmarks`` maps some of ``LANDMARKS`` to ``(x, y)``
+    ("left" = the eye on the left of the image) or is empty for box-only detectors.
+    """
+
+    box: tuple[float, float, float, float]
+    confidence: float = 1.0
+    landmarks: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        box = tuple(float(v) for v in self.box)
+        if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
+            raise ValueError(
+                f"`box` must be (x, y, width, height) with width, height > 0. Received: box={self.box!r}"
+            )
+        object.__setattr__(self, "box", box)
+        object.__setattr__(self, "confidence", float(self.confidence))
+        marks = {str(k): (float(v[0]), float(v[1])) for k, v in dict(self.landmarks).items()}
+        object.__setattr__(self, "landmarks", marks)
+
+    def scaled(self, factor: float) -> Face:
+        """The same face in an image ``factor`` times as large."""
+        return Face(
+            tuple(v * factor for v in self.box),
+            self.confidence,
+            {k: (x * factor, y * factor) for k, (x, y) in self.landmarks.items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "box": [round(v) for v in self.box],
+            "confidence": round(self.confidence, 4),
+            "landmarks": {k: [round(x, 1), round(y, 1)] for k, (x, y) in self.landmarks.items()},
+        }
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """Anything with ``detect_faces(image) -> list[Face]`` (image: HxWx3 uint8 RGB)."""
+
+    def detect_faces(self, image: np.ndarray) -> list[Face]: ...
+
+
+def to_rgb(image: Any) -> np.ndarray:
+    """A PIL image or an HxW / HxWx1 / HxWx3 / HxWx4 array (0-255) -> HxWx3 uint8 RGB."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(
+            f"`image` must be an HxW or HxWx{{1,3,4}} array. Received: image.shape={arr.shape}"
+        )
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def _missing_extra(name: str, exc: ImportError) -> ImportError:
+    return ImportError(f"the {name!r} face detector needs the 'detect' extra: {EXTRA_HINT} ({exc})")
+
+
+class _DownscalingDetector:
+    """Shared by the built-in detectors: check the image, downscale it to ``max_side``,
+    detect, map the faces back, sort them left to right."""
+
+    name = ""
+
+    def __init__(self, *, max_side: int = 1024, min_face_size: int = 20) -> None:
+        if not isinstance(max_side, int) or max_side < 64:
+            raise ValueError(f"`max_side` must be an int >= 64. Received: max_side={max_side!r}")
+        if not isinstance(min_face_size, int) or min_face_size < 12:
+            raise ValueError(
+                f"`min_face_size` must be an int >= 12. Received: min_face_size={min_face_size!r}"
+            )
+        self.max_side = max_side
+        self.min_face_size = min_face_size
+
+    def _detect(self, rgb: np.ndarray) -> list[Face]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def detect_faces(self, image: Any) -> list[Face]:
+        rgb = to_rgb(image)
+        h, w = rgb.shape[:2]
+        factor = 1.0
+        if max(h, w) > self.max_side:
+            factor = max(h, w) / self.max_side
+            small = Image.fromarray(rgb).resize(
+                (max(1, round(w / factor)), max(1, round(h / factor))), Image.Resampling.BILINEAR
+            )
+            rgb = np.asarray(small)
+        faces = [f.scaled(factor) if factor != 1.0 else f for f in self._detect(rgb)]
+        return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(max_side={self.max_side}, min_face_size={self.min_face_size})"
+        )
+
+
+class MTCNNDetector(_DownscalingDetector):
+    """MTCNN (the ``mtcnn`` package, TensorFlow): boxes, confidences and five landmarks.
+
+    Faces below ``min_confidence`` are dropped.
+    """
+
+    name = "mtcnn"
+
+    def __init__(
+        self, *, min_confidence: float = 0.9, max_side: int = 1024, min_face_size: int = 20
+    ) -> None:
+        super().__init__(max_side=max_side, min_face_size=min_face_size)
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(
+                f"`min_confidence` must be in [0, 1]. Received: min_confidence={min_confidence!r}"
+            )
+        self.min_confidence = float(min_confidence)
+        try:
+            from mtcnn import MTCNN
+        except ImportError as exc:
+            raise _missing_extra(self.name, exc) from None
+        self._mtcnn = MTCNN()
+
+    def _detect(self, rgb: np.ndarray) -> list[Face]:
+        if min(rgb.shape[:2]) < 12:  # below MTCNN's smallest window
+            return []
+        found = self._mtcnn.detect_faces(rgb, min_face_size=self.min_face_size)
+        return [
+            Face(
+                tuple(float(v) for v in f["box"]),
+                float(f["confidence"]),
+                {k: (float(v[0]), float(v[1])) for k, v in f.get("keypoints", {}).items()},
+            )
+            for f in found
+            if float(f["confidence"]) >= self.min_confidence and f["box"][2] > 0 and f["box"][3] > 0
+        ]
+
+
+class HaarDetector(_DownscalingDetector):
+    """OpenCV's frontal-face Haar cascade (``opencv-python-headless`` < 5 ships the file):
+    boxes only; ``confidence`` is 1.0."""
+
+    name = "haar"
+
+    def __init__(
+        self,
+        *,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        max_side: int = 1024,
+        min_face_size: int = 30,
+    ) -> None:
+        super().__init__(max_side=max_side, min_face_size=min_face_size)
+        if not scale_factor > 1.0:
+            raise ValueError(f"`scale_factor` must be > 1. Received: scale_factor={scale_factor!r}")
+        if not isinstance(min_neighbors, int) or min_neighbors < 0:
+            raise ValueError(
+                f"`min_neighbors` must be an int >= 0. Received: min_neighbors={min_neighbors!r}"
+            )
+        self.scale_factor = float(scale_factor)
+        self.min_neighbors = min_neighbors
+        try:
+            import cv2
+        except ImportError as exc:
+            raise _missing_extra(self.name, exc) from None
+        self._cv2 = cv2
+        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise ImportError(
+                f"OpenCV has no Haar cascade file at {path} (OpenCV 5 dropped them): {EXTRA_HINT}"
+            )
+
+    def _detect(self, rgb: np.ndarray) -> list[Face]:
+        gray = self._cv2.cvtColor(rgb, self._cv2.COLOR_RGB2GRAY)
+        boxes = self._cascade.detectMultiScale(
+            gray,
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(self.min_face_size, self.min_face_size),
+        )
+        return [Face(tuple(float(v) for v in b)) for b in boxes]
+
+
+_CLASSES = {"mtcnn": MTCNNDetector, "haar": HaarDetector}
+
+
+def get_detector(detector: str | FaceDetector = "mtcnn", **kwargs: Any) -> FaceDetector:
+    """A detector by name (``"mtcnn"``, ``"haar"``; ``kwargs`` go to its constructor), or
+    ``detector`` itself when it already has a ``detect_faces`` method."""
+    if isinstance(detector, str):
+        if detector not in _CLASSES:
+            raise ValueError(
+                f"Unknown face detector. Expected one of {list(DETECTORS)}. Received: detector={detector!r}"
+            )
+        return _CLASSES[detector](**kwargs)
+    if kwargs:
+        raise ValueError(
+            f"Options are only for detectors given by name. Received: {sorted(kwargs)}"
+        )
+    if not callable(getattr(detector, "detect_faces", None)):
+        raise TypeError(
+            "`detector` must be a name in "
+            f"{list(DETECTORS)} or an object with a detect_faces(image) method. "
+            f"Received: detector={detector!r}"
+        )
+    return detector
+
+
+def detect_faces(image: Any, detector: str | FaceDetector = "mtcnn") -> list[Face]:
+    """Faces in ``image`` (see :class:`Face`), left to right. Builds the detector each call:
+    keep one from :func:`get_detector` to detect in many images."""
+    return list(get_detector(detector).detect_faces(to_rgb(image)))
+
+
+def _chip_frame(face: Face) -> tuple[tuple[float, float], tuple[float, float], float, float]:
+    """(anchor in the image, anchor in the unit chip, chip side in image pixels, angle in radians)."""
+    # landmarks are pixel indices; pixel i covers [i, i + 1) in the continuous frame used here
+    marks = {k: (x + 0.5, y + 0.5) for k, (x, y) in face.landmarks.items()}
+    if "left_eye" in marks and "right_eye" in marks:
+        left, right = np.asarray(marks["left_eye"]), np.asarray(marks["right_eye"])
+        eyes = (left + right) / 2
+        dx, dy = right - left
+        eye_distance = float(np.hypot(dx, dy))
+        sides = [eye_distance / CHIP_EYE_DISTANCE] if eye_distance > 0 else []
+        if "mouth_left" in marks and "mouth_right" in marks:
+            mouth = (np.asarray(marks["mouth_left"]) + np.asarray(marks["mouth_right"])) / 2
+            sides.append(float(np.linalg.norm(mouth - eyes)) / CHIP_EYE_MOUTH)
+        if sides and min(sides) > 0:
+            angle = math.atan2(dy, dx) if eye_distance > 0 else 0.0
+            return (float(eyes[0]), float(eyes[1])), CHIP_EYE_CENTER, float(np.mean(sides)), angle
+    x, y, w, h = face.box
+    return (x + w / 2, y + h / 2), CHIP_BOX_CENTER, w / CHIP_BOX_WIDTH, 0.0
+
+
+def crop_face(image: Any, face: Face, size: int = CHIP_SIZE) -> np.ndarray:
+    """A ``size`` x ``size`` x 3 uint8 chip of ``face`` cropped from ``image`` like UTKFace's:
+    aligned on the eyes when the face has landmarks, else placed by its box (see the module
+    docstring for the measured geometry). Downscaling is antialiased; pixels outside the image
+    repeat its edge."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
+        raise ValueError(f"`size` must be an int >= 8. Received: size={size!r}")
+    if not isinstance(face, Face):
+        raise TypeError(f"`face` must be a Face. Received: face={face!r}")
+    rgb = to_rgb(image)
+    (ax, ay), (ux, uy), side, angle = _chip_frame(face)
+    k = side / size  # image pixels per chip pixel
+    cos, sin = math.cos(angle) * k, math.sin(angle) * k
+    ox, oy = ux * size, uy * size
+
+    def to_image(u: float, v: float) -> tuple[float, float]:
+        return ax + cos * (u - ox) - sin * (v - oy), ay + sin * (u - ox) + cos * (v - oy)
+
+    corners = np.array([to_image(u, v) for u in (0, size) for v in (0, size)])
+    x0, y0 = (int(math.floor(c)) - 2 for c in corners.min(axis=0))
+    x1, y1 = (int(math.ceil(c)) + 2 for c in corners.max(axis=0))
+    h, w = rgb.shape[:2]
+    # the part of the image under the chip, edge-padded where the chip leaves the image
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if cx0 >= cx1 or cy0 >= cy1:
+        raise ValueError(
+            f"`face` lies outside the image. Received: face.box={face.box}, image {w}x{h}"
+        )
+    region = np.pad(
+        rgb[cy0:cy1, cx0:cx1],
+        ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1), (0, 0)),
+        mode="edge",
+    )
+    patch = Image.fromarray(region)
+    rx = ry = 1.0
+    if k > 1.0:  # shrink first with an antialiased resize, then warp at about 1:1
+        rw, rh = max(1, round(patch.width / k)), max(1, round(patch.height / k))
+        rx, ry = rw / patch.width, rh / patch.height
+        patch = patch.resize((rw, rh), Image.Resampling.BILINEAR)
+    # PIL's affine maps each output (u, v) to an input point (a u + b v + c, d u + e v + f)
+    cx, cy = to_image(0.0, 0.0)
+    coeffs = (cos * rx, -sin * rx, (cx - x0) * rx, sin * ry, cos * ry, (cy - y0) * ry)
+    chip = patch.transform((size, size), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
+    return np.asarray(chip, dtype=np.uint8)
