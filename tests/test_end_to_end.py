@@ -394,3 +394,29 @@ def test_transfer_recipe_needs_pretrained_weights(face_folder: Path, tmp_path: P
     with pytest.raises(ValueError, match="needs pretrained weights"):
         train(config, verbose=0)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("cluster", "task", "expected"),
+    [
+        (None, None, True),  # default / mirrored: no cluster
+        ({"chief": ["a:1"], "worker": ["b:1"]}, ("chief", 0), True),
+        ({"chief": ["a:1"], "worker": ["b:1"]}, ("worker", 0), False),
+        ({"worker": ["a:1", "b:1"]}, ("worker", 0), True),
+        ({"worker": ["a:1", "b:1"]}, ("worker", 1), False),
+    ],
+)
+def test_only_the_chief_writes_the_run_folder(cluster, task, expected) -> None:
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from agegender_models.training import is_chief
+
+    if cluster is None:
+        strategy = tf.distribute.get_strategy()
+    else:
+        resolver = SimpleNamespace(task_type=task[0], task_id=task[1],
+                                   cluster_spec=lambda: tf.train.ClusterSpec(cluster))
+        strategy = SimpleNamespace(cluster_resolver=resolver)
+    assert is_chief(strategy) is expected

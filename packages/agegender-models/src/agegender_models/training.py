@@ -45,6 +45,7 @@ import hashlib
 import json
 import os
 import platform
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -163,7 +164,10 @@ def make_strategy(name: str = "default"):
 
     ``mirrored`` uses every GPU; on a machine without one it splits the CPU into two logical devices
     (this must happen before TensorFlow initialises its devices: call it first). ``multi_worker``
-    reads the cluster from ``TF_CONFIG`` as TensorFlow documents.
+    reads the cluster from ``TF_CONFIG`` as TensorFlow documents; only the chief writes the run
+    folder (:func:`is_chief`), the other workers write to a temporary folder. Not tested on a real
+    cluster, and resuming a killed multi-worker run is not supported (each worker's resume state
+    would differ).
     """
     import tensorflow as tf
 
@@ -188,6 +192,19 @@ def make_strategy(name: str = "default"):
             stacklevel=2,
         )
     return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes the run folder: always, except on a multi-worker cluster, where
+    only the chief does (the ``chief`` task, or worker 0 when the cluster has no chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if task_type is None:
+        return True
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,6 +448,10 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     previous = _previous_run(out, config)
     out.mkdir(parents=True, exist_ok=True)
     strategy = make_strategy(config.strategy)  # before anything initialises TensorFlow's devices
+    if not is_chief(strategy):
+        # every worker runs the same fit (the split is deterministic); only the chief's files count
+        out = Path(tempfile.mkdtemp(prefix="agegender_worker_"))
+        config = dataclasses.replace(config, out=str(out))
 
     import keras
     import pandas as pd
