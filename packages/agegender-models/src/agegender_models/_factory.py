@@ -32,6 +32,8 @@ HEADS = ("flatten", "avg", "max")
 DEFAULT_AGE_RANGE = (0.0, 120.0)
 # UTKFace's mean age; the age Dense bias starts here so MAE training starts near its optimum
 DEFAULT_AGE_BIAS = 33.0
+# BatchNorm momentum of a backbone trained from scratch (see create_model)
+FROM_SCRATCH_BN_MOMENTUM = 0.99
 _UNSET: Any = object()
 
 
@@ -173,6 +175,15 @@ def create_model(
             )
         if weights_path is not None:
             load_backbone_weights(features, weights_path, backbone)
+        elif not bn_frozen:
+            # Trained from scratch, BatchNorm's moving statistics must catch up with weights that
+            # change fast. keras.applications uses momentum 0.999 (made for ImageNet-length
+            # runs): after ~1,200 steps on UTKFace, MobileNetV3Small's inference-mode features
+            # were still constant across images (std 2e-7 vs 0.39 with batch statistics) and it
+            # predicted one age for every face. Keras' default 0.99 follows within an epoch.
+            for layer in features.layers:
+                if isinstance(layer, layers.BatchNormalization):
+                    layer.momentum = min(layer.momentum, FROM_SCRATCH_BN_MOMENTUM)
 
         inputs = keras.Input(shape=shape, name="image")
         x = Preprocess(cfg["preprocessing"], name="preprocess")(inputs)
