@@ -334,6 +334,11 @@ def _dataset(frame, root: Path, config: TrainConfig, *, training: bool, replicas
 # Evaluation
 
 
+def _images_only(images, labels):
+    # a named function: AutoGraph cannot read a lambda's source here and warns at every call
+    return images
+
+
 def predict_frame(model, frame, root: Path, *, image_size: int, batch_size: int = 64) -> dict[str, Any]:
     """Predict age and P(female) for every row of a split frame (in order)."""
     import numpy as np
@@ -343,7 +348,7 @@ def predict_frame(model, frame, root: Path, *, image_size: int, batch_size: int 
         frame, root=root, image_size=(image_size, image_size), batch_size=batch_size, scaling="uint8"
     )
     with _finite_datasets():
-        outputs = model.predict(dataset.map(lambda x, y: x), verbose=0)
+        outputs = model.predict(dataset.map(_images_only), verbose=0)
     return {
         "age": np.asarray(outputs["age"], dtype="float64").reshape(-1),
         "p_female": np.asarray(outputs["gender"], dtype="float64").reshape(-1),
