@@ -148,8 +148,15 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="TFLite / ONNX Runtime threads")
-    parser.add_argument("--out", default=str(HERE / "bench_export.json"), help="results JSON")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: bench/bench_export.json with --model; with the fresh "
+        "untrained model bench/bench_export_untrained.json, so the recorded figures stay)",
+    )
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = str(HERE / ("bench_export.json" if args.model else "bench_export_untrained.json"))
 
     import keras
     import tensorflow as tf
