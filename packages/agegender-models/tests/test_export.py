@@ -134,45 +134,18 @@ def test_missing_onnx_converter_names_the_extra(
     assert not (tmp_path / "m.onnx").exists()
 
 
+def _cli_export(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, "-m", "agegender_models.cli", "export", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
 def test_cli_export_from_a_keras_file(tiny_model, tmp_path: Path) -> None:
     model_path = save_model(tiny_model, tmp_path / "m.keras")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    ok = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agegender_models.cli",
-            "export",
-            "--model",
-            str(model_path),
-            "--format",
-            "tflite",
-            "--out",
-            str(tmp_path / "m.tflite"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    ok = _cli_export("--model", str(model_path), "--format", "tflite", "--out", str(tmp_path / "m.tflite"))
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "m.tflite").stat().st_size > 0
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agegender_models.cli",
-            "export",
-            "--model",
-            str(tmp_path / "no.keras"),
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    missing = _cli_export("--model", str(tmp_path / "no.keras"), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2
     assert "model file not found" in missing.stderr
     assert "Traceback" not in missing.stderr
