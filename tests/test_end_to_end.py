@@ -286,6 +286,28 @@ def test_resume_state_restores_history_and_callback_state(tmp_path: Path) -> Non
     assert (early.best, early.wait, early.best_epoch, best.best) == (1.0, 1, 1, 1.0)
 
 
+def test_resume_state_restores_the_plateau_counter(tmp_path: Path) -> None:
+    """Best at epoch 1, the rate cut at the end of epoch 2 (lower from epoch 3): 1 epoch waited since."""
+    import keras
+
+    from agegender_models.training import _make_resume_callback
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,learning_rate,val_loss\n0,0.001,3.0\n1,0.001,1.0\n2,0.001,2.0\n"
+                       "3,0.0005,2.5\n")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text('{"epoch": 4, "batch": 0}')
+    early = keras.callbacks.EarlyStopping(patience=10)
+    best = keras.callbacks.ModelCheckpoint(tmp_path / "m.keras", save_best_only=True)
+    plateau = keras.callbacks.ReduceLROnPlateau(patience=3)
+    for callback in (early, plateau):
+        callback.on_train_begin()
+    _make_resume_callback(history, backup, early, best, plateau=plateau).on_train_begin()
+    assert (plateau.best, plateau.wait) == (1.0, 1)
+    assert (early.best, early.wait) == (1.0, 2)
+
+
 def test_finished_run_folder_is_not_trained_again(trained_run: Path, face_folder: Path) -> None:
     before = (trained_run / "history.csv").read_text(), (trained_run / "model.keras").stat().st_mtime
     with pytest.warns(UserWarning, match="finished run"):
@@ -367,7 +389,7 @@ def test_transfer_recipe_freezes_then_unfreezes_exactly_the_last_layers(face_fol
     n_last = 10
     config = TrainConfig(out=str(tmp_path / "run"), data_dir=str(face_folder), backbone="mobilenet_v2",
                          weights=str(weights), warmup_epochs=1, epochs=2, trainable_layers=n_last,
-                         learning_rate=1e-2, **TINY)
+                         learning_rate=1e-2, lr_schedule="plateau", **TINY)
     train(config, callbacks=[Snapshot()], verbose=0)
     assert [when for when, _ in snapshots] == ["begin", "end", "begin", "end"]
     names = list(snapshots[0][1])
@@ -386,6 +408,8 @@ def test_transfer_recipe_freezes_then_unfreezes_exactly_the_last_layers(face_fol
     assert changed == {name for name in last - batchnorm if warm_begin[name]}
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert history["epoch"].tolist() == [0, 1]
+    # the fine-tuning phase ran at a tenth of the warm-up's rate
+    assert history["learning_rate"].tolist() == pytest.approx([1e-2, 1e-3])
 
 
 def test_transfer_recipe_needs_pretrained_weights(face_folder: Path, tmp_path: Path) -> None:

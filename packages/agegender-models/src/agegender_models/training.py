@@ -225,7 +225,7 @@ def _backed_up_epochs(backup_dir: Path) -> int:
 
 
 def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, checkpoint,
-                          first_epoch: int = 0):
+                          first_epoch: int = 0, plateau=None):
     """A callback that, on (re)start, aligns history.csv and the callbacks' state with the backup.
 
     ``first_epoch`` is where this ``fit`` starts without a backup (the fine-tuning phase of the
@@ -253,6 +253,14 @@ def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, 
             early_stopping.best_epoch = best_index
             early_stopping.wait = len(losses) - 1 - best_index
             checkpoint.best = losses[best_index]
+            if plateau is not None:
+                # its counter restarts at the best epoch or at its last cut, whichever is later
+                # (the rate logged for an epoch is the one it trained with: a cut at epoch i
+                # shows as a lower rate from epoch i + 1 on)
+                rates = [float(r["learning_rate"]) for r in rows if r.get("learning_rate")]
+                cuts = [i - 1 for i in range(1, len(rates)) if rates[i] < rates[i - 1]]
+                plateau.best = losses[best_index]
+                plateau.wait = len(losses) - 1 - max([best_index, *cuts])
 
     return ResumeState()
 
@@ -530,23 +538,23 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
         best_checkpoint = keras.callbacks.ModelCheckpoint(
             out / "model.keras", monitor="val_loss", save_best_only=True
         )
-        # Order matters. At train begin EarlyStopping resets its state, then ResumeState restores
-        # it from history.csv (trimmed to the backed-up epochs) before CSVLogger opens the file. At
-        # epoch end the backup is written last, so an epoch it records is also in history.csv and
-        # the checkpoints. ReduceLROnPlateau's own patience counter is not restored on resume.
+        # Order matters. At train begin EarlyStopping and ReduceLROnPlateau reset their state, then
+        # ResumeState restores it from history.csv (trimmed to the backed-up epochs) before
+        # CSVLogger opens the file. At epoch end the backup is written last, so an epoch it records
+        # is also in history.csv and the checkpoints.
+        plateau = None
+        if config.lr_schedule == "plateau":
+            plateau = keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-6
+            )
         own_callbacks = [
             best_checkpoint,
             keras.callbacks.ModelCheckpoint(checkpoints / "last.keras"),
             early_stopping,
+            *([plateau] if plateau is not None else []),
             _make_resume_callback(history_path, backup_dir, early_stopping, best_checkpoint,
-                                  first_epoch),
+                                  first_epoch, plateau),
         ]
-        if config.lr_schedule == "plateau":
-            own_callbacks.append(
-                keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-6
-                )
-            )
         own_callbacks += [
             keras.callbacks.CSVLogger(str(history_path), append=True),
             keras.callbacks.BackupAndRestore(str(backup_dir)),
