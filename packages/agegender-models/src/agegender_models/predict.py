@@ -11,6 +11,7 @@ import keras
 import numpy as np
 from PIL import Image, ImageOps
 
+from .detect import to_rgb  # numpy/PIL only; the detectors' packages load lazily
 from .saving import load_model
 
 GENDERS = ("male", "female")  # UTKFace: 0 = male, 1 = female
@@ -18,18 +19,7 @@ GENDERS = ("male", "female")  # UTKFace: 0 = male, 1 = female
 
 def _to_rgb_array(image: Any, size: tuple[int, int]) -> np.ndarray:
     """Any PIL image or HxW / HxWxC array (0-255) -> uint8 HxWx3 at ``size`` (h, w)."""
-    if not isinstance(image, Image.Image):
-        arr = np.asarray(image)
-        if arr.ndim == 3 and arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        if arr.ndim == 3 and arr.shape[-1] == 4:
-            arr = arr[..., :3]
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
-            raise ValueError(f"expected an HxW or HxWx{{1,3,4}} image, got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            arr = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
-        image = Image.fromarray(arr)
-    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    arr = to_rgb(image)
     h, w = size
     if arr.shape[:2] != (h, w):
         # exactly as utkface_data's training pipeline resizes (bilinear, no antialiasing, rounded):
