@@ -444,3 +444,20 @@ def test_only_the_chief_writes_the_run_folder(cluster, task, expected) -> None:
                                    cluster_spec=lambda: tf.train.ClusterSpec(cluster))
         strategy = SimpleNamespace(cluster_resolver=resolver)
     assert is_chief(strategy) is expected
+
+
+def test_cli_dropout_option_reaches_the_model_and_rejects_bad_rates(capsys) -> None:
+    import argparse
+
+    from agegender_models.cli import add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    assert config_from_args(parser.parse_args(["--out", "o"])).model_kwargs == {}
+    config = config_from_args(parser.parse_args(["--out", "o", "--dropout", "0.25"]))
+    assert config.model_kwargs == {"dropout": 0.25}
+    for bad in ("1", "-0.1", "half"):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["--out", "o", "--dropout", bad])
+        assert exc.value.code == 2
+        assert "--dropout" in capsys.readouterr().err

@@ -56,6 +56,17 @@ def run_or_exit(func, *args, prog: str = "agegender") -> int:
 # train
 
 
+def _rate(text: str) -> float:
+    """argparse type for a rate in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, *, backbone: str = "custom_cnn") -> None:
     """Options shared by ``agegender train`` and the ``examples/reproduce_*.py`` scripts."""
     data = parser.add_argument_group("data")
@@ -77,6 +88,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, backbone: str = "cus
                        help="backbone weights: 'imagenet' or a local weights file (default: none)")
     model.add_argument("--trainable-layers", type=int, default=None,
                        help="fine-tune only the last N backbone layers (backbone default otherwise)")
+    model.add_argument("--dropout", type=_rate, default=None,
+                       help="dropout rate after each dense layer (backbone default otherwise: "
+                       "0.5 for custom_cnn)")
 
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, default=100, help="maximum epochs; early stopping applies")
@@ -117,6 +131,7 @@ def config_from_args(args: argparse.Namespace):
         strategy=args.strategy, weights=args.weights, trainable_layers=args.trainable_layers,
         cache=None if args.no_cache else "memory", head_refit_epochs=args.head_refit_epochs,
         warmup_epochs=args.warmup_epochs, finetune_learning_rate=args.finetune_lr,
+        model_kwargs={} if args.dropout is None else {"dropout": args.dropout},
     )
 
 
