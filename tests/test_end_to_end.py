@@ -362,17 +362,11 @@ def test_head_refit_changes_only_the_output_layers(face_folder: Path, tmp_path: 
         assert same == (layer.name not in ("age_dense", "gender")), layer.name
 
 
-def test_transfer_recipe_freezes_then_unfreezes_exactly_the_last_layers(face_folder: Path,
-                                                                        tmp_path: Path) -> None:
-    """Warm-up: nothing in the backbone moves. Fine-tuning: only the last N backbone layers'
-    weights move, and no BatchNorm statistic or scale (inference mode) anywhere."""
+def _train_with_backbone_snapshots(config: TrainConfig) -> list[tuple[str, dict[str, list]]]:
+    """Train; return the backbone's weights by layer name at the begin and end of each fit."""
     import keras
     import numpy as np
 
-    from agegender_models import create_model
-
-    weights = tmp_path / "mobilenet_v2.weights.h5"
-    create_model("mobilenet_v2", weights=None, input_shape=(32, 32, 3)).get_layer("backbone").save_weights(weights)
     snapshots: list[tuple[str, dict[str, list[np.ndarray]]]] = []
 
     class Snapshot(keras.callbacks.Callback):
@@ -386,21 +380,38 @@ def test_transfer_recipe_freezes_then_unfreezes_exactly_the_last_layers(face_fol
         def on_train_end(self, logs=None):
             self._take("end")
 
+    train(config, callbacks=[Snapshot()], verbose=0)
+    return snapshots
+
+
+def _moved(before: dict[str, list], after: dict[str, list], name: str) -> bool:
+    import numpy as np
+
+    return not all(np.array_equal(a, b) for a, b in zip(before[name], after[name], strict=True))
+
+
+def test_transfer_recipe_freezes_then_unfreezes_exactly_the_last_layers(face_folder: Path,
+                                                                        tmp_path: Path) -> None:
+    """Warm-up: nothing in the backbone moves. Fine-tuning: only the last N backbone layers'
+    weights move, and no BatchNorm statistic or scale (inference mode) anywhere."""
+    import keras
+
+    from agegender_models import create_model
+
+    weights = tmp_path / "mobilenet_v2.weights.h5"
+    create_model("mobilenet_v2", weights=None, input_shape=(32, 32, 3)).get_layer("backbone").save_weights(weights)
     n_last = 10
     config = TrainConfig(out=str(tmp_path / "run"), data_dir=str(face_folder), backbone="mobilenet_v2",
                          weights=str(weights), warmup_epochs=1, epochs=2, trainable_layers=n_last,
                          learning_rate=1e-2, lr_schedule="plateau", **TINY)
-    train(config, callbacks=[Snapshot()], verbose=0)
+    snapshots = _train_with_backbone_snapshots(config)
     assert [when for when, _ in snapshots] == ["begin", "end", "begin", "end"]
     names = list(snapshots[0][1])
     last = set(names[-n_last:])
 
-    def moved(before, after, name):
-        return not all(np.array_equal(a, b) for a, b in zip(before[name], after[name], strict=True))
-
     (_, warm_begin), (_, warm_end), (_, tune_begin), (_, tune_end) = snapshots
-    assert not [name for name in names if moved(warm_begin, warm_end, name)]
-    changed = {name for name in names if moved(tune_begin, tune_end, name)}
+    assert not [name for name in names if _moved(warm_begin, warm_end, name)]
+    changed = {name for name in names if _moved(tune_begin, tune_end, name)}
     backbone = create_model("mobilenet_v2", weights=None, input_shape=(32, 32, 3)).get_layer("backbone")
     batchnorm = {la.name for la in backbone.layers if isinstance(la, keras.layers.BatchNormalization)}
     assert changed, "fine-tuning moved nothing"
@@ -461,3 +472,19 @@ def test_cli_dropout_option_reaches_the_model_and_rejects_bad_rates(capsys) -> N
             parser.parse_args(["--out", "o", "--dropout", bad])
         assert exc.value.code == 2
         assert "--dropout" in capsys.readouterr().err
+
+
+
+def test_transfer_recipe_lets_batchnorm_learn_where_the_backbone_says_so(face_folder: Path,
+                                                                         tmp_path: Path) -> None:
+    """custom_cnn's BatchNorm learns (bn_inference False): fine-tuning its last block moves that
+    block's BatchNorm too, and nothing before the block."""
+    from agegender_models import create_model
+
+    weights = tmp_path / "custom_cnn.weights.h5"
+    create_model("custom_cnn", input_shape=(32, 32, 3)).get_layer("backbone").save_weights(weights)
+    config = TrainConfig(out=str(tmp_path / "run"), data_dir=str(face_folder), weights=str(weights),
+                         warmup_epochs=1, epochs=2, trainable_layers=3, learning_rate=1e-2, **TINY)
+    (_, _), (_, _), (_, tune_begin), (_, tune_end) = _train_with_backbone_snapshots(config)
+    changed = {name for name in tune_begin if _moved(tune_begin, tune_end, name)}
+    assert changed == {"block4_conv", "block4_bn"}

@@ -567,19 +567,22 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     if config.warmup_epochs:
         # The transfer recipe. Phase 1: the whole backbone frozen (create_model was given
         # trainable_layers=0), only the new layers learn, at learning_rate. Phase 2: the last
-        # trainable_layers backbone layers are unfrozen (BatchNorm stays frozen, in inference
-        # mode) and training goes on at the lower finetune_learning_rate.
+        # trainable_layers backbone layers are unfrozen (BatchNorm frozen, in inference mode, for
+        # backbones with bn_inference) and training goes on at the lower finetune_learning_rate.
         warm = checkpoints / "warmup.weights.h5"
         if warm.is_file():  # resumed after the warm-up had finished
             model.load_weights(warm)
         else:
             fit(0, config.warmup_epochs, checkpoints / "backup_warmup")
             model.save_weights(warm)
+        backbone_cfg = get_backbone(config.backbone).cfg()
         unfrozen = config.trainable_layers
         if unfrozen is None:  # the backbone's default, as without a warm-up
-            unfrozen = get_backbone(config.backbone).cfg()["trainable_layers"]
+            unfrozen = backbone_cfg["trainable_layers"]
         with strategy.scope():
-            set_trainable(model, unfrozen)
+            # BatchNorm stays in inference mode where the backbone says so (keras.applications);
+            # a backbone whose BatchNorm learns (custom_cnn) keeps learning in its unfrozen layers
+            set_trainable(model, unfrozen, freeze_batchnorm=bool(backbone_cfg["bn_inference"]))
             compile_model(model, learning_rate=finetune_lr, loss_weights=loss_weights)
         fit(config.warmup_epochs, config.epochs, checkpoints / "backup")
     else:
