@@ -78,33 +78,46 @@ def test_run_folder_has_every_output(trained_run: Path, face_folder: Path) -> No
     assert (trained_run / "checkpoints" / "last.keras").is_file()
 
 
+# argv: run folder, data folder, epoch to kill in (mid-epoch, SIGKILL; -1: none), file that
+# records every epoch begun, TrainConfig options as JSON
 KILL_SCRIPT = textwrap.dedent(
     """
-    import os, signal, sys
+    import json, os, signal, sys
     import keras
     from agegender_models.training import TrainConfig, train
+
+    out, data_dir, kill_epoch, begun, options = sys.argv[1:]
 
     class KillMidEpoch(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
+            with open(begun, "a") as f:
+                f.write(f"{epoch}\\n")
         def on_train_batch_end(self, batch, logs=None):
-            if self.epoch == 1 and batch == 1:
+            if self.epoch == int(kill_epoch) and batch == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    config = TrainConfig(out=sys.argv[1], data_dir=sys.argv[2], epochs=3, **{tiny})
+    config = TrainConfig(out=out, data_dir=data_dir, **json.loads(options))
     train(config, verbose=0, callbacks=[KillMidEpoch()])
     """
 )
+
+
+def _run_killable(out: Path, face_folder: Path, kill_epoch: int, begun: Path, **options):
+    script = out.parent / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    return subprocess.run(
+        [sys.executable, str(script), str(out), str(face_folder), str(kill_epoch), str(begun),
+         json.dumps(options)],
+        capture_output=True, text=True, timeout=300,
+    )
 
 
 def test_resume_after_kill_continues_from_last_finished_epoch(face_folder: Path, tmp_path: Path) -> None:
     import keras
 
     out = tmp_path / "run"
-    script = tmp_path / "kill.py"
-    script.write_text(KILL_SCRIPT.format(tiny=repr(TINY)))
-    killed = subprocess.run([sys.executable, str(script), str(out), str(face_folder)],
-                            capture_output=True, text=True, timeout=300)
+    killed = _run_killable(out, face_folder, 1, tmp_path / "begun.txt", epochs=3, **TINY)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0]
     assert not (out / "metrics.json").exists()
@@ -488,3 +501,23 @@ def test_transfer_recipe_lets_batchnorm_learn_where_the_backbone_says_so(face_fo
     (_, _), (_, _), (_, tune_begin), (_, tune_end) = _train_with_backbone_snapshots(config)
     changed = {name for name in tune_begin if _moved(tune_begin, tune_end, name)}
     assert changed == {"block4_conv", "block4_bn"}
+
+
+def test_transfer_recipe_resumes_in_either_phase_after_a_kill(face_folder: Path, tmp_path: Path) -> None:
+    """Killed in the warm-up's last epoch and again in fine-tuning: each restart redoes only the
+    killed epoch, in the right phase and at that phase's learning rate."""
+    from agegender_models import create_model
+
+    weights = tmp_path / "custom_cnn.weights.h5"
+    create_model("custom_cnn", input_shape=(32, 32, 3)).get_layer("backbone").save_weights(weights)
+    out, begun = tmp_path / "run", tmp_path / "begun.txt"
+    options = {"weights": str(weights), "warmup_epochs": 2, "epochs": 4, "trainable_layers": 3,
+               "learning_rate": 1e-3, "lr_schedule": "plateau", **TINY}
+    for kill_epoch, expected_rc in ((1, -9), (3, -9), (-1, 0)):
+        result = _run_killable(out, face_folder, kill_epoch, begun, **options)
+        assert result.returncode == expected_rc, result.stderr[-3000:]
+    history = pd.read_csv(out / "history.csv")
+    assert begun.read_text().split() == ["0", "1", "1", "2", "3", "3"], history.to_string()
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    assert history["learning_rate"].tolist() == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 4

@@ -559,6 +559,10 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
             keras.callbacks.CSVLogger(str(history_path), append=True),
             keras.callbacks.BackupAndRestore(str(backup_dir)),
         ]
+        # Keras 3.15: a restoring BackupAndRestore sets model._initial_epoch, which fit prefers to
+        # its initial_epoch argument, and nothing clears it: after a resumed warm-up, the
+        # fine-tuning fit would start again at the warm-up's restored epoch (tested).
+        model._initial_epoch = None
         with _finite_datasets():
             model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=last_epoch,
                       shuffle=False, callbacks=own_callbacks + list(callbacks or []), verbose=verbose)
