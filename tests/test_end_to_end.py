@@ -521,3 +521,19 @@ def test_transfer_recipe_resumes_in_either_phase_after_a_kill(face_folder: Path,
     assert history["epoch"].tolist() == [0, 1, 2, 3]
     assert history["learning_rate"].tolist() == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 4
+
+
+def test_cli_flip_tta_predicts_and_evaluates(trained_run: Path, face_folder: Path, tmp_path: Path) -> None:
+    model = str(trained_run / "model.keras")
+    good = sorted(face_folder.glob("*.jpg"))[:2]
+    plain = json.loads(_cli("predict", "--model", model, "--json", *map(str, good)).stdout)
+    result = _cli("predict", "--model", model, "--json", "--flip-tta", *map(str, good))
+    assert result.returncode == 0, result.stderr[-3000:]
+    tta = json.loads(result.stdout)
+    assert [p["file"] for p in tta["predictions"]] == [p["file"] for p in plain["predictions"]]
+    assert all(0.0 <= p["p_female"] <= 1.0 for p in tta["predictions"])
+    result = _cli("evaluate", "--model", model, "--data-dir", str(face_folder), "--flip-tta",
+                  "--out", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] > 0
+    assert "flip_tta" in (tmp_path / "eval" / "report.md").read_text()

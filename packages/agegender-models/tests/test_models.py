@@ -11,6 +11,7 @@ from agegender_models import (
     backbone_defaults,
     compile_model,
     create_model,
+    flip_tta,
     list_backbones,
     load_model,
     save_model,
@@ -150,3 +151,19 @@ def test_from_scratch_batchnorm_statistics_follow_the_data(name, tmp_path):
     momenta = {la.momentum for la in pretrained.get_layer("backbone").layers
                if isinstance(la, keras.layers.BatchNormalization)}
     assert momenta == {{"resnet50": 0.99}.get(name, 0.999)}  # keras.applications' own values
+
+
+def test_flip_tta_averages_the_image_and_its_mirror(tiny_models, tiny_batch):
+    model = tiny_models("custom_cnn")
+    tta = flip_tta(model)
+    images, _ = tiny_batch
+    mirrored = images[:, :, ::-1]
+    plain, flipped, averaged = model(images), model(mirrored), tta(images)
+    assert set(averaged) == {"gender", "age"}
+    for name in ("gender", "age"):
+        expected = (np.asarray(plain[name]) + np.asarray(flipped[name])) / 2
+        np.testing.assert_allclose(np.asarray(averaged[name]), expected, rtol=1e-5, atol=1e-5)
+        # the mirror's mirror is the image: the average does not depend on orientation
+        np.testing.assert_allclose(np.asarray(tta(mirrored)[name]), np.asarray(averaged[name]),
+                                   rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(plain["age"]), np.asarray(flipped["age"]))  # the flip matters

@@ -9,7 +9,7 @@
 """
 
 from . import backbones as _backbones  # noqa: F401  (registers the built-in backbones)
-from ._factory import compile_model, create_model, freeze_backbone, set_trainable
+from ._factory import compile_model, create_model, flip_tta, freeze_backbone, set_trainable
 from ._registry import (
     ENTRY_POINT_GROUP,
     BackboneSpec,
@@ -43,6 +43,7 @@ __all__ = [
     "compile_model",
     "create_model",
     "export_model",
+    "flip_tta",
     "freeze_backbone",
     "get_backbone",
     "get_precision",

@@ -299,3 +299,18 @@ def compile_model(
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def flip_tta(model: keras.Model) -> keras.Model:
+    """Test-time augmentation: a model that averages ``model``'s outputs on each image and on
+    its mirror image (left-right flip). Same input (``image``) and outputs (``gender``, ``age``);
+    twice the inference cost. For prediction and evaluation; train and export the plain model.
+    """
+    inputs = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name="image")
+    plain = model(inputs)
+    mirrored = model(keras.ops.flip(inputs, axis=2))
+    outputs = {
+        name: layers.Average(dtype="float32", name=name)([plain[name], mirrored[name]])
+        for name in ("gender", "age")
+    }
+    return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")

@@ -167,11 +167,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # evaluate
 
 
+def _load_for_inference(args: argparse.Namespace):
+    from agegender_models import flip_tta
+
+    model = _load(args.model)
+    return flip_tta(model) if args.flip_tta else model
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from agegender_models.training import _app_modules, write_evaluation
 
     utkface_data, _ = _app_modules()
-    model = _load(args.model)
+    model = _load_for_inference(args)
     if not args.data_dir:
         raise CLIError("no data: pass --data-dir or set UTKFACE_DIR")
     root = Path(args.data_dir)
@@ -185,7 +192,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     size = int(model.inputs[0].shape[1])
     result = write_evaluation(model, frame, root, Path(args.out), image_size=size,
                               title=f"Evaluation of {args.model}",
-                              extra={"model": str(args.model), "data_dir": str(root)})
+                              extra={"model": str(args.model), "data_dir": str(root),
+                                     "flip_tta": args.flip_tta})
     print(format_summary({"evaluation": result.to_dict()}))
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
@@ -227,7 +235,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from agegender_models import Predictor
 
     files, errors = expand_inputs(args.inputs)
-    model = _load(args.model)
+    model = _load_for_inference(args)
     # builds the detector before any image is read: a missing 'detect' extra is one clear line
     predictor = Predictor(model, detector=args.detect)
     predictions: list[dict[str, Any]] = []
@@ -319,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None,
                           help="a split CSV (path,age,gender,race; paths relative to --data-dir)")
     evaluate.add_argument("--out", required=True, help="folder for the report")
+    evaluate.add_argument("--flip-tta", action="store_true",
+                          help="average each prediction with the one on the mirrored image (2x slower)")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     predict = commands.add_parser(
@@ -328,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--model", required=True, help="saved model (.keras)")
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
+    predict.add_argument("--flip-tta", action="store_true",
+                         help="average each prediction with the one on the mirrored image (2x slower)")
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON object")
     fmt.add_argument("--csv", action="store_true", help="print CSV")
