@@ -260,10 +260,7 @@ def test_model_b_example_trains_from_a_local_weights_file(face_folder: Path, tmp
     """ResNet50's ImageNet file cannot be downloaded here: the mechanics run on a file we save."""
     import keras
 
-    from agegender_models import create_model
-
-    weights = tmp_path / "resnet50_backbone.weights.h5"
-    create_model("resnet50", weights=None, input_shape=(32, 32, 3)).get_layer("backbone").save_weights(weights)
+    weights = _backbone_weights_file("resnet50", tmp_path)
     keras.backend.clear_session()
     out = tmp_path / "model_b"
     result = subprocess.run(
@@ -375,6 +372,15 @@ def test_head_refit_changes_only_the_output_layers(face_folder: Path, tmp_path: 
         assert same == (layer.name not in ("age_dense", "gender")), layer.name
 
 
+def _backbone_weights_file(backbone: str, tmp_path: Path) -> Path:
+    """A local weights file of a freshly initialised 32 px ``backbone`` (stands in for ImageNet's)."""
+    from agegender_models import create_model
+
+    weights = tmp_path / f"{backbone}.weights.h5"
+    create_model(backbone, weights=None, input_shape=(32, 32, 3)).get_layer("backbone").save_weights(weights)
+    return weights
+
+
 def _train_with_backbone_snapshots(config: TrainConfig) -> list[tuple[str, dict[str, list]]]:
     """Train; return the backbone's weights by layer name at the begin and end of each fit."""
     import keras
@@ -411,8 +417,7 @@ def test_transfer_recipe_freezes_then_unfreezes_exactly_the_last_layers(face_fol
 
     from agegender_models import create_model
 
-    weights = tmp_path / "mobilenet_v2.weights.h5"
-    create_model("mobilenet_v2", weights=None, input_shape=(32, 32, 3)).get_layer("backbone").save_weights(weights)
+    weights = _backbone_weights_file("mobilenet_v2", tmp_path)
     n_last = 10
     config = TrainConfig(out=str(tmp_path / "run"), data_dir=str(face_folder), backbone="mobilenet_v2",
                          weights=str(weights), warmup_epochs=1, epochs=2, trainable_layers=n_last,
@@ -487,15 +492,11 @@ def test_cli_dropout_option_reaches_the_model_and_rejects_bad_rates(capsys) -> N
         assert "--dropout" in capsys.readouterr().err
 
 
-
 def test_transfer_recipe_lets_batchnorm_learn_where_the_backbone_says_so(face_folder: Path,
                                                                          tmp_path: Path) -> None:
     """custom_cnn's BatchNorm learns (bn_inference False): fine-tuning its last block moves that
     block's BatchNorm too, and nothing before the block."""
-    from agegender_models import create_model
-
-    weights = tmp_path / "custom_cnn.weights.h5"
-    create_model("custom_cnn", input_shape=(32, 32, 3)).get_layer("backbone").save_weights(weights)
+    weights = _backbone_weights_file("custom_cnn", tmp_path)
     config = TrainConfig(out=str(tmp_path / "run"), data_dir=str(face_folder), weights=str(weights),
                          warmup_epochs=1, epochs=2, trainable_layers=3, learning_rate=1e-2, **TINY)
     (_, _), (_, _), (_, tune_begin), (_, tune_end) = _train_with_backbone_snapshots(config)
@@ -506,10 +507,7 @@ def test_transfer_recipe_lets_batchnorm_learn_where_the_backbone_says_so(face_fo
 def test_transfer_recipe_resumes_in_either_phase_after_a_kill(face_folder: Path, tmp_path: Path) -> None:
     """Killed in the warm-up's last epoch and again in fine-tuning: each restart redoes only the
     killed epoch, in the right phase and at that phase's learning rate."""
-    from agegender_models import create_model
-
-    weights = tmp_path / "custom_cnn.weights.h5"
-    create_model("custom_cnn", input_shape=(32, 32, 3)).get_layer("backbone").save_weights(weights)
+    weights = _backbone_weights_file("custom_cnn", tmp_path)
     out, begun = tmp_path / "run", tmp_path / "begun.txt"
     options = {"weights": str(weights), "warmup_epochs": 2, "epochs": 4, "trainable_layers": 3,
                "learning_rate": 1e-3, "lr_schedule": "plateau", **TINY}
