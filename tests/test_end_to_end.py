@@ -535,3 +535,21 @@ def test_cli_flip_tta_predicts_and_evaluates(trained_run: Path, face_folder: Pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] > 0
     assert "flip_tta" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_cli_evaluates_an_ensemble(trained_run: Path, face_folder: Path, tmp_path: Path) -> None:
+    """`--model` twice averages the models; a model averaged with itself scores as itself."""
+    model = str(trained_run / "model.keras")
+    metrics = {}
+    for name, models in (("single", ["--model", model]), ("pair", ["--model", model] * 2)):
+        result = _cli("evaluate", *models, "--data-dir", str(face_folder), "--out", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert f"{model} + {model}" in (tmp_path / "pair" / "report.md").read_text()
+    for key in ("n", "gender_accuracy"):
+        assert metrics["pair"][key] == metrics["single"][key]
+    assert metrics["pair"]["age_mae"] == pytest.approx(metrics["single"]["age_mae"], abs=1e-4)
+    missing = _cli("evaluate", "--model", model, "--model", str(tmp_path / "no.keras"),
+                   "--data-dir", str(face_folder), "--out", str(tmp_path / "x"))
+    assert missing.returncode == 2 and "model file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -151,6 +151,35 @@ def test_cli_export_from_a_keras_file(tiny_model, tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
 
 
+@pytest.mark.parametrize("format", ["tflite", "onnx"])
+def test_cli_exports_an_ensemble_with_flip_tta(tiny_model, images, format: str, tmp_path: Path) -> None:
+    """`export --model A --model B --flip-tta`: the artefact is what evaluate/predict use."""
+    import keras
+    import tensorflow as tf
+
+    from agegender_models import ensemble, flip_tta
+
+    if format == "onnx":
+        pytest.importorskip("tf2onnx")
+    keras.utils.set_random_seed(1)
+    small = create_model("custom_cnn", input_shape=(24, 24, 3))
+    paths = [str(save_model(m, tmp_path / f"{i}.keras")) for i, m in enumerate((tiny_model, small))]
+    out = tmp_path / f"ensemble.{format}"
+    ok = _cli_export("--model", paths[0], "--model", paths[1], "--flip-tta", "--format", format,
+                     "--out", str(out))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "flip TTA" in ok.stdout
+    if format == "tflite":
+        got = tf.lite.Interpreter(str(out)).get_signature_runner("serve")(image=images)
+    else:
+        got = _run_onnx(out, images)
+    ref = _reference(flip_tta(ensemble([tiny_model, small])), images)
+    plain = _reference(tiny_model, images)
+    assert np.abs(plain["age"] - ref["age"]).max() > 0.01  # the wrapping changes the predictions
+    np.testing.assert_allclose(got["gender"], ref["gender"], atol=1e-4)
+    np.testing.assert_allclose(got["age"], ref["age"], atol=1e-2)
+
+
 def test_export_never_replaces_an_unrelated_folder(tiny_model, tmp_path: Path) -> None:
     precious = tmp_path / "models"
     precious.mkdir()

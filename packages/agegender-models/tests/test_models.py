@@ -11,6 +11,7 @@ from agegender_models import (
     backbone_defaults,
     compile_model,
     create_model,
+    ensemble,
     flip_tta,
     list_backbones,
     load_model,
@@ -167,3 +168,35 @@ def test_flip_tta_averages_the_image_and_its_mirror(tiny_models, tiny_batch):
         np.testing.assert_allclose(np.asarray(tta(mirrored)[name]), np.asarray(averaged[name]),
                                    rtol=1e-5, atol=1e-5)
     assert not np.allclose(np.asarray(plain["age"]), np.asarray(flipped["age"]))  # the flip matters
+
+
+def test_ensemble_averages_its_members_resizing_the_input_for_each(tiny_models, tiny_batch, tmp_path):
+    small = tiny_models("custom_cnn")  # 32x32
+    keras.utils.set_random_seed(1)
+    big = create_model("custom_cnn", input_shape=(48, 48, 3))  # the same name as `small`
+    images = np.asarray(keras.layers.Resizing(48, 48)(tiny_batch[0].astype("float32")))
+    both = ensemble([small, big])
+    assert both.input_shape == (None, 48, 48, 3)  # the largest member's size
+    out = both(images)
+    resized = np.asarray(keras.layers.Resizing(32, 32)(images))
+    for name in ("gender", "age"):
+        expected = (np.asarray(small(resized)[name]) + np.asarray(big(images)[name])) / 2
+        np.testing.assert_allclose(np.asarray(out[name]), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(small(resized)["age"]), np.asarray(big(images)["age"]))
+    # saved and loaded like any model; flip TTA composes with it
+    loaded = load_model(save_model(both, tmp_path / "ensemble.keras"))
+    np.testing.assert_allclose(np.asarray(loaded(images)["age"]), np.asarray(out["age"]), rtol=1e-5)
+    assert flip_tta(both)(images)["age"].shape == (8, 1)
+    assert ensemble([small, big], image_size=32).input_shape == (None, 32, 32, 3)
+
+
+def test_ensemble_refuses_what_it_cannot_average(tiny_models):
+    model = tiny_models("custom_cnn")
+    with pytest.raises(ValueError, match="at least 2 models"):
+        ensemble([model])
+    inputs = keras.Input((32, 32, 3))
+    other = keras.Model(inputs, {"score": keras.layers.Dense(1)(keras.layers.Flatten()(inputs))})
+    with pytest.raises(ValueError, match=r"models\[1\]` must be an age/gender model"):
+        ensemble([model, other])
+    with pytest.raises(ValueError, match="image_size"):
+        ensemble([model, model], image_size=0)

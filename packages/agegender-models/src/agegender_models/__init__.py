@@ -9,7 +9,14 @@
 """
 
 from . import backbones as _backbones  # noqa: F401  (registers the built-in backbones)
-from ._factory import compile_model, create_model, flip_tta, freeze_backbone, set_trainable
+from ._factory import (
+    compile_model,
+    create_model,
+    ensemble,
+    flip_tta,
+    freeze_backbone,
+    set_trainable,
+)
 from ._registry import (
     ENTRY_POINT_GROUP,
     BackboneSpec,
@@ -42,6 +49,7 @@ __all__ = [
     "bf16_supported",
     "compile_model",
     "create_model",
+    "ensemble",
     "export_model",
     "flip_tta",
     "freeze_backbone",

@@ -314,3 +314,48 @@ def flip_tta(model: keras.Model) -> keras.Model:
         for name in ("gender", "age")
     }
     return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")
+
+
+def ensemble(models: Sequence[keras.Model], *, image_size: int | None = None) -> keras.Model:
+    """A model that averages the outputs (P(female) and age) of several trained models.
+
+    The ensemble takes raw RGB images of ``image_size`` (default: the largest member input);
+    each member whose input size differs gets them resized (bilinear, as the data pipeline
+    resizes). Same outputs (``gender``, ``age``); the cost is the sum of the members'. Members
+    may share a name (two runs of one backbone): each is wrapped as ``member{i}``. Combine with
+    :func:`flip_tta` as ``flip_tta(ensemble(models))``.
+    """
+    models = list(models)
+    if len(models) < 2:
+        raise ValueError(f"`models` must hold at least 2 models. Received: {len(models)}")
+    shapes = []
+    for i, model in enumerate(models):
+        if not isinstance(model, keras.Model) or sorted(model.output_names) != ["age", "gender"]:
+            raise ValueError(
+                f"`models[{i}]` must be an age/gender model (outputs 'gender' and 'age'). "
+                f"Received: {model!r}"
+            )
+        shape = model.input_shape[1:]
+        if len(shape) != 3 or shape[-1] != 3 or shape[0] is None or shape[1] is None:
+            raise ValueError(f"`models[{i}]` must take fixed-size RGB images. Received input "
+                             f"shape {model.input_shape}")
+        shapes.append(shape)
+    size = max(max(s[0], s[1]) for s in shapes) if image_size is None else int(image_size)
+    if size < 1:
+        raise ValueError(f"`image_size` must be a positive integer. Received: {image_size!r}")
+    inputs = keras.Input(shape=(size, size, 3), name="image")
+    results = []
+    for i, (model, shape) in enumerate(zip(models, shapes, strict=True)):
+        member_in = keras.Input(shape=shape, name="image")
+        member = keras.Model(member_in, model(member_in), name=f"member{i}")
+        x = inputs
+        if tuple(shape[:2]) != (size, size):
+            # an op, not keras.layers.Resizing: that layer's call defaults to training=True,
+            # which Keras then passes on to the members' BatchNorm and Dropout layers
+            x = keras.ops.image.resize(x, shape[:2], interpolation="bilinear")
+        results.append(member(x))
+    outputs = {
+        name: layers.Average(dtype="float32", name=name)([r[name] for r in results])
+        for name in ("gender", "age")
+    }
+    return keras.Model(inputs, outputs, name="ensemble")

@@ -167,11 +167,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # evaluate
 
 
-def _load_for_inference(args: argparse.Namespace):
-    from agegender_models import flip_tta
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` (repeatable: an ensemble) and ``--flip-tta``, for evaluate/predict/export."""
+    parser.add_argument("--model", required=True, action="append",
+                        help="saved model (.keras); give it more than once to average several "
+                        "models (an ensemble; input size: the largest member's)")
+    parser.add_argument("--flip-tta", action="store_true",
+                        help="average each prediction with the one on the mirrored image (2x slower)")
 
-    model = _load(args.model)
+
+def _load_for_inference(args: argparse.Namespace):
+    from agegender_models import ensemble, flip_tta
+
+    models = [_load(path) for path in args.model]
+    model = models[0] if len(models) == 1 else ensemble(models)
     return flip_tta(model) if args.flip_tta else model
+
+
+def _model_label(args: argparse.Namespace) -> str:
+    label = " + ".join(args.model)
+    return f"{label} (flip TTA)" if args.flip_tta else label
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -191,8 +206,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         frame = utkface_data.index_folder(root, progress=False).frame
     size = int(model.inputs[0].shape[1])
     result = write_evaluation(model, frame, root, Path(args.out), image_size=size,
-                              title=f"Evaluation of {args.model}",
-                              extra={"model": str(args.model), "data_dir": str(root),
+                              title=f"Evaluation of {_model_label(args)}",
+                              extra={"model": " + ".join(args.model), "data_dir": str(root),
                                      "flip_tta": args.flip_tta})
     print(format_summary({"evaluation": result.to_dict()}))
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -286,8 +301,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from agegender_models.export import export_model
 
-    path = export_model(_load(args.model), args.out, format=args.format)
-    print(f"exported {args.model} as {args.format}: {path} (input: uint8 RGB images, "
+    path = export_model(_load_for_inference(args), args.out, format=args.format)
+    print(f"exported {_model_label(args)} as {args.format}: {path} (input: uint8 RGB images, "
           f"outputs: gender = P(female), age in years)")
     return 0
 
@@ -321,14 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a .keras model on a UTKFace folder (or one split CSV from it) and "
         "write OUT/report.md, OUT/metrics.json and plots.",
     )
-    evaluate.add_argument("--model", required=True, help="saved model (.keras)")
+    add_model_arguments(evaluate)
     evaluate.add_argument("--data-dir", default=os.environ.get("UTKFACE_DIR"),
                           help="folder of UTKFace images (default: $UTKFACE_DIR)")
     evaluate.add_argument("--split", default=None,
                           help="a split CSV (path,age,gender,race; paths relative to --data-dir)")
     evaluate.add_argument("--out", required=True, help="folder for the report")
-    evaluate.add_argument("--flip-tta", action="store_true",
-                          help="average each prediction with the one on the mirrored image (2x slower)")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     predict = commands.add_parser(
@@ -336,10 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict age and gender. Prints a table; --json or --csv for scripts. "
         "Unreadable images are listed as errors; the others are still predicted.",
     )
-    predict.add_argument("--model", required=True, help="saved model (.keras)")
+    add_model_arguments(predict)
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
-    predict.add_argument("--flip-tta", action="store_true",
-                         help="average each prediction with the one on the mirrored image (2x slower)")
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON object")
     fmt.add_argument("--csv", action="store_true", help="print CSV")
@@ -356,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a .keras model. The artefact takes raw uint8 RGB images of the model's "
         "input size (preprocessing inside) and returns gender (P(female)) and age.",
     )
-    export.add_argument("--model", required=True, help="saved model (.keras)")
+    add_model_arguments(export)
     export.add_argument("--format", choices=EXPORT_FORMATS, default="savedmodel",
                         help="savedmodel (a folder), tflite or onnx (a file; needs "
                         "pip install 'agegender-models[onnx]')")
