@@ -55,10 +55,11 @@ def bench(session: nox.Session) -> None:
     """Benchmarks on the real UTKFace folder; figures go to bench/RESULTS.md by hand."""
     session.install(*PACKAGES)
     scripts = session.posargs or sorted(str(p) for p in (ROOT / "bench").glob("bench_*.py"))
-    # bench_detect.py measures a trained model (its default: $AGEGENDER_MODEL, else runs/model_a)
+    # these measure a trained model (their default: $AGEGENDER_MODEL, else runs/model_a)
     model = Path(os.environ.get("AGEGENDER_MODEL", ROOT / "runs" / "model_a" / "model.keras"))
     for script in scripts:
-        if Path(script).name == "bench_detect.py" and not model.is_file():
+        needs_model = Path(script).name in ("bench_detect.py", "bench_inference_options.py")
+        if needs_model and not model.is_file():
             session.warn(f"skipped {script}: no trained model at {model} (set AGEGENDER_MODEL)")
             continue
         session.run("python", script, "--data-dir", _shared_data(), env=QUIET_TF)

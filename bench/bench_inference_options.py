@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from bench_export import _cpu_name, load_images  # noqa: E402
@@ -27,13 +29,19 @@ from bench_models import inference  # noqa: E402
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--model", action="append", required=True, help="repeat for an ensemble")
+    parser.add_argument("--model", action="append", default=None,
+                        help="trained .keras model; repeat for an ensemble (default: "
+                        "$AGEGENDER_MODEL, else runs/model_a/model.keras)")
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latency-reps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.model = args.model or [os.environ.get("AGEGENDER_MODEL", str(ROOT / "runs" / "model_a" / "model.keras"))]
+    for path in args.model:
+        if not Path(path).is_file():
+            parser.error(f"model not found: {path} (pass --model or set AGEGENDER_MODEL)")
 
     from agegender_models import ensemble, flip_tta, load_model
 
