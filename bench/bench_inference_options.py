@@ -7,21 +7,21 @@ each model alone, with ``flip_tta``, and of their ``ensemble`` with and without 
 
 Each round times every variant once, in a rotating order; ratios are taken within a round
 against the first model alone, figures are medians over rounds. Prints a Markdown table.
+``nox -s bench`` gives it one model ($AGEGENDER_MODEL): the ensemble rows need ``--model`` twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from bench_detect import DEFAULT_MODEL  # noqa: E402
 from bench_export import _cpu_name, load_images  # noqa: E402
 from bench_models import inference  # noqa: E402
 
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-reps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    args.model = args.model or [os.environ.get("AGEGENDER_MODEL", str(ROOT / "runs" / "model_a" / "model.keras"))]
+    args.model = args.model or [DEFAULT_MODEL]
     for path in args.model:
         if not Path(path).is_file():
             parser.error(f"model not found: {path} (pass --model or set AGEGENDER_MODEL)")
@@ -47,9 +47,11 @@ def main(argv=None) -> int:
 
     models = [load_model(path) for path in args.model]
     variants = {}
-    for path, model in zip(args.model, models, strict=True):
-        variants[Path(path).parent.name] = model
-        variants[f"{Path(path).parent.name} + flip TTA"] = flip_tta(model)
+    for i, (path, model) in enumerate(zip(args.model, models, strict=True)):
+        label = Path(path).parent.name
+        label = label if label not in variants else f"{label} ({i + 1})"  # the same folder name twice
+        variants[label] = model
+        variants[f"{label} + flip TTA"] = flip_tta(model)
     if len(models) > 1:
         both = ensemble(models)
         variants["ensemble"] = both

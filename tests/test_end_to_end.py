@@ -537,19 +537,39 @@ def test_cli_flip_tta_predicts_and_evaluates(trained_run: Path, face_folder: Pat
     assert "flip_tta" in (tmp_path / "eval" / "report.md").read_text()
 
 
-def test_cli_evaluates_an_ensemble(trained_run: Path, face_folder: Path, tmp_path: Path) -> None:
-    """`--model` twice averages the models; a model averaged with itself scores as itself."""
-    model = str(trained_run / "model.keras")
-    metrics = {}
-    for name, models in (("single", ["--model", model]), ("pair", ["--model", model] * 2)):
-        result = _cli("evaluate", *models, "--data-dir", str(face_folder), "--out", str(tmp_path / name))
+def test_cli_ensemble_averages_the_models(trained_run: Path, face_folder: Path, tmp_path: Path) -> None:
+    """`--model A --model B`: each prediction is the mean of A's and B's (same input size, so
+    no resizing inside); evaluate reports the pair; a missing second model is one clear line."""
+    import keras
+
+    from agegender_models import create_model, load_model, save_model
+
+    trained = str(trained_run / "model.keras")
+    keras.utils.set_random_seed(7)
+    shape = load_model(trained).input_shape[1:]
+    other_model = create_model("custom_cnn", input_shape=shape)
+    age_dense = other_model.get_layer("age_dense")  # ages about 25 years above the trained model's
+    kernel, bias = age_dense.get_weights()
+    age_dense.set_weights([kernel, bias + 25.0])
+    other = str(save_model(other_model, tmp_path / "other.keras"))
+    images = [str(p) for p in sorted(face_folder.glob("*.jpg"))[:3]]
+    runs = {}
+    for name, models in (("a", [trained]), ("b", [other]), ("pair", [trained, other])):
+        args = [arg for path in models for arg in ("--model", path)]
+        result = _cli("predict", *args, "--json", *images)
         assert result.returncode == 0, result.stderr[-3000:]
-        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
-    assert f"{model} + {model}" in (tmp_path / "pair" / "report.md").read_text()
-    for key in ("n", "gender_accuracy"):
-        assert metrics["pair"][key] == metrics["single"][key]
-    assert metrics["pair"]["age_mae"] == pytest.approx(metrics["single"]["age_mae"], abs=1e-4)
-    missing = _cli("evaluate", "--model", model, "--model", str(tmp_path / "no.keras"),
+        runs[name] = json.loads(result.stdout)["predictions"]
+    for a, b, pair in zip(runs["a"], runs["b"], runs["pair"], strict=True):
+        assert abs(a["age"] - b["age"]) > 5  # two different models
+        # the JSON rounds ages to 0.1 years and P(female) to 4 decimals
+        assert pair["age"] == pytest.approx((a["age"] + b["age"]) / 2, abs=0.11)
+        assert pair["p_female"] == pytest.approx((a["p_female"] + b["p_female"]) / 2, abs=2e-3)
+    result = _cli("evaluate", "--model", trained, "--model", other, "--data-dir", str(face_folder),
+                  "--out", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["models"] == [trained, other]
+    assert f"{trained} + {other}" in (tmp_path / "eval" / "report.md").read_text()
+    missing = _cli("evaluate", "--model", trained, "--model", str(tmp_path / "no.keras"),
                    "--data-dir", str(face_folder), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "model file not found" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -91,13 +91,17 @@ def test_onnx_matches_keras(tiny_model, images, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("format", ["tflite", "onnx"])
-def test_tflite_and_onnx_refuse_a_bfloat16_model(format: str, tmp_path: Path) -> None:
+def test_tflite_and_onnx_refuse_a_bfloat16_model(tiny_model, format: str, tmp_path: Path) -> None:
+    from agegender_models import ensemble, flip_tta
+
     if format == "onnx":
         pytest.importorskip("tf2onnx")
     model = create_model("custom_cnn", input_shape=(32, 32, 3), precision="mixed_bfloat16")
-    with pytest.raises(ExportFormatError, match=f"{format} export needs a float32 model"):
-        export_model(model, tmp_path / f"model.{format}", format=format)
-    assert not (tmp_path / f"model.{format}").exists()
+    # also inside the wrappers that `export --flip-tta` and `--model A --model B` build
+    for wrapped in (model, flip_tta(model), ensemble([tiny_model, model])):
+        with pytest.raises(ExportFormatError, match=f"{format} export needs a float32 model"):
+            export_model(wrapped, tmp_path / f"model.{format}", format=format)
+        assert not (tmp_path / f"model.{format}").exists()
 
 
 def test_export_refuses_unknown_formats(tiny_model, tmp_path: Path) -> None:

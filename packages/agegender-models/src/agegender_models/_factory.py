@@ -301,61 +301,69 @@ def compile_model(
     return model
 
 
+def _average_outputs(results: Sequence[dict]) -> dict:
+    """``{"gender", "age"}``: each the float32 average of the results' outputs."""
+    return {
+        name: layers.Average(dtype="float32", name=name)([r[name] for r in results])
+        for name in ("gender", "age")
+    }
+
+
 def flip_tta(model: keras.Model) -> keras.Model:
     """Test-time augmentation: a model that averages ``model``'s outputs on each image and on
     its mirror image (left-right flip). Same input (``image``) and outputs (``gender``, ``age``);
-    twice the inference cost. For prediction and evaluation; train and export the plain model.
+    twice the inference cost. Train the plain model; predict, evaluate or export this one.
     """
     inputs = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name="image")
-    plain = model(inputs)
-    mirrored = model(keras.ops.flip(inputs, axis=2))
-    outputs = {
-        name: layers.Average(dtype="float32", name=name)([plain[name], mirrored[name]])
-        for name in ("gender", "age")
-    }
+    outputs = _average_outputs([model(inputs), model(keras.ops.flip(inputs, axis=2))])
     return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")
+
+
+def _is_age_gender_model(model: Any) -> bool:
+    return (isinstance(model, keras.Model) and isinstance(model.output, dict)
+            and set(model.output) == {"gender", "age"})
 
 
 def ensemble(models: Sequence[keras.Model], *, image_size: int | None = None) -> keras.Model:
     """A model that averages the outputs (P(female) and age) of several trained models.
 
-    The ensemble takes raw RGB images of ``image_size`` (default: the largest member input);
-    each member whose input size differs gets them resized (bilinear, as the data pipeline
-    resizes). Same outputs (``gender``, ``age``); the cost is the sum of the members'. Members
-    may share a name (two runs of one backbone): each is wrapped as ``member{i}``. Combine with
-    :func:`flip_tta` as ``flip_tta(ensemble(models))``.
+    The ensemble takes raw RGB images of ``image_size`` (default: the largest member input).
+    A member whose input size differs gets the ensemble's input resized again inside (bilinear,
+    rounded to whole 0-255 values as the data pipeline's uint8 images are), so it sees an image
+    resized twice rather than once as in training: close, not identical. Same outputs
+    (``gender``, ``age``); the cost is the sum of the members'. Members may share a name (two
+    runs of one backbone): each is wrapped as ``member{i}``. Combine with :func:`flip_tta` as
+    ``flip_tta(ensemble(models))``.
     """
     models = list(models)
     if len(models) < 2:
         raise ValueError(f"`models` must hold at least 2 models. Received: {len(models)}")
     shapes = []
     for i, model in enumerate(models):
-        if not isinstance(model, keras.Model) or sorted(model.output_names) != ["age", "gender"]:
+        if not _is_age_gender_model(model):
             raise ValueError(
-                f"`models[{i}]` must be an age/gender model (outputs 'gender' and 'age'). "
-                f"Received: {model!r}"
+                f"`models[{i}]` must be an age/gender model (a dict of outputs 'gender' and "
+                f"'age'). Received: {model!r}"
             )
         shape = model.input_shape[1:]
         if len(shape) != 3 or shape[-1] != 3 or shape[0] is None or shape[1] is None:
             raise ValueError(f"`models[{i}]` must take fixed-size RGB images. Received input "
                              f"shape {model.input_shape}")
         shapes.append(shape)
-    size = max(max(s[0], s[1]) for s in shapes) if image_size is None else int(image_size)
-    if size < 1:
+    if image_size is None:
+        image_size = max(max(s[0], s[1]) for s in shapes)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"`image_size` must be a positive integer. Received: {image_size!r}")
-    inputs = keras.Input(shape=(size, size, 3), name="image")
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
     results = []
     for i, (model, shape) in enumerate(zip(models, shapes, strict=True)):
         member_in = keras.Input(shape=shape, name="image")
         member = keras.Model(member_in, model(member_in), name=f"member{i}")
         x = inputs
-        if tuple(shape[:2]) != (size, size):
-            # an op, not keras.layers.Resizing: that layer's call defaults to training=True,
+        if tuple(shape[:2]) != (image_size, image_size):
+            # ops, not keras.layers.Resizing: that layer's call defaults to training=True,
             # which Keras then passes on to the members' BatchNorm and Dropout layers
             x = keras.ops.image.resize(x, shape[:2], interpolation="bilinear")
+            x = keras.ops.clip(keras.ops.round(x), 0.0, 255.0)
         results.append(member(x))
-    outputs = {
-        name: layers.Average(dtype="float32", name=name)([r[name] for r in results])
-        for name in ("gender", "age")
-    }
-    return keras.Model(inputs, outputs, name="ensemble")
+    return keras.Model(inputs, _average_outputs(results), name="ensemble")

@@ -179,6 +179,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def _load_for_inference(args: argparse.Namespace):
     from agegender_models import ensemble, flip_tta
 
+    for path in args.model:  # every path before loading any: a typo is reported at once
+        if not Path(path).is_file():
+            raise CLIError(f"model file not found: {path}")
     models = [_load(path) for path in args.model]
     model = models[0] if len(models) == 1 else ensemble(models)
     return flip_tta(model) if args.flip_tta else model
@@ -207,7 +210,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     size = int(model.inputs[0].shape[1])
     result = write_evaluation(model, frame, root, Path(args.out), image_size=size,
                               title=f"Evaluation of {_model_label(args)}",
-                              extra={"model": " + ".join(args.model), "data_dir": str(root),
+                              extra={"models": args.model, "data_dir": str(root),
                                      "flip_tta": args.flip_tta})
     print(format_summary({"evaluation": result.to_dict()}))
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -364,8 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export", help="export a saved model for serving (SavedModel, TFLite or ONNX)",
-        description="Export a .keras model. The artefact takes raw uint8 RGB images of the model's "
-        "input size (preprocessing inside) and returns gender (P(female)) and age.",
+        description="Export a .keras model (or, with --model more than once, their ensemble; "
+        "--flip-tta adds the mirror-image average). The artefact takes raw uint8 RGB images of the "
+        "model's input size (an ensemble's: the largest member's; preprocessing inside) and returns "
+        "gender (P(female)) and age.",
     )
     add_model_arguments(export)
     export.add_argument("--format", choices=EXPORT_FORMATS, default="savedmodel",

@@ -28,7 +28,9 @@ converter, and ``onnxruntime`` to check the result); without it :func:`export_mo
 :class:`ExportFormatError` naming that command. ONNX Runtime's CPU provider cannot load bfloat16
 convolutions and the TFLite converter rejects them, so only float32 models go to ONNX or TFLite;
 for a ``precision="mixed_bfloat16"`` model, copy its weights into
-``create_model(..., precision="float32")`` first (a SavedModel takes it as is).
+``create_model(..., precision="float32")`` first (a SavedModel takes it as is). The same holds
+for every member of an :func:`~agegender_models.ensemble` and for a
+:func:`~agegender_models.flip_tta` wrapper's model.
 """
 
 from __future__ import annotations

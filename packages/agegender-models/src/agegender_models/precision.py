@@ -61,12 +61,24 @@ def get_precision() -> str:
 active_precision = get_precision
 
 
+def _backbones(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    for layer in model.layers:
+        if layer.name == "backbone":
+            yield layer
+        elif isinstance(layer, keras.Model):  # flip_tta / ensemble wrappers
+            yield from _backbones(layer)
+
+
 def model_precision(model: keras.Model) -> str:
-    """The dtype policy a built model computes its backbone in (what a training run records)."""
-    try:
-        return model.get_layer("backbone").dtype_policy.name
-    except ValueError:
+    """The dtype policy a built model computes its backbone in (what a training run records).
+
+    For a wrapped model (``flip_tta``, ``ensemble``): the first member backbone's policy that
+    is not float32, if there is one.
+    """
+    policies = [layer.dtype_policy.name for layer in _backbones(model)]
+    if not policies:
         return model.dtype_policy.name
+    return next((p for p in policies if p != "float32"), policies[0])
 
 
 @contextlib.contextmanager
