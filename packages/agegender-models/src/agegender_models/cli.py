@@ -177,12 +177,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_for_inference(args: argparse.Namespace):
-    from agegender_models import ensemble, flip_tta
+    from agegender_models import ensemble, flip_tta, load_model
 
-    for path in args.model:  # every path before loading any: a typo is reported at once
-        if not Path(path).is_file():
+    paths = [Path(path) for path in args.model]
+    for path in paths:  # every path before loading any: a typo is reported at once
+        if not path.is_file():
             raise CLIError(f"model file not found: {path}")
-    models = [_load(path) for path in args.model]
+    models = [load_model(path) for path in paths]
     model = models[0] if len(models) == 1 else ensemble(models)
     return flip_tta(model) if args.flip_tta else model
 
@@ -238,15 +239,6 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[dict[str, str]
         else:
             errors.append({"file": item, "reason": "no such file or folder"})
     return files, errors
-
-
-def _load(model_path: str):
-    from agegender_models import load_model
-
-    path = Path(model_path)
-    if not path.is_file():
-        raise CLIError(f"model file not found: {path}")
-    return load_model(path)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
