@@ -55,14 +55,16 @@ def bench(session: nox.Session) -> None:
     """Benchmarks on the real UTKFace folder; figures go to bench/RESULTS.md by hand."""
     session.install(*PACKAGES)
     scripts = session.posargs or sorted(str(p) for p in (ROOT / "bench").glob("bench_*.py"))
-    # these measure a trained model (their default: $AGEGENDER_MODEL, else runs/model_a)
+    # these measure a trained model: $AGEGENDER_MODEL, else runs/model_a
     model = Path(os.environ.get("AGEGENDER_MODEL", ROOT / "runs" / "model_a" / "model.keras"))
     for script in scripts:
-        needs_model = Path(script).name in ("bench_detect.py", "bench_inference_options.py")
-        if needs_model and not model.is_file():
-            session.warn(f"skipped {script}: no trained model at {model} (set AGEGENDER_MODEL)")
-            continue
-        session.run("python", script, "--data-dir", _shared_data(), env=QUIET_TF)
+        model_args = []
+        if Path(script).name in ("bench_detect.py", "bench_inference_options.py"):
+            if not model.is_file():
+                session.warn(f"skipped {script}: no trained model at {model} (set AGEGENDER_MODEL)")
+                continue
+            model_args = ["--model", str(model)]
+        session.run("python", script, "--data-dir", _shared_data(), *model_args, env=QUIET_TF)
 
 
 @nox.session(python=PYTHON, default=False)

@@ -31,14 +31,16 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--model", action="append", default=None,
                         help="trained .keras model; repeat for an ensemble (default: "
-                        "$AGEGENDER_MODEL, else runs/model_a/model.keras)")
+                        "$AGEGENDER_MODEL)")
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latency-reps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    args.model = args.model or [DEFAULT_MODEL]
+    args.model = args.model or ([DEFAULT_MODEL] if DEFAULT_MODEL else None)
+    if not args.model:
+        parser.error("no model: pass --model or set AGEGENDER_MODEL")
     for path in args.model:
         if not Path(path).is_file():
             parser.error(f"model not found: {path} (pass --model or set AGEGENDER_MODEL)")
