@@ -573,3 +573,43 @@ def test_cli_ensemble_averages_the_models(trained_run: Path, face_folder: Path, 
                    "--data-dir", str(face_folder), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "model file not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_ema_weights_are_validated_kept_and_restored_after_a_kill(face_folder: Path, tmp_path: Path) -> None:
+    """With ema_momentum the checkpoints hold the averaged weights that were validated, and a
+    resumed run goes on training the raw weights (the averages back in the optimizer)."""
+    import keras
+    import numpy as np
+
+    out = tmp_path / "run"
+    options = {"epochs": 3, "ema_momentum": 0.9, **TINY}
+    killed = _run_killable(out, face_folder, 1, tmp_path / "begun.txt", **options)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    numpy = keras.ops.convert_to_numpy
+    averaged = [numpy(w) for w in keras.models.load_model(out / "checkpoints" / "last.keras").trainable_weights]
+
+    class Recorder(keras.callbacks.Callback):
+        seen: list = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if not self.seen:  # the first resumed epoch, after the callbacks of the run folder
+                optimizer = self.model.optimizer
+                self.seen.append(([numpy(w) for w in self.model.trainable_weights],
+                                  [numpy(v) for v in optimizer._model_variables_moving_average]))
+
+    metrics = train(TrainConfig(out=str(out), data_dir=str(face_folder), **options), verbose=0,
+                    callbacks=[Recorder()])
+    weights, moving = Recorder.seen[0]
+    assert all(np.allclose(m, a) for m, a in zip(moving, averaged, strict=True))
+    assert not all(np.allclose(w, a) for w, a in zip(weights, averaged, strict=True))
+    # the kept model is the one validated at its best epoch: its figures are the logged ones
+    history = pd.read_csv(out / "history.csv")
+    best = history.loc[history["val_loss"].idxmin()]
+    assert metrics["validation"]["age_mae"] == pytest.approx(best["val_age_mae"], rel=1e-3)
+    assert metrics["validation"]["gender_accuracy"] == pytest.approx(best["val_gender_accuracy"], abs=1e-6)
+
+
+def test_ema_momentum_outside_zero_one_is_refused(face_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ema_momentum must be in"):
+        train(TrainConfig(out=str(tmp_path / "run"), data_dir=str(face_folder), ema_momentum=1.0, **TINY))
+    assert not (tmp_path / "run").exists()

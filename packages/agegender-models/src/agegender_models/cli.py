@@ -106,6 +106,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, backbone: str = "cus
                      "then unfreeze --trainable-layers and go on at --finetune-lr (default 0: off)")
     fit.add_argument("--finetune-lr", type=float, default=None,
                      help="learning rate after the warm-up (default: --lr / 10)")
+    fit.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
+                     help="keep a moving average of the weights (e.g. 0.99) and validate, checkpoint "
+                     "and keep the averaged weights (default: off)")
     fit.add_argument("--head-refit-epochs", type=int, default=0,
                      help="after training, refit the two output layers for N epochs with dropout off "
                      "(removes dropout's train/inference mismatch; default 0 = the seed's recipe)")
@@ -131,6 +134,7 @@ def config_from_args(args: argparse.Namespace):
         strategy=args.strategy, weights=args.weights, trainable_layers=args.trainable_layers,
         cache=None if args.no_cache else "memory", head_refit_epochs=args.head_refit_epochs,
         warmup_epochs=args.warmup_epochs, finetune_learning_rate=args.finetune_lr,
+        ema_momentum=args.ema,
         model_kwargs={} if args.dropout is None else {"dropout": args.dropout},
     )
 

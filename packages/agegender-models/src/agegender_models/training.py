@@ -31,6 +31,10 @@ not given) are unfrozen, BatchNorm staying frozen in inference mode, and trainin
 ``finetune_learning_rate`` (default ``learning_rate / 10``) up to ``epochs`` in all. Both phases
 write the same history.csv and checkpoints; early stopping and the best model span both.
 
+With ``ema_momentum`` (e.g. 0.99) the optimizer also keeps an exponential moving average of the
+weights (Polyak averaging, ``use_ema`` of Keras optimizers); validation, early stopping, the
+checkpoints and the final model use the averaged weights, training goes on with the raw ones.
+
 A run killed at any point and started again with the same ``out`` folder continues from the last
 finished epoch (``keras.callbacks.BackupAndRestore``), with early stopping, the best-model checkpoint
 and ``history.csv`` picking up where they were.
@@ -105,6 +109,7 @@ class TrainConfig:
     head_refit_epochs: int = 0
     warmup_epochs: int = 0
     finetune_learning_rate: float | None = None
+    ema_momentum: float | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -133,6 +138,8 @@ class TrainConfig:
             raise ValueError(
                 f"finetune_learning_rate must be positive. Received: {self.finetune_learning_rate}"
             )
+        if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
+            raise ValueError(f"ema_momentum must be in (0, 1). Received: ema_momentum={self.ema_momentum}")
         if self.head_refit_epochs < 0:
             raise ValueError(
                 f"head_refit_epochs must be >= 0. Received: head_refit_epochs={self.head_refit_epochs}"
@@ -263,6 +270,25 @@ def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, 
                 plateau.wait = len(losses) - 1 - max([best_index, *cuts])
 
     return ResumeState()
+
+
+def _make_ema_callback(backup_dir: Path):
+    """``SwapEMAWeights(swap_on_epoch=True)`` that also knows a restored backup's state.
+
+    The averaged weights are in the model from each epoch's end to the next epoch's begin (and
+    while validating), so the checkpoints and the backup hold them, with the raw weights in the
+    optimizer. After a restore the callback swaps them back before training goes on.
+    """
+    import keras
+
+    class EMAWeights(keras.callbacks.SwapEMAWeights):
+        def __init__(self):
+            super().__init__(swap_on_epoch=True)
+
+        def on_train_begin(self, logs=None):
+            self._ema_weights_in_model = _backed_up_epochs(backup_dir) > 0
+
+    return EMAWeights()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -425,7 +451,7 @@ def _versions() -> dict[str, str]:
 
 # Options that define a run: a resumed run folder must be started with the same values.
 RUN_DEFINING = ("backbone", "n", "seed", "val", "test", "splits", "image_size", "weights",
-                "trainable_layers", "warmup_epochs", "model_kwargs")
+                "trainable_layers", "warmup_epochs", "ema_momentum", "model_kwargs")
 
 
 def _previous_run(out: Path, config: TrainConfig) -> dict[str, Any]:
@@ -473,6 +499,13 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     from agegender_models.precision import model_precision, set_precision
 
     keras.utils.set_random_seed(config.seed)
+
+    def _optimizer(learning_rate: float):
+        if config.ema_momentum is None:
+            return keras.optimizers.Adam(learning_rate=learning_rate)
+        return keras.optimizers.Adam(learning_rate=learning_rate, use_ema=True,
+                                     ema_momentum=config.ema_momentum)
+
     finetune_lr = config.learning_rate
     if config.warmup_epochs:
         finetune_lr = config.finetune_learning_rate or config.learning_rate / 10
@@ -493,7 +526,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
         )
         compile_model(
             model,
-            learning_rate=config.learning_rate,
+            optimizer=_optimizer(config.learning_rate),
             loss_weights={"gender": config.gender_loss_weight, "age": config.age_loss_weight},
         )
 
@@ -548,6 +581,8 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
                 monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-6
             )
         own_callbacks = [
+            # first: it puts the averaged weights in the model before the others see the epoch end
+            *([_make_ema_callback(backup_dir)] if config.ema_momentum is not None else []),
             best_checkpoint,
             keras.callbacks.ModelCheckpoint(checkpoints / "last.keras"),
             early_stopping,
@@ -587,7 +622,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
             # BatchNorm stays in inference mode where the backbone says so (keras.applications);
             # a backbone whose BatchNorm learns (custom_cnn) keeps learning in its unfrozen layers
             set_trainable(model, unfrozen, freeze_batchnorm=bool(backbone_cfg["bn_inference"]))
-            compile_model(model, learning_rate=finetune_lr, loss_weights=loss_weights)
+            compile_model(model, optimizer=_optimizer(finetune_lr), loss_weights=loss_weights)
         fit(config.warmup_epochs, config.epochs, checkpoints / "backup")
     else:
         fit(0, config.epochs, checkpoints / "backup")
