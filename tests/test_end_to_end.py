@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -332,6 +333,9 @@ def test_unfinished_run_refuses_changed_options(face_folder: Path, tmp_path: Pat
     (out / "config.json").write_text(json.dumps({"config": {"backbone": "custom_cnn", "n": 64, "seed": 0}}))
     with pytest.raises(ValueError, match=r"n=64 -> 32"):
         train(TrainConfig(out=str(out), data_dir=str(face_folder), **{**TINY, "n": 32}))
+    # an option added later counts with its default for a run folder written before it
+    with pytest.raises(ValueError, match=r"ema_momentum=None -> 0.99"):
+        train(TrainConfig(out=str(out), data_dir=str(face_folder), ema_momentum=0.99, **TINY))
 
 
 def test_too_small_splits_fail_before_writing(face_folder: Path, tmp_path: Path) -> None:
@@ -579,7 +583,6 @@ def test_ema_weights_are_validated_kept_and_restored_after_a_kill(face_folder: P
     """With ema_momentum the checkpoints hold the averaged weights that were validated, and a
     resumed run goes on training the raw weights (the averages back in the optimizer)."""
     import keras
-    import numpy as np
 
     out = tmp_path / "run"
     options = {"epochs": 3, "ema_momentum": 0.9, **TINY}
@@ -607,6 +610,36 @@ def test_ema_weights_are_validated_kept_and_restored_after_a_kill(face_folder: P
     best = history.loc[history["val_loss"].idxmin()]
     assert metrics["validation"]["age_mae"] == pytest.approx(best["val_age_mae"], rel=1e-3)
     assert metrics["validation"]["gender_accuracy"] == pytest.approx(best["val_gender_accuracy"], abs=1e-6)
+
+
+def test_ema_warmup_stopped_early_hands_the_averages_to_fine_tuning(face_folder: Path,
+                                                                      tmp_path: Path) -> None:
+    """Keras copies the averages into the model at the end of fit only after the last epoch; a
+    warm-up stopped earlier must still hand the averaged weights (the validated ones) on."""
+    import keras
+
+    numpy = keras.ops.convert_to_numpy
+    weights = _backbone_weights_file("custom_cnn", tmp_path)
+
+    class StopFirstEpoch(keras.callbacks.Callback):
+        seen: dict = {}
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen.setdefault(f"begin {epoch}", [numpy(w) for w in self.model.weights])
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:  # the averages are in the model here (put there by the run's callback)
+                self.seen["validated 0"] = [numpy(w) for w in self.model.weights]
+                self.model.stop_training = True
+
+    config = TrainConfig(out=str(tmp_path / "run"), data_dir=str(face_folder), weights=str(weights),
+                         warmup_epochs=2, epochs=3, trainable_layers=3, ema_momentum=0.9, **TINY)
+    train(config, verbose=0, callbacks=[StopFirstEpoch()])
+    seen = StopFirstEpoch.seen
+    assert "begin 1" not in seen and "begin 2" in seen  # the warm-up stopped, fine-tuning began
+    # fine-tuning started from the validated weights: the averages, not the raw weights
+    for validated, started in zip(seen["validated 0"], seen["begin 2"], strict=True):
+        np.testing.assert_allclose(started, validated, rtol=1e-6, atol=1e-7)
 
 
 def test_ema_momentum_outside_zero_one_is_refused(face_folder: Path, tmp_path: Path) -> None:

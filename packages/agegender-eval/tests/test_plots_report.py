@@ -97,6 +97,17 @@ def test_training_curves_single_output_and_errors():
         plot_training_curves({"lr": [0.1, 0.01]})
 
 
+def test_training_curves_keep_the_epoch_numbers_of_a_history_with_a_gap():
+    # a CSVLogger file of a run whose first phase stopped after epoch 0 and went on at epoch 2
+    frame = pd.DataFrame({"epoch": [3, 0, 2], "loss": [1.0, 3.0, 2.0], "val_loss": [1.5, 3.0, 2.5]})
+    fig = plot_training_curves(frame, early_stopping_epoch=4)
+    (ax,) = _axes(fig)
+    assert [list(line.get_xdata()) for line in ax.lines[:2]] == [[1, 3, 4], [1, 3, 4]]
+    assert list(ax.lines[1].get_ydata()) == [3.0, 2.5, 1.5]
+    with pytest.raises(ValueError, match=r"epochs \(1-based: 1, 3, 4\)"):
+        plot_training_curves(frame, early_stopping_epoch=2)
+
+
 def test_result_plots_have_expected_axes(result):
     scatter = plot_age_scatter(result.samples["age_true"], result.samples["age_pred"])
     ax = _axes(scatter)[0]

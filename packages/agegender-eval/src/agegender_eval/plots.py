@@ -57,12 +57,13 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 120) -> Path:
 
 
 def _history_frame(history: Any) -> pd.DataFrame:
+    """The history as a DataFrame with one row per epoch and a 0-based ``epoch`` column."""
     if hasattr(history, "history") and isinstance(history.history, Mapping):
         history = history.history  # a keras.callbacks.History object
     if isinstance(history, pd.DataFrame):
         df = history.copy()
         if "epoch" in df.columns:
-            df = df.sort_values("epoch").drop(columns="epoch")
+            df = df.sort_values("epoch")
         df = df.reset_index(drop=True)
     elif isinstance(history, Mapping):
         lengths = {str(k): len(v) for k, v in history.items()}
@@ -74,9 +75,16 @@ def _history_frame(history: Any) -> pd.DataFrame:
             "`history` must be a Keras History.history dict, a History, or a CSVLogger DataFrame. "
             f"Received: history of type {type(history).__name__}"
         )
-    if df.empty or len(df.columns) == 0:
+    if df.empty or len(df.columns.drop("epoch", errors="ignore")) == 0:
         raise ValueError(f"`history` has no epochs. Received: history with columns {list(df.columns)} and {len(df)} rows")
+    if "epoch" not in df.columns:
+        df["epoch"] = range(len(df))
     return df
+
+
+def _span(epochs: np.ndarray) -> str:
+    contiguous = len(epochs) == epochs[-1] - epochs[0] + 1
+    return f"{epochs[0]}-{epochs[-1]}" if contiguous else ", ".join(map(str, epochs))
 
 
 def plot_training_curves(history: Any, *, early_stopping_epoch: int | None = None, title: str | None = None) -> Figure:
@@ -87,17 +95,19 @@ def plot_training_curves(history: Any, *, early_stopping_epoch: int | None = Non
     keys present (``age_mae``, ``age_loss``, ``gender_accuracy``, ``gender_loss``; a single-output
     model falls back to ``mae``/``accuracy``/``loss``). Epochs are shown 1-based;
     ``early_stopping_epoch`` (1-based, e.g. the best epoch restored by ``EarlyStopping``) is marked
-    with a dashed vertical line.
+    with a dashed vertical line. A CSVLogger history may skip epochs (a phase stopped early):
+    they are drawn at their own epoch numbers.
     """
     df = _history_frame(history)
     n_epochs = len(df)
+    epochs = df["epoch"].to_numpy(dtype=int) + 1
     if early_stopping_epoch is not None and (
         isinstance(early_stopping_epoch, bool)
         or not isinstance(early_stopping_epoch, int | np.integer)
-        or not 1 <= early_stopping_epoch <= n_epochs
+        or early_stopping_epoch not in epochs
     ):
         raise ValueError(
-            f"`early_stopping_epoch` must be an int between 1 and the number of epochs ({n_epochs}). "
+            f"`early_stopping_epoch` must be one of the history's epochs (1-based: {_span(epochs)}). "
             f"Received: early_stopping_epoch={early_stopping_epoch!r}"
         )
     panels = [p for p in _HEAD_PANELS if p[0] in df.columns or f"val_{p[0]}" in df.columns]
@@ -111,7 +121,6 @@ def plot_training_curves(history: Any, *, early_stopping_epoch: int | None = Non
     ncols = 2 if len(panels) > 1 else 1
     nrows = int(np.ceil(len(panels) / ncols))
     fig = _new_figure(5.2 * ncols, 3.4 * nrows)
-    epochs = np.arange(1, n_epochs + 1)
     with sns.axes_style("whitegrid"):
         axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat[len(panels) :]:

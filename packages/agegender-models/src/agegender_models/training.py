@@ -272,12 +272,16 @@ def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, 
     return ResumeState()
 
 
-def _make_ema_callback(backup_dir: Path):
-    """``SwapEMAWeights(swap_on_epoch=True)`` that also knows a restored backup's state.
+def _make_ema_callbacks(backup_dir: Path):
+    """``(first, last)``: ``SwapEMAWeights(swap_on_epoch=True)`` that also knows a restored
+    backup's state, and a callback to run after every other one that keeps the averages when
+    training stops early.
 
     The averaged weights are in the model from each epoch's end to the next epoch's begin (and
     while validating), so the checkpoints and the backup hold them, with the raw weights in the
-    optimizer. After a restore the callback swaps them back before training goes on.
+    optimizer. After a restore they are swapped back before training goes on. Keras prepares the
+    end of ``fit`` (``finalize_variable_values`` copies the optimizer's averages into the model)
+    only at the last epoch; ``last`` does it at an epoch where a callback (early stopping) stops.
     """
     import keras
 
@@ -286,9 +290,17 @@ def _make_ema_callback(backup_dir: Path):
             super().__init__(swap_on_epoch=True)
 
         def on_train_begin(self, logs=None):
-            self._ema_weights_in_model = _backed_up_epochs(backup_dir) > 0
+            # BackupAndRestore loads this file when it exists, saved at an epoch's end
+            self._ema_weights_in_model = (backup_dir / "latest.weights.h5").is_file()
 
-    return EMAWeights()
+    swap = EMAWeights()
+
+    class KeepAveragesOnStop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if self.model.stop_training and swap._ema_weights_in_model:
+                swap._finalize_ema_values()
+
+    return swap, KeepAveragesOnStop()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -462,8 +474,11 @@ def _previous_run(out: Path, config: TrainConfig) -> dict[str, Any]:
     previous = json.loads(path.read_text())
     before = previous.get("config", {})
     now = json.loads(json.dumps(dataclasses.asdict(config), default=str))
-    changed = [f"{key}={before.get(key)!r} -> {now[key]!r}" for key in RUN_DEFINING
-               if key in before and before[key] != now[key]]
+    # a key missing from an older run's config.json had its default then (options are added
+    # with the default that keeps the old behaviour)
+    default = json.loads(json.dumps(dataclasses.asdict(TrainConfig(out=config.out)), default=str))
+    changed = [f"{key}={before.get(key, default[key])!r} -> {now[key]!r}" for key in RUN_DEFINING
+               if before.get(key, default[key]) != now[key]]
     if changed:
         raise ValueError(
             f"{out} holds an unfinished run started with other options ({', '.join(changed)}); "
@@ -580,9 +595,10 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
             plateau = keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-6
             )
+        ema_first, ema_last = _make_ema_callbacks(backup_dir) if config.ema_momentum else (None, None)
         own_callbacks = [
             # first: it puts the averaged weights in the model before the others see the epoch end
-            *([_make_ema_callback(backup_dir)] if config.ema_momentum is not None else []),
+            *([ema_first] if ema_first is not None else []),
             best_checkpoint,
             keras.callbacks.ModelCheckpoint(checkpoints / "last.keras"),
             early_stopping,
@@ -600,7 +616,8 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
         model._initial_epoch = None
         with _finite_datasets():
             model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=last_epoch,
-                      shuffle=False, callbacks=own_callbacks + list(callbacks or []), verbose=verbose)
+                      shuffle=False, verbose=verbose,
+                      callbacks=own_callbacks + list(callbacks or []) + ([ema_last] if ema_last else []))
 
     started = time.perf_counter()
     if config.warmup_epochs:
