@@ -6,6 +6,8 @@ user relies on, not model quality (that is RESULTS.md's job, on real data).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -18,6 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from agegender_models.cli import main as cli_main
 from agegender_models.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,11 +28,22 @@ TINY = {"n": 64, "image_size": 32, "batch_size": 16, "seed": 0}
 METRIC_KEYS = {"n", "gender_accuracy", "age_mae", "age_rmse", "age_cs", "age_mae_by_bin", "by_group"}
 
 
-def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``agegender ARGS`` in this process (a new one would start TensorFlow again, ~10 s each);
+    the tests that need a process of their own (the entry point, logical CPUs) start one."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli_main(list(args))
+        except SystemExit as exit_:  # argparse refusing an option
+            code = exit_.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def _cli_process(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agegender_models.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env,
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
 
 
@@ -85,7 +99,8 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys
     import keras
-    from agegender_models.training import TrainConfig, train
+    from agegender_models.cli import main as cli_main
+from agegender_models.training import TrainConfig, train
 
     out, data_dir, kill_epoch, begun, options = sys.argv[1:]
 
@@ -138,7 +153,7 @@ def test_resume_after_kill_continues_from_last_finished_epoch(face_folder: Path,
 
 def test_mirrored_strategy_on_two_logical_cpus(face_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "mirrored"
-    result = _cli("train", "--data-dir", str(face_folder), "--n", "32", "--epochs", "1",
+    result = _cli_process("train", "--data-dir", str(face_folder), "--n", "32", "--epochs", "1",
                   "--image-size", "32", "--batch-size", "8", "--strategy", "mirrored",
                   "--quiet", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
