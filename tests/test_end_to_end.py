@@ -89,6 +89,7 @@ def test_run_folder_has_every_output(trained_run: Path, face_folder: Path) -> No
         assert set(metrics[split]["by_group"]["age_group"]) <= {"under 10", "10–17", "18+"}
     assert metrics["test"]["n"] == len(splits["test"])
     assert (trained_run / "report" / "report.md").is_file()
+    assert len(pd.read_csv(trained_run / "report" / "predictions.csv")) == len(splits["test"])
     assert list((trained_run / "report").glob("*.png"))
     assert (trained_run / "checkpoints" / "last.keras").is_file()
 
@@ -199,8 +200,17 @@ def test_cli_evaluate_writes_metrics(trained_run: Path, face_folder: Path, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= METRIC_KEYS
-    assert metrics["n"] == len(pd.read_csv(trained_run / "splits" / "test.csv"))
+    split = pd.read_csv(trained_run / "splits" / "test.csv")
+    assert metrics["n"] == len(split)
     assert "5" in metrics["age_cs"]
+    # one row per image, in the split's order; the metrics follow from its columns
+    rows = pd.read_csv(out / "predictions.csv")
+    assert list(rows.columns) == ["path", "age", "gender", "race", "age_pred", "p_female"]
+    assert rows["path"].tolist() == split["path"].tolist()
+    assert rows["age"].tolist() == split["age"].tolist()
+    assert (rows["age_pred"] - rows["age"]).abs().mean() == pytest.approx(metrics["age_mae"], rel=1e-6)
+    accuracy = ((rows["p_female"] > 0.5).astype(int) == rows["gender"]).mean()
+    assert accuracy == pytest.approx(metrics["gender_accuracy"], abs=1e-9)
 
 
 def test_cli_evaluate_folder_without_images_is_clear(trained_run: Path, tmp_path: Path) -> None:

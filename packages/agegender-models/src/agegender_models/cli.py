@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="evaluate a saved model on labelled images and write a report",
         description="Evaluate a .keras model on a UTKFace folder (or one split CSV from it) and "
-        "write OUT/report.md, OUT/metrics.json and plots.",
+        "write OUT/report.md, OUT/metrics.json, plots and OUT/predictions.csv (one row per image: "
+        "path, age, gender, race, age_pred, p_female).",
     )
     add_model_arguments(evaluate)
     evaluate.add_argument("--data-dir", default=os.environ.get("UTKFACE_DIR"),

@@ -22,7 +22,7 @@ A run folder holds::
     model.keras        the best model (lowest validation loss; heads refitted if asked)
     metrics.json       validation and test results (agegender-eval keys; with a head refit
                        also the results before it, under "before_head_refit")
-    report/            report.md, metrics.json and plots for the test split
+    report/            report.md, metrics.json, plots and predictions.csv for the test split
 
 With ``warmup_epochs`` (needs pretrained ``weights``) the run follows the transfer recipe: first
 the whole backbone is frozen and only the new layers learn for ``warmup_epochs`` epochs at
@@ -413,11 +413,16 @@ def evaluate_frame(model, frame, root: Path, *, image_size: int, batch_size: int
 
 def write_evaluation(model, frame, root: Path, out: Path, *, image_size: int, title: str,
                      history=None, best_epoch: int | None = None, extra: dict[str, Any] | None = None):
-    """Evaluate on ``frame`` and write ``out/report.md``, ``out/metrics.json`` and the plots."""
+    """Evaluate on ``frame`` and write ``out/report.md``, ``out/metrics.json``, the plots and
+    ``out/predictions.csv`` (one row per image: its labels, predicted age and P(female), for error
+    analysis without running the model again)."""
     _, agegender_eval = _app_modules()
-    result, _ = evaluate_frame(model, frame, root, image_size=image_size)
+    result, predictions = evaluate_frame(model, frame, root, image_size=image_size)
     figures = agegender_eval.standard_figures(result, history=history, early_stopping_epoch=best_epoch)
     agegender_eval.write_report(result, figures, out, title=title, extra=extra)
+    rows = frame.reset_index(drop=True)[["path", "age", "gender", "race"]].assign(
+        age_pred=predictions["age"], p_female=predictions["p_female"])
+    rows.to_csv(Path(out) / "predictions.csv", index=False)
     return result
 
 
