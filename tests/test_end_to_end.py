@@ -322,6 +322,65 @@ def test_resume_state_restores_history_and_callback_state(tmp_path: Path) -> Non
     assert (early.best, early.wait, early.best_epoch, best.best) == (1.0, 1, 1, 1.0)
 
 
+def test_resume_state_follows_the_monitored_metric(tmp_path: Path) -> None:
+    """Watching gender accuracy (higher is better): its best epoch is 2, the loss's is 1; the
+    plateau schedule keeps following the loss."""
+    import keras
+
+    from agegender_models.training import _make_resume_callback
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,learning_rate,val_loss,val_gender_accuracy\n0,0.001,3.0,0.6\n"
+                       "1,0.001,1.0,0.7\n2,0.001,2.0,0.8\n3,0.001,2.5,0.8\n")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text('{"epoch": 4, "batch": 0}')
+    early = keras.callbacks.EarlyStopping(monitor="val_gender_accuracy", mode="max", patience=10)
+    best = keras.callbacks.ModelCheckpoint(tmp_path / "m.keras", monitor="val_gender_accuracy",
+                                           mode="max", save_best_only=True)
+    plateau = keras.callbacks.ReduceLROnPlateau(patience=3)
+    for callback in (early, plateau):
+        callback.on_train_begin()
+    _make_resume_callback(history, backup, early, best, plateau=plateau,
+                          monitor="val_gender_accuracy").on_train_begin()
+    assert (early.best, early.wait, early.best_epoch, best.best) == (0.8, 1, 2, 0.8)
+    assert (plateau.best, plateau.wait) == (1.0, 2)
+
+
+def test_best_model_by_gender_accuracy(face_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """monitor="val_gender_accuracy": early stopping and the best-model checkpoint watch it (higher
+    is better), the plateau schedule the loss; the reported best epoch is the accuracy's."""
+    import keras
+
+    watched = []
+
+    def spy(cls):
+        class Spy(cls):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                watched.append((cls.__name__, self))
+        return Spy
+
+    for name in ("EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau"):
+        monkeypatch.setattr(keras.callbacks, name, spy(getattr(keras.callbacks, name)))
+    out = tmp_path / "run"
+    metrics = train(TrainConfig(out=str(out), data_dir=str(face_folder), epochs=2, lr_schedule="plateau",
+                                monitor="val_gender_accuracy", **TINY), verbose=0)
+    seen = {(name, c.monitor, getattr(c, "save_best_only", None)) for name, c in watched}
+    assert seen == {
+        ("EarlyStopping", "val_gender_accuracy", None), ("ModelCheckpoint", "val_gender_accuracy", True),
+        ("ModelCheckpoint", "val_loss", False),  # last.keras: every epoch, whatever the monitor
+        ("ReduceLROnPlateau", "val_loss", None)}
+    # higher is better for the two that watch accuracy (their comparison, set up by fit)
+    for _, c in watched:
+        if c.monitor == "val_gender_accuracy":
+            assert c.monitor_op(0.9, 0.8) and not c.monitor_op(0.8, 0.9)
+    history = pd.read_csv(out / "history.csv")
+    assert metrics["best_epoch"] == int(np.argmax(history["val_gender_accuracy"].to_numpy())) + 1
+    with pytest.raises(ValueError, match="monitor must be one of"):
+        TrainConfig(out=str(tmp_path / "x"), monitor="val_acc").validate()
+
+
 def test_resume_state_restores_the_plateau_counter(tmp_path: Path) -> None:
     """Best at epoch 1, the rate cut at the end of epoch 2 (lower from epoch 3): 1 epoch waited since."""
     import keras
@@ -514,6 +573,8 @@ def test_cli_dropout_option_reaches_the_model_and_rejects_bad_rates(capsys) -> N
     assert config_from_args(parser.parse_args(["--out", "o"])).model_kwargs == {}
     config = config_from_args(parser.parse_args(["--out", "o", "--dropout", "0.25"]))
     assert config.model_kwargs == {"dropout": 0.25}
+    assert config.monitor == "val_loss"
+    assert config_from_args(parser.parse_args(["--out", "o", "--monitor", "val_age_mae"])).monitor == "val_age_mae"
     for bad in ("1", "-0.1", "half"):
         with pytest.raises(SystemExit) as exc:
             parser.parse_args(["--out", "o", "--dropout", bad])

@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # training.py imports the 'app' extra (utkface_data, agegender_eval) only inside its functions
 from agegender_models.detect import DETECTORS  # noqa: E402
 from agegender_models.export import FORMATS as EXPORT_FORMATS  # noqa: E402
-from agegender_models.training import LR_SCHEDULES, STRATEGIES  # noqa: E402
+from agegender_models.training import LR_SCHEDULES, MONITORS, STRATEGIES  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -97,6 +97,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, backbone: str = "cus
     fit.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
     fit.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     fit.add_argument("--patience", type=int, default=10, help="early-stopping patience (default 10)")
+    fit.add_argument("--monitor", choices=tuple(MONITORS),
+                     default="val_loss", help="what early stopping and the kept best model watch "
+                     "(default val_loss; the learning-rate schedule always follows val_loss)")
     fit.add_argument("--gender-weight", type=float, default=1.0, help="loss weight of the gender head")
     fit.add_argument("--age-weight", type=float, default=1.0, help="loss weight of the age head")
     fit.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
@@ -134,7 +137,7 @@ def config_from_args(args: argparse.Namespace):
         strategy=args.strategy, weights=args.weights, trainable_layers=args.trainable_layers,
         cache=None if args.no_cache else "memory", head_refit_epochs=args.head_refit_epochs,
         warmup_epochs=args.warmup_epochs, finetune_learning_rate=args.finetune_lr,
-        ema_momentum=args.ema,
+        ema_momentum=args.ema, monitor=args.monitor,
         model_kwargs={} if args.dropout is None else {"dropout": args.dropout},
     )
 

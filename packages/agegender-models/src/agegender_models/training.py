@@ -19,7 +19,8 @@ A run folder holds::
     checkpoints/       last.keras (every epoch), backup/ (resume state), with a warm-up
                        warmup.weights.h5 (the model after it) and, with a head refit,
                        best_before_head_refit.keras
-    model.keras        the best model (lowest validation loss; heads refitted if asked)
+    model.keras        the best model (by ``monitor``, default the lowest validation loss;
+                       heads refitted if asked)
     metrics.json       validation and test results (agegender-eval keys; with a head refit
                        also the results before it, under "before_head_refit")
     report/            report.md, metrics.json, plots and predictions.csv for the test split
@@ -34,6 +35,11 @@ write the same history.csv and checkpoints; early stopping and the best model sp
 With ``ema_momentum`` (e.g. 0.99) the optimizer also keeps an exponential moving average of the
 weights (Polyak averaging, ``use_ema`` of Keras optimizers); validation, early stopping, the
 checkpoints and the final model use the averaged weights, training goes on with the raw ones.
+
+``monitor`` picks what early stopping and the best model watch: ``val_loss`` (default),
+``val_gender_accuracy`` or ``val_age_mae``. The validation loss mixes the two tasks with the loss
+weights, and the gender part (cross-entropy) can rise from overconfidence while accuracy still
+improves; the learning-rate schedule follows ``val_loss`` in every case.
 
 A run killed at any point and started again with the same ``out`` folder continues from the last
 finished epoch (``keras.callbacks.BackupAndRestore``), with early stopping, the best-model checkpoint
@@ -80,6 +86,17 @@ def _app_modules() -> tuple[Any, Any]:
     return utkface_data, agegender_eval
 
 
+# What early stopping and the best-model checkpoint may watch, and which way is better. The
+# learning-rate schedule always follows val_loss (a smooth signal for the optimiser).
+MONITORS = {"val_loss": "min", "val_gender_accuracy": "max", "val_age_mae": "min"}
+
+
+def _best_index(values: list[float], monitor: str) -> int:
+    """Index of the best value (the first of equals, as Keras' callbacks keep the first)."""
+    pick = min if MONITORS[monitor] == "min" else max
+    return pick(range(len(values)), key=values.__getitem__)
+
+
 @dataclass
 class TrainConfig:
     """Every option of a training run; serialised as-is into ``config.json``."""
@@ -110,6 +127,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     finetune_learning_rate: float | None = None
     ema_momentum: float | None = None
+    monitor: str = "val_loss"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -122,6 +140,8 @@ class TrainConfig:
             )
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32. Received: image_size={self.image_size}")
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {sorted(MONITORS)}. Received: monitor={self.monitor!r}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0. Received: warmup_epochs={self.warmup_epochs}")
         if self.warmup_epochs and self.weights is None:
@@ -232,11 +252,12 @@ def _backed_up_epochs(backup_dir: Path) -> int:
 
 
 def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, checkpoint,
-                          first_epoch: int = 0, plateau=None):
+                          first_epoch: int = 0, plateau=None, monitor: str = "val_loss"):
     """A callback that, on (re)start, aligns history.csv and the callbacks' state with the backup.
 
     ``first_epoch`` is where this ``fit`` starts without a backup (the fine-tuning phase of the
-    transfer recipe starts after the warm-up epochs, which stay in history.csv).
+    transfer recipe starts after the warm-up epochs, which stay in history.csv). Early stopping
+    and the checkpoint watch ``monitor``; the plateau schedule watches val_loss.
     """
     import keras
 
@@ -252,18 +273,19 @@ def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, 
                         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                         writer.writeheader()
                         writer.writerows(rows)
+            watched = [float(r[monitor]) for r in rows if r.get(monitor) not in (None, "")]
+            if watched:
+                best_index = _best_index(watched, monitor)
+                early_stopping.best = watched[best_index]
+                early_stopping.best_epoch = best_index
+                early_stopping.wait = len(watched) - 1 - best_index
+                checkpoint.best = watched[best_index]
             losses = [float(r["val_loss"]) for r in rows if r.get("val_loss") not in (None, "")]
-            if not losses:
-                return
-            best_index = min(range(len(losses)), key=losses.__getitem__)
-            early_stopping.best = losses[best_index]
-            early_stopping.best_epoch = best_index
-            early_stopping.wait = len(losses) - 1 - best_index
-            checkpoint.best = losses[best_index]
-            if plateau is not None:
+            if plateau is not None and losses:
                 # its counter restarts at the best epoch or at its last cut, whichever is later
                 # (the rate logged for an epoch is the one it trained with: a cut at epoch i
                 # shows as a lower rate from epoch i + 1 on)
+                best_index = _best_index(losses, "val_loss")
                 rates = [float(r["learning_rate"]) for r in rows if r.get("learning_rate")]
                 cuts = [i - 1 for i in range(1, len(rates)) if rates[i] < rates[i - 1]]
                 plateau.best = losses[best_index]
@@ -468,7 +490,7 @@ def _versions() -> dict[str, str]:
 
 # Options that define a run: a resumed run folder must be started with the same values.
 RUN_DEFINING = ("backbone", "n", "seed", "val", "test", "splits", "image_size", "weights",
-                "trainable_layers", "warmup_epochs", "ema_momentum", "model_kwargs")
+                "trainable_layers", "warmup_epochs", "ema_momentum", "monitor", "model_kwargs")
 
 
 def _previous_run(out: Path, config: TrainConfig) -> dict[str, Any]:
@@ -585,11 +607,12 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     loss_weights = {"gender": config.gender_loss_weight, "age": config.age_loss_weight}
 
     def fit(first_epoch: int, last_epoch: int, backup_dir: Path) -> None:
+        mode = MONITORS[config.monitor]
         early_stopping = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.patience, restore_best_weights=False
+            monitor=config.monitor, mode=mode, patience=config.patience, restore_best_weights=False
         )
         best_checkpoint = keras.callbacks.ModelCheckpoint(
-            out / "model.keras", monitor="val_loss", save_best_only=True
+            out / "model.keras", monitor=config.monitor, mode=mode, save_best_only=True
         )
         # Order matters. At train begin EarlyStopping and ReduceLROnPlateau reset their state, then
         # ResumeState restores it from history.csv (trimmed to the backed-up epochs) before
@@ -609,7 +632,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
             early_stopping,
             *([plateau] if plateau is not None else []),
             _make_resume_callback(history_path, backup_dir, early_stopping, best_checkpoint,
-                                  first_epoch, plateau),
+                                  first_epoch, plateau, config.monitor),
         ]
         own_callbacks += [
             keras.callbacks.CSVLogger(str(history_path), append=True),
@@ -674,8 +697,8 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     history = pd.read_csv(history_path) if history_path.exists() else None
     epochs_run = 0 if history is None else len(history)
     best_epoch = None
-    if history is not None and "val_loss" in history and len(history):
-        best_epoch = int(history["epoch"].iloc[int(history["val_loss"].idxmin())]) + 1
+    if history is not None and config.monitor in history and len(history):
+        best_epoch = int(history["epoch"].iloc[_best_index(history[config.monitor].tolist(), config.monitor)]) + 1
     size = config.image_size
     val_result, _ = evaluate_frame(best, splits.val, root, image_size=size)
     test_result = write_evaluation(
