@@ -87,7 +87,7 @@ def _app_modules() -> tuple[Any, Any]:
 
 
 # What early stopping and the best-model checkpoint may watch, and which way is better. The
-# learning-rate schedule always follows val_loss (a smooth signal for the optimiser).
+# learning-rate schedule always follows val_loss (a smooth signal for the optimizer).
 MONITORS = {"val_loss": "min", "val_gender_accuracy": "max", "val_age_mae": "min"}
 
 
