@@ -100,8 +100,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys
     import keras
-    from agegender_models.cli import main as cli_main
-from agegender_models.training import TrainConfig, train
+    from agegender_models.training import TrainConfig, train
 
     out, data_dir, kill_epoch, begun, options = sys.argv[1:]
 
