@@ -151,6 +151,33 @@ def test_resume_after_kill_continues_from_last_finished_epoch(face_folder: Path,
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 3
 
 
+def test_run_stopped_after_its_last_epoch_is_not_trained_again(face_folder: Path, tmp_path: Path) -> None:
+    """Stopped in the evaluation, after the last epoch (Keras has deleted its backup by then):
+    the restart trains no epoch, keeps history.csv and writes the results."""
+    import shutil
+
+    import keras
+
+    out = tmp_path / "run"
+    config = TrainConfig(out=str(out), data_dir=str(face_folder), epochs=2, **TINY)
+    train(config, verbose=0)
+    history = (out / "history.csv").read_text()
+    (out / "metrics.json").unlink()
+    shutil.rmtree(out / "report")
+
+    class Recorder(keras.callbacks.Callback):
+        epochs: list[int] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs.append(epoch)
+
+    metrics = train(config, verbose=0, callbacks=[Recorder()])
+    assert Recorder.epochs == []
+    assert (out / "history.csv").read_text() == history
+    assert metrics["epochs_run"] == 2
+    assert (out / "report" / "report.md").is_file()
+
+
 def test_mirrored_strategy_on_two_logical_cpus(face_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "mirrored"
     result = _cli_process("train", "--data-dir", str(face_folder), "--n", "32", "--epochs", "1",

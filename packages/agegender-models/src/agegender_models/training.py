@@ -18,7 +18,7 @@ A run folder holds::
     history.csv        one row per finished epoch (Keras CSVLogger)
     checkpoints/       last.keras (every epoch), backup/ (resume state), with a warm-up
                        warmup.weights.h5 (the model after it) and, with a head refit,
-                       best_before_head_refit.keras
+                       best_before_head_refit.keras; fitted.json once every epoch has run
     model.keras        the best model (by ``monitor``, default the lowest validation loss;
                        heads refitted if asked)
     metrics.json       validation and test results (agegender-eval keys; with a head refit
@@ -402,11 +402,6 @@ def _dataset(frame, root: Path, config: TrainConfig, *, training: bool, replicas
 # Evaluation
 
 
-def _images_only(images, labels):
-    # a named function: AutoGraph cannot read a lambda's source here and warns at every call
-    return images
-
-
 def predict_frame(model, frame, root: Path, *, image_size: int, batch_size: int = 64) -> dict[str, Any]:
     """Predict age and P(female) for every row of a split frame (in order)."""
     import numpy as np
@@ -416,7 +411,9 @@ def predict_frame(model, frame, root: Path, *, image_size: int, batch_size: int 
         frame, root=root, image_size=(image_size, image_size), batch_size=batch_size, scaling="uint8"
     )
     with _finite_datasets():
-        outputs = model.predict(dataset.map(_images_only), verbose=0)
+        # (images, labels) batches: predict uses the images. No dataset.map here: AutoGraph
+        # would read this file's source while running, wrong if the file changed since the start
+        outputs = model.predict(dataset, verbose=0)
     return {
         "age": np.asarray(outputs["age"], dtype="float64").reshape(-1),
         "p_female": np.asarray(outputs["gender"], dtype="float64").reshape(-1),
@@ -648,7 +645,16 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
                       callbacks=own_callbacks + list(callbacks or []) + ([ema_last] if ema_last else []))
 
     started = time.perf_counter()
-    if config.warmup_epochs:
+    # Written when every epoch has run. BackupAndRestore deletes its backup at the end of a fit,
+    # so a run stopped later (in the head refit or the evaluation) would otherwise train again
+    # from the first epoch and cut history.csv back to it. (A head refit also keeps
+    # best_before_head_refit.keras, written only after the last epoch: runs from before this
+    # marker existed are recognised by it.)
+    fitted = checkpoints / "fitted.json"
+    kept = checkpoints / "best_before_head_refit.keras"
+    if fitted.is_file() or kept.is_file():
+        pass
+    elif config.warmup_epochs:
         # The transfer recipe. Phase 1: the whole backbone frozen (create_model was given
         # trainable_layers=0), only the new layers learn, at learning_rate. Phase 2: the last
         # trainable_layers backbone layers are unfrozen (BatchNorm frozen, in inference mode, for
@@ -671,6 +677,8 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
         fit(config.warmup_epochs, config.epochs, checkpoints / "backup")
     else:
         fit(0, config.epochs, checkpoints / "backup")
+    if not fitted.is_file():
+        fitted.write_text(json.dumps({"epochs_run": len(_read_history(history_path))}) + "\n")
     wall_s = time.perf_counter() - started
 
     from agegender_models import load_model, save_model
@@ -678,7 +686,6 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     best = load_model(out / "model.keras")
     before_refit = None
     if config.head_refit_epochs:
-        kept = checkpoints / "best_before_head_refit.keras"
         if kept.is_file():  # resumed after a refit was interrupted: start from the trained model
             best = load_model(kept)
         else:
