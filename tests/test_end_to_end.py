@@ -40,10 +40,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
-def _cli_process(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli_process(*args: str, unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``agegender ARGS`` in a process of its own, without the environment variables ``unset``."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
         [sys.executable, "-m", "agegender_models.cli", *args],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True, text=True, timeout=300, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
 
 
@@ -129,24 +131,32 @@ def _run_killable(out: Path, face_folder: Path, kill_epoch: int, begun: Path, **
     )
 
 
-def test_resume_after_kill_continues_from_last_finished_epoch(face_folder: Path, tmp_path: Path) -> None:
+def _epoch_recorder():
+    """A callback that lists the epochs it sees begin (in ``.epochs``)."""
     import keras
 
+    class Recorder(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs: list[int] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs.append(epoch)
+
+    return Recorder()
+
+
+def test_resume_after_kill_continues_from_last_finished_epoch(face_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     killed = _run_killable(out, face_folder, 1, tmp_path / "begun.txt", epochs=3, **TINY)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0]
     assert not (out / "metrics.json").exists()
 
-    class Recorder(keras.callbacks.Callback):
-        epochs: list[int] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epochs.append(epoch)
-
+    recorder = _epoch_recorder()
     train(TrainConfig(out=str(out), data_dir=str(face_folder), epochs=3, **TINY), verbose=0,
-          callbacks=[Recorder()])
-    assert Recorder.epochs == [1, 2]  # epoch 0 is not trained again
+          callbacks=[recorder])
+    assert recorder.epochs == [1, 2]  # epoch 0 is not trained again
     assert list(pd.read_csv(out / "history.csv")["epoch"]) == [0, 1, 2]
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 3
 
@@ -156,8 +166,6 @@ def test_run_stopped_after_its_last_epoch_is_not_trained_again(face_folder: Path
     the restart trains no epoch, keeps history.csv and writes the results."""
     import shutil
 
-    import keras
-
     out = tmp_path / "run"
     config = TrainConfig(out=str(out), data_dir=str(face_folder), epochs=2, **TINY)
     train(config, verbose=0)
@@ -165,14 +173,9 @@ def test_run_stopped_after_its_last_epoch_is_not_trained_again(face_folder: Path
     (out / "metrics.json").unlink()
     shutil.rmtree(out / "report")
 
-    class Recorder(keras.callbacks.Callback):
-        epochs: list[int] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epochs.append(epoch)
-
-    metrics = train(config, verbose=0, callbacks=[Recorder()])
-    assert Recorder.epochs == []
+    recorder = _epoch_recorder()
+    metrics = train(config, verbose=0, callbacks=[recorder])
+    assert recorder.epochs == []
     assert (out / "history.csv").read_text() == history
     assert metrics["epochs_run"] == 2
     assert (out / "report" / "report.md").is_file()
@@ -329,17 +332,23 @@ def test_model_b_example_trains_from_a_local_weights_file(face_folder: Path, tmp
     assert (out / "model.keras").is_file()
 
 
+def _resume_files(tmp_path: Path, history_csv: str, backed_up_epochs: int) -> tuple[Path, Path]:
+    """history.csv with these rows and a BackupAndRestore folder that has finished that many epochs."""
+    history = tmp_path / "history.csv"
+    history.write_text(history_csv)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": backed_up_epochs, "batch": 0}))
+    return history, backup
+
+
 def test_resume_state_restores_history_and_callback_state(tmp_path: Path) -> None:
     """The bookkeeping of a resumed run, without training: 3 epochs backed up, 4 logged."""
     import keras
 
     from agegender_models.training import _make_resume_callback
 
-    history = tmp_path / "history.csv"
-    history.write_text("epoch,loss,val_loss\n0,5,3.0\n1,4,1.0\n2,3,2.0\n3,2,2.5\n")
-    backup = tmp_path / "backup"
-    backup.mkdir()
-    (backup / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
+    history, backup = _resume_files(tmp_path, "epoch,loss,val_loss\n0,5,3.0\n1,4,1.0\n2,3,2.0\n3,2,2.5\n", 3)
     early = keras.callbacks.EarlyStopping(patience=10)
     early.on_train_begin()
     best = keras.callbacks.ModelCheckpoint(tmp_path / "m.keras", save_best_only=True)
@@ -355,12 +364,8 @@ def test_resume_state_follows_the_monitored_metric(tmp_path: Path) -> None:
 
     from agegender_models.training import _make_resume_callback
 
-    history = tmp_path / "history.csv"
-    history.write_text("epoch,learning_rate,val_loss,val_gender_accuracy\n0,0.001,3.0,0.6\n"
-                       "1,0.001,1.0,0.7\n2,0.001,2.0,0.8\n3,0.001,2.5,0.8\n")
-    backup = tmp_path / "backup"
-    backup.mkdir()
-    (backup / "training_metadata.json").write_text('{"epoch": 4, "batch": 0}')
+    history, backup = _resume_files(tmp_path, "epoch,learning_rate,val_loss,val_gender_accuracy\n0,0.001,3.0,0.6\n"
+                                     "1,0.001,1.0,0.7\n2,0.001,2.0,0.8\n3,0.001,2.5,0.8\n", 4)
     early = keras.callbacks.EarlyStopping(monitor="val_gender_accuracy", mode="max", patience=10)
     best = keras.callbacks.ModelCheckpoint(tmp_path / "m.keras", monitor="val_gender_accuracy",
                                            mode="max", save_best_only=True)
@@ -413,12 +418,8 @@ def test_resume_state_restores_the_plateau_counter(tmp_path: Path) -> None:
 
     from agegender_models.training import _make_resume_callback
 
-    history = tmp_path / "history.csv"
-    history.write_text("epoch,learning_rate,val_loss\n0,0.001,3.0\n1,0.001,1.0\n2,0.001,2.0\n"
-                       "3,0.0005,2.5\n")
-    backup = tmp_path / "backup"
-    backup.mkdir()
-    (backup / "training_metadata.json").write_text('{"epoch": 4, "batch": 0}')
+    history, backup = _resume_files(tmp_path, "epoch,learning_rate,val_loss\n0,0.001,3.0\n1,0.001,1.0\n2,0.001,2.0\n"
+                                     "3,0.0005,2.5\n", 4)
     early = keras.callbacks.EarlyStopping(patience=10)
     best = keras.callbacks.ModelCheckpoint(tmp_path / "m.keras", save_best_only=True)
     plateau = keras.callbacks.ReduceLROnPlateau(patience=3)
@@ -456,11 +457,7 @@ def test_too_small_splits_fail_before_writing(face_folder: Path, tmp_path: Path)
 
 
 def test_cli_train_without_data_is_one_clear_line(tmp_path: Path) -> None:
-    env_free = {k: v for k, v in os.environ.items() if k != "UTKFACE_DIR"}
-    result = subprocess.run(
-        [sys.executable, "-m", "agegender_models.cli", "train", "--out", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=300, env={**env_free, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    result = _cli_process("train", "--out", str(tmp_path / "r"), unset=("UTKFACE_DIR",))
     assert result.returncode == 2
     assert "UTKFACE_DIR" in result.stderr
     assert "Traceback" not in result.stderr
