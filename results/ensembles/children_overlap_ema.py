@@ -22,10 +22,17 @@ def load(name: str) -> pd.DataFrame:
 
 frames = {label: load(name) for label, name in members.items()}
 ensemble = load("mnema_x5")
+assert all(f.index.equals(ensemble.index) for f in frames.values()), "the runs predicted other images"
 truth = ensemble["gender"].to_numpy()
 kids = ensemble["age"].to_numpy() < 10
-# predicted female when p_female > 0.5, the rule of agegender_eval.gender_metrics
-wrong = {label: (f["p_female"].to_numpy() > 0.5).astype(int) != truth for label, f in frames.items()}
+
+
+def wrong_of(frame: pd.DataFrame) -> np.ndarray:
+    # predicted female when p_female > 0.5, the rule of agegender_eval.gender_metrics
+    return (frame["p_female"].to_numpy() > 0.5).astype(int) != truth
+
+
+wrong = {label: wrong_of(f) for label, f in frames.items()}
 w = np.stack([wrong[label][kids] for label in members])
 mean_p = np.mean([f["p_female"].to_numpy() for f in frames.values()], axis=0)
 print(json.dumps({
@@ -34,6 +41,6 @@ print(json.dumps({
     "wrong_by_all": int(w.all(0).sum()),
     "wrong_by_any": int(w.any(0).sum()),
     "wrong_by_more_than_half": int((w.sum(0) > len(members) / 2).sum()),
-    "wrong_by_ensemble": int((((ensemble["p_female"].to_numpy() > 0.5).astype(int) != truth)[kids]).sum()),
+    "wrong_by_ensemble": int(wrong_of(ensemble)[kids].sum()),
     "max_abs_ensemble_minus_member_mean": float(np.abs(ensemble["p_female"].to_numpy() - mean_p).max()),
 }, indent=2))

@@ -653,7 +653,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     fitted = checkpoints / "fitted.json"
     kept = checkpoints / "best_before_head_refit.keras"
     if fitted.is_file() or kept.is_file():
-        pass
+        pass  # every epoch has already run: nothing to fit
     elif config.warmup_epochs:
         # The transfer recipe. Phase 1: the whole backbone frozen (create_model was given
         # trainable_layers=0), only the new layers learn, at learning_rate. Phase 2: the last
