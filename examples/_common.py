@@ -29,11 +29,12 @@ def _train_and_report(args: argparse.Namespace, seed_numbers: dict[str, float]) 
     from agegender_models.training import train
 
     metrics = train(config_from_args(args), verbose=0 if args.quiet else "auto")
-    val = metrics["validation"]
     print(format_summary(metrics))
-    print(f"Validation Accuracy for Gender Classification: {val['gender_accuracy']:.3f} "
-          f"(seed reported {seed_numbers['gender_accuracy']})")
-    print(f"Validation MAE for Age Estimation: {val['age_mae']:.2f} "
-          f"(seed reported {seed_numbers['age_mae']})")
+    val = metrics.get("validation")  # absent after a final fit on train+val
+    if val is not None:
+        print(f"Validation Accuracy for Gender Classification: {val['gender_accuracy']:.3f} "
+              f"(seed reported {seed_numbers['gender_accuracy']})")
+        print(f"Validation MAE for Age Estimation: {val['age_mae']:.2f} "
+              f"(seed reported {seed_numbers['age_mae']})")
     print(f"run folder: {args.out}")
     return 0

@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # training.py imports the 'app' extra (utkface_data, agegender_eval) only inside its functions
 from agegender_models.detect import DETECTORS  # noqa: E402
 from agegender_models.export import FORMATS as EXPORT_FORMATS  # noqa: E402
-from agegender_models.training import LR_SCHEDULES, MONITORS, STRATEGIES  # noqa: E402
+from agegender_models.training import FIT_ON, LR_SCHEDULES, MONITORS, STRATEGIES  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -103,7 +103,15 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, backbone: str = "cus
     fit.add_argument("--gender-weight", type=float, default=1.0, help="loss weight of the gender head")
     fit.add_argument("--age-weight", type=float, default=1.0, help="loss weight of the age head")
     fit.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                     help="'plateau' halves the learning rate when the validation loss stalls")
+                     help="'plateau' halves the learning rate when the validation loss stalls; "
+                     "'replay' sets each epoch's rate from --lr-history")
+    fit.add_argument("--lr-history", default=None, metavar="HISTORY_CSV",
+                     help="with --lr-schedule replay: an earlier run's history.csv whose logged "
+                     "learning rates are replayed epoch by epoch")
+    fit.add_argument("--fit-on", choices=FIT_ON, default="train",
+                     help="'train+val' is the final fit: train on both splits for exactly --epochs "
+                     "epochs and keep the last (no validation, early stopping or plateau; the test "
+                     "split stays held out). Default: train")
     fit.add_argument("--warmup-epochs", type=int, default=0,
                      help="transfer recipe (needs --weights): train N epochs with the backbone frozen, "
                      "then unfreeze --trainable-layers and go on at --finetune-lr (default 0: off)")
@@ -137,7 +145,7 @@ def config_from_args(args: argparse.Namespace):
         strategy=args.strategy, weights=args.weights, trainable_layers=args.trainable_layers,
         cache=None if args.no_cache else "memory", head_refit_epochs=args.head_refit_epochs,
         warmup_epochs=args.warmup_epochs, finetune_learning_rate=args.finetune_lr,
-        ema_momentum=args.ema, monitor=args.monitor,
+        ema_momentum=args.ema, monitor=args.monitor, fit_on=args.fit_on, lr_history=args.lr_history,
         model_kwargs={} if args.dropout is None else {"dropout": args.dropout},
     )
 

@@ -41,6 +41,14 @@ checkpoints and the final model use the averaged weights, training goes on with 
 weights, and the gender part (cross-entropy) can rise from overconfidence while accuracy still
 improves; the learning-rate schedule follows ``val_loss`` in every case.
 
+``fit_on="train+val"`` is the final fit: once a run with a validation split has chosen the
+recipe and its length, train again on the training and validation images together (the test
+split stays held out) for exactly ``epochs`` epochs, keeping the last. There is nothing to
+validate on, so there is no early stopping, no best-model choice and no plateau schedule;
+``lr_schedule="replay"`` replays, epoch by epoch, the learning rates that the earlier run logged
+in its ``history.csv`` (``lr_history``), its plateau cuts included. ``metrics.json`` then has
+test figures only (the validation images were trained on).
+
 A run killed at any point and started again with the same ``out`` folder continues from the last
 finished epoch (``keras.callbacks.BackupAndRestore``), with early stopping, the best-model checkpoint
 and ``history.csv`` picking up where they were.
@@ -63,7 +71,8 @@ from pathlib import Path
 from typing import Any
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
-LR_SCHEDULES = ("constant", "plateau")
+LR_SCHEDULES = ("constant", "plateau", "replay")
+FIT_ON = ("train", "train+val")
 SEED_RECIPE = {
     "model_a": {"gender_accuracy": 0.902, "age_mae": 6.84},
     "model_b": {"gender_accuracy": 0.80, "age_mae": 8.51},
@@ -128,6 +137,8 @@ class TrainConfig:
     finetune_learning_rate: float | None = None
     ema_momentum: float | None = None
     monitor: str = "val_loss"
+    fit_on: str = "train"
+    lr_history: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -175,11 +186,48 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule must be one of {LR_SCHEDULES}. Received: lr_schedule={self.lr_schedule!r}"
             )
+        if self.fit_on not in FIT_ON:
+            raise ValueError(f"fit_on must be one of {FIT_ON}. Received: fit_on={self.fit_on!r}")
+        if self.fit_on == "train+val" and self.lr_schedule == "plateau":
+            raise ValueError(
+                "lr_schedule='plateau' follows the validation loss, and fit_on='train+val' leaves no "
+                "validation split: replay the rates of a validated run (lr_schedule='replay', "
+                "lr_history=its history.csv) or use 'constant'"
+            )
+        if (self.lr_schedule == "replay") != (self.lr_history is not None):
+            raise ValueError(
+                "lr_schedule='replay' and lr_history (the history.csv whose learning rates are "
+                f"replayed) go together. Received: lr_schedule={self.lr_schedule!r}, "
+                f"lr_history={self.lr_history!r}"
+            )
+        if self.lr_history is not None:
+            replayed_rates(self.lr_history)  # a missing or malformed file fails before training
         if self.data_dir is None and not os.environ.get("UTKFACE_DIR"):
             raise ValueError(
                 "no data: pass data_dir (--data-dir) or set the UTKFACE_DIR environment variable "
                 "to a folder of UTKFace images (split files hold paths relative to it)"
             )
+
+
+def replayed_rates(path: str | os.PathLike) -> list[float]:
+    """The learning rate of every epoch logged in a run's ``history.csv`` (its ``learning_rate``
+    column, in epoch order): what ``lr_schedule="replay"`` sets at the start of each epoch."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"lr_history: no such file: {path} (a run folder's history.csv)")
+    rows = _read_history(path)
+    try:
+        rates = [float(row["learning_rate"]) for row in sorted(rows, key=lambda r: int(r["epoch"]))]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"lr_history {path}: needs 'epoch' and 'learning_rate' columns with numbers in every "
+            f"row, as a run's history.csv has ({type(exc).__name__}: {exc})"
+        ) from None
+    if not rates:
+        raise ValueError(f"lr_history {path}: no epochs in it")
+    if not all(rate > 0 for rate in rates):
+        raise ValueError(f"lr_history {path}: learning rates must be positive")
+    return rates
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,7 +305,8 @@ def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, 
 
     ``first_epoch`` is where this ``fit`` starts without a backup (the fine-tuning phase of the
     transfer recipe starts after the warm-up epochs, which stay in history.csv). Early stopping
-    and the checkpoint watch ``monitor``; the plateau schedule watches val_loss.
+    and the checkpoint watch ``monitor``; the plateau schedule watches val_loss. Without a
+    validation split (the final fit) there is no early stopping or best checkpoint (``None``).
     """
     import keras
 
@@ -274,7 +323,7 @@ def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, 
                         writer.writeheader()
                         writer.writerows(rows)
             watched = [float(r[monitor]) for r in rows if r.get(monitor) not in (None, "")]
-            if watched:
+            if watched and early_stopping is not None:
                 best_index = _best_index(watched, monitor)
                 early_stopping.best = watched[best_index]
                 early_stopping.best_epoch = best_index
@@ -487,7 +536,7 @@ def _versions() -> dict[str, str]:
 
 # Options that define a run: a resumed run folder must be started with the same values.
 RUN_DEFINING = ("backbone", "n", "seed", "val", "test", "splits", "image_size", "weights",
-                "trainable_layers", "warmup_epochs", "ema_momentum", "monitor", "model_kwargs")
+                "trainable_layers", "warmup_epochs", "ema_momentum", "monitor", "fit_on", "model_kwargs")
 
 
 def _previous_run(out: Path, config: TrainConfig) -> dict[str, Any]:
@@ -551,8 +600,12 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     precision = set_precision(config.precision)
     splits, root, report = prepare_splits(config, out)
 
+    final_fit = config.fit_on == "train+val"
+    # the final fit trains on the validation images too: nothing is left to validate on
+    fit_frame = pd.concat([splits.train, splits.val], ignore_index=True) if final_fit else splits.train
+
     with strategy.scope():
-        model_kwargs = {"age_bias": float(splits.train["age"].mean()), **config.model_kwargs}
+        model_kwargs = {"age_bias": float(fit_frame["age"].mean()), **config.model_kwargs}
         if config.warmup_epochs:
             model_kwargs["trainable_layers"] = 0
         elif config.trainable_layers is not None:
@@ -579,6 +632,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
         "data_root": str(root),
         "dataset_fingerprint": _fingerprint(pd.concat([splits.train, splits.val, splits.test])),
         "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "fit_on": {"splits": config.fit_on, "images": len(fit_frame)},
         "versions": _versions(),
         "platform": platform.platform(),
         "seed_recipe": SEED_RECIPE,
@@ -595,8 +649,8 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     (out / "config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
 
     replicas = strategy.num_replicas_in_sync
-    train_ds = _dataset(splits.train, root, config, training=True, replicas=replicas)
-    val_ds = _dataset(splits.val, root, config, training=False, replicas=replicas)
+    train_ds = _dataset(fit_frame, root, config, training=True, replicas=replicas)
+    val_ds = None if final_fit else _dataset(splits.val, root, config, training=False, replicas=replicas)
 
     history_path = out / "history.csv"
     checkpoints = out / "checkpoints"
@@ -605,12 +659,16 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
 
     def fit(first_epoch: int, last_epoch: int, backup_dir: Path) -> None:
         mode = MONITORS[config.monitor]
-        early_stopping = keras.callbacks.EarlyStopping(
-            monitor=config.monitor, mode=mode, patience=config.patience, restore_best_weights=False
-        )
-        best_checkpoint = keras.callbacks.ModelCheckpoint(
-            out / "model.keras", monitor=config.monitor, mode=mode, save_best_only=True
-        )
+        if final_fit:  # every epoch runs and the last one is kept
+            early_stopping = None
+            best_checkpoint = keras.callbacks.ModelCheckpoint(out / "model.keras")
+        else:
+            early_stopping = keras.callbacks.EarlyStopping(
+                monitor=config.monitor, mode=mode, patience=config.patience, restore_best_weights=False
+            )
+            best_checkpoint = keras.callbacks.ModelCheckpoint(
+                out / "model.keras", monitor=config.monitor, mode=mode, save_best_only=True
+            )
         # Order matters. At train begin EarlyStopping and ReduceLROnPlateau reset their state, then
         # ResumeState restores it from history.csv (trimmed to the backed-up epochs) before
         # CSVLogger opens the file. At epoch end the backup is written last, so an epoch it records
@@ -620,13 +678,19 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
             plateau = keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-6
             )
+        replay = None
+        if config.lr_schedule == "replay":
+            # epoch i trains at the rate the earlier run's epoch i trained at (its last rate after)
+            rates = replayed_rates(config.lr_history)
+            replay = keras.callbacks.LearningRateScheduler(lambda epoch, _: rates[min(epoch, len(rates) - 1)])
         ema_first, ema_last = _make_ema_callbacks(backup_dir) if config.ema_momentum else (None, None)
         own_callbacks = [
             # first: it puts the averaged weights in the model before the others see the epoch end
             *([ema_first] if ema_first is not None else []),
+            *([replay] if replay is not None else []),
             best_checkpoint,
             keras.callbacks.ModelCheckpoint(checkpoints / "last.keras"),
-            early_stopping,
+            *([early_stopping] if early_stopping is not None else []),
             *([plateau] if plateau is not None else []),
             _make_resume_callback(history_path, backup_dir, early_stopping, best_checkpoint,
                                   first_epoch, plateau, config.monitor),
@@ -684,42 +748,49 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     from agegender_models import load_model, save_model
 
     best = load_model(out / "model.keras")
+    size = config.image_size
+    # the splits the model has not been trained on
+    held_out = {"test": splits.test} if final_fit else {"validation": splits.val, "test": splits.test}
     before_refit = None
     if config.head_refit_epochs:
         if kept.is_file():  # resumed after a refit was interrupted: start from the trained model
             best = load_model(kept)
         else:
             save_model(best, kept)
-        before_refit = {
-            "validation": evaluate_frame(best, splits.val, root, image_size=config.image_size)[0].to_dict(),
-            "test": evaluate_frame(best, splits.test, root, image_size=config.image_size)[0].to_dict(),
-        }
+        before_refit = {name: evaluate_frame(best, frame, root, image_size=size)[0].to_dict()
+                        for name, frame in held_out.items()}
         plain = dataclasses.replace(config, augment=False)
         refit_heads(
-            best, _dataset(splits.train, root, plain, training=True), val_ds,
+            best, _dataset(fit_frame, root, plain, training=True), val_ds,
             epochs=config.head_refit_epochs, learning_rate=finetune_lr,
             loss_weights=loss_weights, verbose=verbose,
         )
         save_model(best, out / "model.keras")
     history = pd.read_csv(history_path) if history_path.exists() else None
+    if history is not None:
+        # without validation (the final fit) CSVLogger still writes empty val_* columns
+        history = history.dropna(axis=1, how="all")
     epochs_run = 0 if history is None else len(history)
     best_epoch = None
-    if history is not None and config.monitor in history and len(history):
+    if final_fit and epochs_run:
+        best_epoch = epochs_run  # the last epoch is the one kept
+    elif history is not None and config.monitor in history and len(history):
         best_epoch = int(history["epoch"].iloc[_best_index(history[config.monitor].tolist(), config.monitor)]) + 1
-    size = config.image_size
-    val_result, _ = evaluate_frame(best, splits.val, root, image_size=size)
-    test_result = write_evaluation(
+    results = {}
+    if not final_fit:
+        results["validation"] = evaluate_frame(best, splits.val, root, image_size=size)[0].to_dict()
+    results["test"] = write_evaluation(
         best, splits.test, root, out / "report", image_size=size,
         title=f"{config.backbone} on the held-out test split", history=history, best_epoch=best_epoch,
-        extra={"split": "test", "backbone": config.backbone},
-    )
+        extra={"split": "test", "backbone": config.backbone, "fit_on": config.fit_on},
+    ).to_dict()
     metrics = {
         "backbone": config.backbone,
+        "fit_on": config.fit_on,
         "epochs_run": epochs_run,
         "best_epoch": best_epoch,
         "wall_s_this_session": round(wall_s, 1),
-        "validation": val_result.to_dict(),
-        "test": test_result.to_dict(),
+        **results,
     }
     if before_refit is not None:
         metrics["before_head_refit"] = before_refit
