@@ -755,3 +755,90 @@ def test_ema_momentum_outside_zero_one_is_refused(face_folder: Path, tmp_path: P
     with pytest.raises(ValueError, match="ema_momentum must be in"):
         train(TrainConfig(out=str(tmp_path / "run"), data_dir=str(face_folder), ema_momentum=1.0, **TINY))
     assert not (tmp_path / "run").exists()
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    import keras
+
+    return [keras.ops.convert_to_numpy(w) for w in keras.models.load_model(path).weights]
+
+
+def test_final_fit_trains_on_train_and_val_at_replayed_rates_and_resumes(face_folder: Path,
+                                                                          tmp_path: Path) -> None:
+    """fit_on="train+val": every epoch sees both splits' images, runs at the rate the earlier run
+    logged for it (its last rate after), a kill resumes where it was, the last epoch is kept
+    (averaged weights, before the head refit) and only the test split is reported."""
+    import keras
+
+    lr_history = tmp_path / "earlier_history.csv"
+    pd.DataFrame({"epoch": [2, 0, 1], "learning_rate": [5e-4, 1e-2, 2e-3], "loss": [1, 3, 2]}).to_csv(
+        lr_history, index=False)  # out of order on purpose: rates go by epoch
+    out = tmp_path / "run"
+    options = {"epochs": 4, "fit_on": "train+val", "lr_schedule": "replay", "lr_history": str(lr_history),
+               "ema_momentum": 0.9, "head_refit_epochs": 1, **TINY}
+    killed = _run_killable(out, face_folder, 1, tmp_path / "begun.txt", **options)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+
+    class Seen(keras.callbacks.Callback):
+        rates: dict = {}
+        batches: dict = {}
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+            self.rates[epoch] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches[self.epoch] = batch + 1
+
+    metrics = train(TrainConfig(out=str(out), data_dir=str(face_folder), **options), verbose=0,
+                    callbacks=[Seen()])
+    splits = {name: len(pd.read_csv(out / "splits" / f"{name}.csv")) for name in ("train", "val", "test")}
+    fitted_on = json.loads((out / "config.json").read_text())["fit_on"]
+    assert fitted_on == {"splits": "train+val", "images": splits["train"] + splits["val"]}
+    assert Seen.rates == pytest.approx({1: 2e-3, 2: 5e-4, 3: 5e-4})  # resumed in epoch 1
+    steps = -(-(splits["train"] + splits["val"]) // TINY["batch_size"])
+    assert steps > -(-splits["train"] // TINY["batch_size"])  # the validation images add a batch
+    assert set(Seen.batches.values()) == {steps}
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    assert history["learning_rate"].tolist() == pytest.approx([1e-2, 2e-3, 5e-4, 5e-4])
+    assert metrics["epochs_run"] == 4 and metrics["best_epoch"] == 4
+    assert "validation" not in metrics and metrics["test"]["n"] == splits["test"]
+    assert set(metrics["before_head_refit"]) == {"test"}
+    for kept, last in zip(_weights(out / "checkpoints" / "best_before_head_refit.keras"),
+                          _weights(out / "checkpoints" / "last.keras"), strict=True):
+        np.testing.assert_array_equal(kept, last)
+
+
+def test_final_fit_and_replay_refuse_what_they_cannot_do(face_folder: Path, tmp_path: Path) -> None:
+    from agegender_models.cli import build_parser, config_from_args
+
+    base = {"out": str(tmp_path / "run"), "data_dir": str(face_folder)}
+    good = tmp_path / "history.csv"
+    good.write_text("epoch,learning_rate\n0,0.001\n")
+    no_rates = tmp_path / "no_rates.csv"
+    no_rates.write_text("epoch,loss\n0,1.0\n")
+    bad_rate = tmp_path / "bad_rate.csv"
+    bad_rate.write_text("epoch,learning_rate\n0,fast\n")
+    cases = [
+        ({"fit_on": "train+val", "lr_schedule": "plateau"}, ValueError, "leaves no validation split"),
+        ({"fit_on": "val"}, ValueError, "fit_on must be one of"),
+        ({"lr_schedule": "replay"}, ValueError, "go together"),
+        ({"lr_history": str(good)}, ValueError, "go together"),
+        ({"lr_schedule": "replay", "lr_history": str(tmp_path / "none.csv")}, FileNotFoundError, "none.csv"),
+        ({"lr_schedule": "replay", "lr_history": str(no_rates)}, ValueError, "no_rates.csv: needs"),
+        ({"lr_schedule": "replay", "lr_history": str(bad_rate)}, ValueError, "bad_rate.csv: needs"),
+    ]
+    for options, error, message in cases:
+        with pytest.raises(error, match=message):
+            train(TrainConfig(**base, **options), verbose=0)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+    args = build_parser().parse_args(["train", "--out", "o", "--fit-on", "train+val",
+                                      "--lr-schedule", "replay", "--lr-history", str(good)])
+    config = config_from_args(args)
+    assert (config.fit_on, config.lr_schedule, config.lr_history) == ("train+val", "replay", str(good))
+    result = _cli("train", "--data-dir", str(face_folder), "--out", str(tmp_path / "cli"),
+                  "--fit-on", "train+val", "--lr-schedule", "plateau")
+    assert result.returncode == 2 and "leaves no validation split" in result.stderr
+    assert result.stderr.count("\n") == 1

@@ -293,6 +293,12 @@ def _read_history(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _logged(rows: list[dict[str, str]], key: str) -> list[float]:
+    """The values of ``key`` in history rows, skipping those never logged (CSVLogger writes "NA"
+    for a key an epoch did not log, such as every val_* key of a fit without validation)."""
+    return [float(r[key]) for r in rows if r.get(key) not in (None, "", "NA")]
+
+
 def _backed_up_epochs(backup_dir: Path) -> int:
     """Epochs finished according to BackupAndRestore's metadata (0 when there is no backup)."""
     meta = backup_dir / "training_metadata.json"
@@ -322,14 +328,14 @@ def _make_resume_callback(history_path: Path, backup_dir: Path, early_stopping, 
                         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                         writer.writeheader()
                         writer.writerows(rows)
-            watched = [float(r[monitor]) for r in rows if r.get(monitor) not in (None, "")]
+            watched = _logged(rows, monitor)
             if watched and early_stopping is not None:
                 best_index = _best_index(watched, monitor)
                 early_stopping.best = watched[best_index]
                 early_stopping.best_epoch = best_index
                 early_stopping.wait = len(watched) - 1 - best_index
                 checkpoint.best = watched[best_index]
-            losses = [float(r["val_loss"]) for r in rows if r.get("val_loss") not in (None, "")]
+            losses = _logged(rows, "val_loss")
             if plateau is not None and losses:
                 # its counter restarts at the best epoch or at its last cut, whichever is later
                 # (the rate logged for an epoch is the one it trained with: a cut at epoch i
