@@ -231,3 +231,30 @@ def test_auto_precision_wants_a_gpu_with_native_bf16(monkeypatch, tmp_path, capa
     monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(
         no_bf16_cpu if path == "/proc/cpuinfo" else path, *a, **k))
     assert bf16_supported.__wrapped__() is expected
+
+
+@pytest.mark.parametrize(("gpu", "cpu", "expected"), [
+    (False, False, {"custom_cnn": "float32", "mobilenet_v2": "float32", None: "float32"}),
+    # a CPU with AMX: bf16 where it pays (dense convolutions), not for the MobileNets
+    (False, True, {"custom_cnn": "mixed_bfloat16", "resnet50": "mixed_bfloat16",
+                   "mobilenet_v2": "float32", "mobilenet_v3_small": "float32", None: "mixed_bfloat16"}),
+    (True, False, {"custom_cnn": "mixed_bfloat16", "mobilenet_v2": "mixed_bfloat16", None: "mixed_bfloat16"}),
+])
+def test_auto_precision_asks_the_backbone_on_a_cpu(monkeypatch, gpu, cpu, expected) -> None:
+    from agegender_models import precision
+
+    monkeypatch.setattr(precision, "bf16_supported", lambda: gpu or cpu)
+    monkeypatch.setattr(precision, "_bf16_gpu", lambda: gpu)
+    for backbone, policy in expected.items():
+        assert resolve_precision("auto", backbone=backbone) == policy, backbone
+        assert resolve_precision("float32", backbone=backbone) == "float32"
+    before = get_precision()
+    try:
+        model = create_model("mobilenet_v2", weights=None, input_shape=(32, 32, 3), precision="auto")
+        assert model_precision(model) == expected["mobilenet_v2"]
+        assert set_precision("auto", backbone="mobilenet_v2") == expected["mobilenet_v2"] == get_precision()
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    if cpu and not gpu:  # the backbone is asked: an unknown one is named
+        with pytest.raises(ValueError, match="Unknown backbone.*no_such_net"):
+            resolve_precision("auto", backbone="no_such_net")

@@ -90,8 +90,10 @@ def create_model(
         dropout: dropout rate after each dense layer, in ``[0, 1)``.
         age_range: ``(min, max)`` years the age output is clipped to.
         age_bias: initial bias of the age output (the training set's mean age).
-        precision: ``"float32"``, ``"mixed_bfloat16"`` or ``"auto"`` for this model only;
-            ``None`` uses the global policy (see :func:`set_precision`). Outputs stay float32.
+        precision: ``"float32"``, ``"mixed_bfloat16"`` or ``"auto"`` for this model only
+            (``"auto"`` asks the hardware and, on a CPU, this backbone: see
+            :func:`~agegender_models.precision.resolve_precision`); ``None`` uses the global
+            policy (see :func:`set_precision`). Outputs stay float32.
         name: model name; default ``"agegender_<backbone>"``.
 
     Raises:
@@ -144,7 +146,7 @@ def create_model(
             f"`age_bias` must lie inside age_range={tuple(age_range)}. Received: age_bias={age_bias!r}"
         )
     if precision is not None:
-        resolve_precision(precision)
+        resolve_precision(precision, backbone=backbone)
     if cfg["preprocessing"] not in PREPROCESSING_MODES:
         raise ValueError(
             f"Backbone {backbone!r} declares an unknown preprocessing mode. "
@@ -161,7 +163,7 @@ def create_model(
     # BatchNorm of a keras.applications backbone stays in inference mode when fine-tuning
     # (pretrained weights or a partly frozen backbone); trained from scratch, it must learn
     bn_frozen = bool(cfg["bn_inference"]) and (weights_path is not None or trainable_layers is not None)
-    with precision_scope(precision):
+    with precision_scope(precision, backbone=backbone):
         features = spec.fn(input_shape=shape, name="backbone")
         if not isinstance(features, keras.Model):
             raise TypeError(

@@ -85,6 +85,8 @@ MOBILENET_V2_CFG = {
     "head": "avg",
     "dense": (256,),
     "dropout": 0.3,
+    # depthwise convolutions: bf16 about 2x slower than float32 on a CPU with AMX (bench/RESULTS.md)
+    "cpu_bf16": False,
 }
 
 

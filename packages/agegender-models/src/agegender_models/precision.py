@@ -11,14 +11,7 @@ import keras
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 
 
-@functools.cache
-def bf16_supported() -> bool:
-    """True on a GPU with native bfloat16 (compute capability 8.0 or newer: Ampere, Hopper, ...),
-    or on a CPU with native bfloat16 math (AVX512_BF16 or AMX-BF16).
-
-    Without those, TensorFlow emulates bf16 matmuls/convolutions and mixed precision is
-    usually slower than float32.
-    """
+def _gpu_has_bf16() -> bool:
     try:
         import tensorflow as tf
 
@@ -28,6 +21,10 @@ def bf16_supported() -> bool:
                 return True
     except Exception:  # pragma: no cover - TF missing or broken
         pass
+    return False
+
+
+def _cpu_has_bf16() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             flags = f.read()
@@ -36,18 +33,48 @@ def bf16_supported() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str) -> str:
-    """``"auto"`` -> ``"mixed_bfloat16"`` where :func:`bf16_supported`, else ``"float32"``."""
+@functools.cache
+def bf16_supported() -> bool:
+    """True on a GPU with native bfloat16 (compute capability 8.0 or newer: Ampere, Hopper, ...),
+    or on a CPU with native bfloat16 math (AVX512_BF16 or AMX-BF16).
+
+    Without those, TensorFlow emulates bf16 matmuls/convolutions and mixed precision is
+    usually slower than float32.
+    """
+    return _gpu_has_bf16() or _cpu_has_bf16()
+
+
+@functools.cache
+def _bf16_gpu() -> bool:
+    return _gpu_has_bf16()
+
+
+def resolve_precision(precision: str, *, backbone: str | None = None) -> str:
+    """``"auto"`` -> ``"mixed_bfloat16"`` where :func:`bf16_supported`, else ``"float32"``.
+
+    With a registered ``backbone`` name, ``"auto"`` on a CPU (no bf16 GPU) also asks the
+    backbone: one whose ``cpu_bf16`` default is False (the MobileNets: their depthwise
+    convolutions train and infer about 2x slower in bf16 on a CPU with AMX, measured in
+    bench/RESULTS.md) stays float32.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={precision!r}")
-    if precision == "auto":
-        return "mixed_bfloat16" if bf16_supported() else "float32"
-    return precision
+    if precision != "auto":
+        return precision
+    if not bf16_supported():
+        return "float32"
+    if backbone is not None and not _bf16_gpu():
+        from ._registry import get_backbone
+
+        if not get_backbone(backbone).cfg()["cpu_bf16"]:
+            return "float32"
+    return "mixed_bfloat16"
 
 
-def set_precision(precision: str = "auto") -> str:
-    """Set the global Keras dtype policy for models built afterwards; returns the policy name."""
-    policy = resolve_precision(precision)
+def set_precision(precision: str = "auto", *, backbone: str | None = None) -> str:
+    """Set the global Keras dtype policy for models built afterwards; returns the policy name.
+    ``backbone``: the backbone to be built, for ``"auto"`` (see :func:`resolve_precision`)."""
+    policy = resolve_precision(precision, backbone=backbone)
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
@@ -82,13 +109,13 @@ def model_precision(model: keras.Model) -> str:
 
 
 @contextlib.contextmanager
-def precision_scope(precision: str | None) -> Iterator[str]:
+def precision_scope(precision: str | None, *, backbone: str | None = None) -> Iterator[str]:
     """Temporarily set the global policy (``None`` keeps the current one)."""
     previous = get_precision()
     if precision is None:
         yield previous
         return
-    policy = set_precision(precision)
+    policy = set_precision(precision, backbone=backbone)
     try:
         yield policy
     finally:

@@ -603,7 +603,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     finetune_lr = config.learning_rate
     if config.warmup_epochs:
         finetune_lr = config.finetune_learning_rate or config.learning_rate / 10
-    precision = set_precision(config.precision)
+    precision = set_precision(config.precision, backbone=config.backbone)
     splits, root, report = prepare_splits(config, out)
 
     final_fit = config.fit_on == "train+val"
