@@ -53,9 +53,9 @@ def resolve_precision(precision: str, *, backbone: str | None = None) -> str:
     """``"auto"`` -> ``"mixed_bfloat16"`` where :func:`bf16_supported`, else ``"float32"``.
 
     With a registered ``backbone`` name, ``"auto"`` on a CPU (no bf16 GPU) also asks the
-    backbone: one whose ``cpu_bf16`` default is False (the MobileNets: their depthwise
-    convolutions train and infer about 2x slower in bf16 on a CPU with AMX, measured in
-    bench/RESULTS.md) stays float32.
+    backbone: one whose ``cpu_bf16`` default is False (the MobileNets: on a CPU with AMX their
+    depthwise convolutions train no faster in bf16 and infer slower, 0.57-0.70x for
+    MobileNetV2, measured in bench/RESULTS.md) stays float32.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={precision!r}")
