@@ -662,6 +662,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
     checkpoints = out / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
     loss_weights = {"gender": config.gender_loss_weight, "age": config.age_loss_weight}
+    rates = replayed_rates(config.lr_history) if config.lr_schedule == "replay" else None
 
     def fit(first_epoch: int, last_epoch: int, backup_dir: Path) -> None:
         mode = MONITORS[config.monitor]
@@ -685,9 +686,8 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
                 monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-6
             )
         replay = None
-        if config.lr_schedule == "replay":
+        if rates is not None:
             # epoch i trains at the rate the earlier run's epoch i trained at (its last rate after)
-            rates = replayed_rates(config.lr_history)
             replay = keras.callbacks.LearningRateScheduler(lambda epoch, _: rates[min(epoch, len(rates) - 1)])
         ema_first, ema_last = _make_ema_callbacks(backup_dir) if config.ema_momentum else (None, None)
         own_callbacks = [
@@ -782,9 +782,8 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
         best_epoch = epochs_run  # the last epoch is the one kept
     elif history is not None and config.monitor in history and len(history):
         best_epoch = int(history["epoch"].iloc[_best_index(history[config.monitor].tolist(), config.monitor)]) + 1
-    results = {}
-    if not final_fit:
-        results["validation"] = evaluate_frame(best, splits.val, root, image_size=size)[0].to_dict()
+    results = {name: evaluate_frame(best, frame, root, image_size=size)[0].to_dict()
+               for name, frame in held_out.items() if name != "test"}  # the test split's report below
     results["test"] = write_evaluation(
         best, splits.test, root, out / "report", image_size=size,
         title=f"{config.backbone} on the held-out test split", history=history, best_epoch=best_epoch,
