@@ -13,13 +13,14 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 PYTHON = "3.11"
-# Editable installs of the three libraries, with the extras the tests use ('onnx': tf2onnx +
-# onnxruntime for the ONNX export tests and bench/bench_export.py, about 100 MB installed next to
-# TensorFlow's 1.8 GB; 'detect': the face detectors).
+# Editable installs of the three libraries and the application, with the extras the tests use
+# ('onnx': tf2onnx + onnxruntime for the ONNX export tests and bench/bench_export.py, about 100 MB
+# installed next to TensorFlow's 1.8 GB; 'detect': the face detectors).
 PACKAGES = [
     "-e", "packages/utkface-data[tf]",
     "-e", "packages/agegender-eval",
-    "-e", "packages/agegender-models[app,onnx,detect]",
+    "-e", "packages/agegender-models[onnx,detect]",
+    "-e", "packages/agegender[onnx,detect]",
 ]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100"]
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agegender_models.cli import add_train_arguments, config_from_args, format_summary, run_or_exit
+from agegender.cli import add_train_arguments, config_from_args, run_or_exit
+from agegender.evaluation import format_summary
 
 DATA_HELP = (
     "no UTKFace folder given: pass --data-dir DIR or set UTKFACE_DIR. UTKFace (non-commercial "
@@ -26,7 +27,7 @@ def run(description: str, *, backbone: str, seed_numbers: dict[str, float], **ov
 
 
 def _train_and_report(args: argparse.Namespace, seed_numbers: dict[str, float]) -> int:
-    from agegender_models.training import train
+    from agegender.training import train
 
     metrics = train(config_from_args(args), verbose=0 if args.quiet else "auto")
     print(format_summary(metrics))

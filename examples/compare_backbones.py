@@ -19,7 +19,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from agegender_models.cli import add_train_arguments, config_from_args, run_or_exit
+from agegender.cli import add_train_arguments, config_from_args, run_or_exit
 
 
 def _weights(pairs: list[str]) -> dict[str, str]:
@@ -75,7 +75,7 @@ def main() -> int:
 def compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from agegender_models.training import prepare_splits, train
+    from agegender.training import prepare_splits, train
 
     per_backbone = _weights(args.weights_for)
     out = Path(args.out)

@@ -10,7 +10,7 @@ import sys
 
 from _common import run
 
-from agegender_models.training import SEED_RECIPE
+from agegender.training import SEED_RECIPE
 
 if __name__ == "__main__":
     sys.exit(run(__doc__, backbone="custom_cnn", seed_numbers=SEED_RECIPE["model_a"]))

@@ -1,8 +1,8 @@
-"""The arrows between the three libraries point one way (see ../shared/STYLE.md).
+"""The arrows between the packages point one way (see ../shared/STYLE.md).
 
 `utkface_data` and `agegender_eval` never import `agegender_models`; `agegender_eval` never imports
-TensorFlow/Keras or `utkface_data`; the core of `agegender_models` never imports the other two
-(only its application layer -- the CLI and the training module -- composes all three).
+TensorFlow/Keras or `utkface_data`; `agegender_models` never imports the other two; no library
+imports the application (`agegender`), which alone composes all three. No module is exempt.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ROOT / "packages"
-# Modules of agegender_models that compose the three libraries (the application layer).
-APP_MODULES = {"cli.py", "training.py"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -36,9 +34,10 @@ def _sources(dist: str, import_name: str) -> list[Path]:
 
 
 FORBIDDEN = {
-    ("utkface-data", "utkface_data"): {"agegender_models", "agegender_eval"},
-    ("agegender-eval", "agegender_eval"): {"agegender_models", "utkface_data", "tensorflow", "keras"},
-    ("agegender-models", "agegender_models"): {"utkface_data", "agegender_eval"},
+    ("utkface-data", "utkface_data"): {"agegender_models", "agegender_eval", "agegender"},
+    ("agegender-eval", "agegender_eval"): {"agegender_models", "utkface_data", "tensorflow", "keras",
+                                           "agegender"},
+    ("agegender-models", "agegender_models"): {"utkface_data", "agegender_eval", "agegender"},
 }
 
 
@@ -47,8 +46,6 @@ def test_one_way_arrows(package: tuple[str, str], forbidden: set[str]) -> None:
     dist, import_name = package
     offenders = []
     for path in _sources(dist, import_name):
-        if import_name == "agegender_models" and path.name in APP_MODULES:
-            continue
         bad = _imports(path) & forbidden
         if bad:
             offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
@@ -59,3 +56,17 @@ def test_arrow_checker_sees_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("import os\nfrom agegender_models.factory import x\nfrom . import y\n")
     assert _imports(module) == {"os", "agegender_models"}
+
+
+def test_library_metadata_names_no_sibling() -> None:
+    """`pip install ./packages/agegender-models` stays lean: no extra pulls in a sibling."""
+    import tomllib
+
+    for dist in ("utkface-data", "agegender-eval", "agegender-models"):
+        project = tomllib.loads((PACKAGES / dist / "pyproject.toml").read_text())["project"]
+        required = list(project.get("dependencies", []))
+        for extra in project.get("optional-dependencies", {}).values():
+            required += extra
+        siblings = {"utkface-data", "agegender-eval", "agegender-models", "agegender"} - {dist}
+        named = {r.split("[")[0].split(" ")[0].split("@")[0].strip() for r in required}
+        assert not named & siblings, f"{dist} depends on {sorted(named & siblings)}"

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from agegender_models.cli import main as cli_main
-from agegender_models.training import TrainConfig, train
+from agegender.cli import main as cli_main
+from agegender.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"n": 64, "image_size": 32, "batch_size": 16, "seed": 0}
@@ -44,7 +44,7 @@ def _cli_process(*args: str, unset: tuple[str, ...] = ()) -> subprocess.Complete
     """``agegender ARGS`` in a process of its own, without the environment variables ``unset``."""
     env = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
-        [sys.executable, "-m", "agegender_models.cli", *args],
+        [sys.executable, "-m", "agegender.cli", *args],
         capture_output=True, text=True, timeout=300, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
 
@@ -102,7 +102,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys
     import keras
-    from agegender_models.training import TrainConfig, train
+    from agegender.training import TrainConfig, train
 
     out, data_dir, kill_epoch, begun, options = sys.argv[1:]
 
@@ -346,7 +346,7 @@ def test_resume_state_restores_history_and_callback_state(tmp_path: Path) -> Non
     """The bookkeeping of a resumed run, without training: 3 epochs backed up, 4 logged."""
     import keras
 
-    from agegender_models.training import _make_resume_callback
+    from agegender.training import _make_resume_callback
 
     history, backup = _resume_files(tmp_path, "epoch,loss,val_loss\n0,5,3.0\n1,4,1.0\n2,3,2.0\n3,2,2.5\n", 3)
     early = keras.callbacks.EarlyStopping(patience=10)
@@ -362,7 +362,7 @@ def test_resume_state_follows_the_monitored_metric(tmp_path: Path) -> None:
     plateau schedule keeps following the loss."""
     import keras
 
-    from agegender_models.training import _make_resume_callback
+    from agegender.training import _make_resume_callback
 
     history, backup = _resume_files(tmp_path, "epoch,learning_rate,val_loss,val_gender_accuracy\n0,0.001,3.0,0.6\n"
                                      "1,0.001,1.0,0.7\n2,0.001,2.0,0.8\n3,0.001,2.5,0.8\n", 4)
@@ -416,7 +416,7 @@ def test_resume_state_restores_the_plateau_counter(tmp_path: Path) -> None:
     """Best at epoch 1, the rate cut at the end of epoch 2 (lower from epoch 3): 1 epoch waited since."""
     import keras
 
-    from agegender_models.training import _make_resume_callback
+    from agegender.training import _make_resume_callback
 
     history, backup = _resume_files(tmp_path, "epoch,learning_rate,val_loss\n0,0.001,3.0\n1,0.001,1.0\n2,0.001,2.0\n"
                                      "3,0.0005,2.5\n", 4)
@@ -575,7 +575,7 @@ def test_only_the_chief_writes_the_run_folder(cluster, task, expected) -> None:
 
     import tensorflow as tf
 
-    from agegender_models.training import is_chief
+    from agegender.training import is_chief
 
     if cluster is None:
         strategy = tf.distribute.get_strategy()
@@ -589,7 +589,7 @@ def test_only_the_chief_writes_the_run_folder(cluster, task, expected) -> None:
 def test_cli_dropout_option_reaches_the_model_and_rejects_bad_rates(capsys) -> None:
     import argparse
 
-    from agegender_models.cli import add_train_arguments, config_from_args
+    from agegender.cli import add_train_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
@@ -811,7 +811,7 @@ def test_final_fit_trains_on_train_and_val_at_replayed_rates_and_resumes(face_fo
 
 
 def test_final_fit_and_replay_refuse_what_they_cannot_do(face_folder: Path, tmp_path: Path) -> None:
-    from agegender_models.cli import build_parser, config_from_args
+    from agegender.cli import build_parser, config_from_args
 
     base = {"out": str(tmp_path / "run"), "data_dir": str(face_folder)}
     good = tmp_path / "history.csv"

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from agegender.cli import main
 from agegender_models import create_model, save_model
 from agegender_models import detect as det
-from agegender_models.cli import main
 from agegender_models.detect import Face
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agegender_models.training import TrainConfig, train
+from agegender.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("UTKFACE_DIR", ROOT.parent / "shared" / "utkface" / "crop_part1_5000"))

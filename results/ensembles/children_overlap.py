@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 
+from agegender.evaluation import predict_frame
 from agegender_models import load_model
-from agegender_models.training import predict_frame
 from utkface_data import load_split_file
 
 root = "../shared/utkface/crop_part1_5000"

@@ -27,9 +27,9 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # training.py imports the 'app' extra (utkface_data, agegender_eval) only inside its functions
+from agegender.training import FIT_ON, LR_SCHEDULES, MONITORS, STRATEGIES  # noqa: E402
 from agegender_models.detect import DETECTORS  # noqa: E402
 from agegender_models.export import FORMATS as EXPORT_FORMATS  # noqa: E402
-from agegender_models.training import FIT_ON, LR_SCHEDULES, MONITORS, STRATEGIES  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -134,7 +134,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, backbone: str = "cus
 
 
 def config_from_args(args: argparse.Namespace):
-    from agegender_models.training import TrainConfig
+    from agegender.training import TrainConfig
 
     return TrainConfig(
         out=args.out, data_dir=args.data_dir, splits=args.splits, backbone=args.backbone, n=args.n,
@@ -151,27 +151,9 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
-def format_summary(metrics: dict[str, Any]) -> str:
-    """A short human summary of results (overall and by age group): ``metrics`` maps a label
-    (e.g. "validation", "test") to an ``agegender_eval`` result dict."""
-    lines = []
-    for split, result in metrics.items():
-        if not isinstance(result, dict) or "gender_accuracy" not in result:
-            continue
-        lines.append(
-            f"{split:>10}: gender accuracy {result['gender_accuracy']:.3f}, age MAE "
-            f"{result['age_mae']:.2f}, CS@5 {result['age_cs']['5']:.3f} (n={result['n']})"
-        )
-        for group, values in result.get("by_group", {}).get("age_group", {}).items():
-            lines.append(
-                f"{'':>10}  {group:>8}: gender accuracy {values['gender_accuracy']:.3f}, "
-                f"age MAE {values['age_mae']:.2f} (n={values['n']})"
-            )
-    return "\n".join(lines)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from agegender_models.training import train
+    from agegender.evaluation import format_summary
+    from agegender.training import train
 
     metrics = train(config_from_args(args), verbose=0 if args.quiet else "auto")
     print(format_summary(metrics))
@@ -210,9 +192,9 @@ def _model_label(args: argparse.Namespace) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from agegender_models.training import _app_modules, write_evaluation
+    import utkface_data
+    from agegender.evaluation import write_evaluation
 
-    utkface_data, _ = _app_modules()
     model = _load_for_inference(args)
     if not args.data_dir:
         raise CLIError("no data: pass --data-dir or set UTKFACE_DIR")
@@ -229,6 +211,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                               title=f"Evaluation of {_model_label(args)}",
                               extra={"models": args.model, "data_dir": str(root),
                                      "flip_tta": args.flip_tta})
+    from agegender.evaluation import format_summary
+
     print(format_summary({"evaluation": result.to_dict()}))
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0

@@ -70,6 +70,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import utkface_data
+from agegender.evaluation import evaluate_frame, finite_datasets, write_evaluation
+
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "plateau", "replay")
 FIT_ON = ("train", "train+val")
@@ -77,22 +80,6 @@ SEED_RECIPE = {
     "model_a": {"gender_accuracy": 0.902, "age_mae": 6.84},
     "model_b": {"gender_accuracy": 0.80, "age_mae": 8.51},
 }
-
-
-class MissingExtraError(ImportError):
-    """The ``app`` extra (utkface-data, agegender-eval) is not installed."""
-
-
-def _app_modules() -> tuple[Any, Any]:
-    try:
-        import agegender_eval
-        import utkface_data
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingExtraError(
-            "training and evaluation need the 'app' extra: pip install 'agegender-models[app]' "
-            f"(missing module: {exc.name})"
-        ) from exc
-    return utkface_data, agegender_eval
 
 
 # What early stopping and the best-model checkpoint may watch, and which way is better. The
@@ -394,7 +381,6 @@ def _fingerprint(frame) -> str:
 
 def prepare_splits(config: TrainConfig, out: Path):
     """Index + subset + split (or load the given split files); returns (splits, root, index report)."""
-    utkface_data, _ = _app_modules()
     splits_out = out / "splits"
     if config.splits is not None or (splits_out / "train.csv").exists():
         # Given split files, or resuming: keep exactly the split the run started with.
@@ -419,14 +405,6 @@ def prepare_splits(config: TrainConfig, out: Path):
     return splits, Path(root), report
 
 
-@contextlib.contextmanager
-def _finite_datasets():
-    """Keras warns at the end of every pass over a dataset of unknown length; ours are finite."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
-        yield
-
-
 def _dataset(frame, root: Path, config: TrainConfig, *, training: bool, replicas: int = 1):
     """Training/validation batches.
 
@@ -435,7 +413,6 @@ def _dataset(frame, root: Path, config: TrainConfig, *, training: bool, replicas
     one batch. This affects only the per-epoch figures; the final validation and test metrics
     are computed on every image with the best model, outside the strategy.
     """
-    utkface_data, _ = _app_modules()
     batch_size = config.batch_size
     if replicas > 1:
         batch_size = max(replicas, min(batch_size, len(frame) // replicas * replicas))
@@ -451,53 +428,6 @@ def _dataset(frame, root: Path, config: TrainConfig, *, training: bool, replicas
         seed=config.seed,
         drop_remainder=replicas > 1,
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def predict_frame(model, frame, root: Path, *, image_size: int, batch_size: int = 64) -> dict[str, Any]:
-    """Predict age and P(female) for every row of a split frame (in order)."""
-    import numpy as np
-
-    utkface_data, _ = _app_modules()
-    dataset = utkface_data.make_dataset(
-        frame, root=root, image_size=(image_size, image_size), batch_size=batch_size, scaling="uint8"
-    )
-    with _finite_datasets():
-        # (images, labels) batches: predict uses the images. No dataset.map here: AutoGraph
-        # would read this file's source while running, wrong if the file changed since the start
-        outputs = model.predict(dataset, verbose=0)
-    return {
-        "age": np.asarray(outputs["age"], dtype="float64").reshape(-1),
-        "p_female": np.asarray(outputs["gender"], dtype="float64").reshape(-1),
-    }
-
-
-def evaluate_frame(model, frame, root: Path, *, image_size: int, batch_size: int = 64):
-    """Evaluate a model on a split frame; returns an ``agegender_eval`` result."""
-    _, agegender_eval = _app_modules()
-    predictions = predict_frame(model, frame, root, image_size=image_size, batch_size=batch_size)
-    frame = frame.reset_index(drop=True)
-    return agegender_eval.evaluate(
-        frame[["age", "gender"]], predictions, groups=frame[["race"]]
-    ), predictions
-
-
-def write_evaluation(model, frame, root: Path, out: Path, *, image_size: int, title: str,
-                     history=None, best_epoch: int | None = None, extra: dict[str, Any] | None = None):
-    """Evaluate on ``frame`` and write ``out/report.md``, ``out/metrics.json``, the plots and
-    ``out/predictions.csv`` (one row per image: its labels, predicted age and P(female), for error
-    analysis without running the model again)."""
-    _, agegender_eval = _app_modules()
-    result, predictions = evaluate_frame(model, frame, root, image_size=image_size)
-    figures = agegender_eval.standard_figures(result, history=history, early_stopping_epoch=best_epoch)
-    agegender_eval.write_report(result, figures, out, title=title, extra=extra)
-    rows = frame.reset_index(drop=True)[["path", "age", "gender", "race"]].assign(
-        age_pred=predictions["age"], p_female=predictions["p_female"])
-    rows.to_csv(Path(out) / "predictions.csv", index=False)
-    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -522,7 +452,7 @@ def refit_heads(model, train_ds, val_ds, *, epochs: int, learning_rate: float, l
             layer.rate = 0.0
         layer.trainable = layer.name in ("age_dense", "gender")
     compile_model(model, learning_rate=learning_rate, loss_weights=loss_weights)
-    with _finite_datasets():
+    with finite_datasets():
         model.fit(train_ds, validation_data=val_ds, epochs=epochs, shuffle=False, verbose=verbose)
     return model
 
@@ -709,7 +639,7 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
         # its initial_epoch argument, and nothing clears it: after a resumed warm-up, the
         # fine-tuning fit would start again at the warm-up's restored epoch (tested).
         model._initial_epoch = None
-        with _finite_datasets():
+        with finite_datasets():
             model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=last_epoch,
                       shuffle=False, verbose=verbose,
                       callbacks=own_callbacks + list(callbacks or []) + ([ema_last] if ema_last else []))
