@@ -2,11 +2,12 @@
 
     agegender evaluate --model M [--model M2] --flip-tta --split results/model_a/splits/val.csv --out runs/eval/NAME_val ...
     agegender evaluate ... --split results/model_a/splits/test.csv --out runs/eval/NAME_test ...
-    python results/ensembles/threshold_check.py NAME [NAME ...] > results/ensembles/threshold_check.json
+    python examples/analysis/threshold_check.py NAME [NAME ...] > results/ensembles/threshold_check.json
 
-Reads the two predictions.csv files per NAME (runs/ is not committed). Thresholds 0.20-0.80 in
-steps of 0.02; one for all images, and one per *predicted* age group (the true age is unknown at
-inference). The threshold with the best validation accuracy is then applied to the test split.
+Run from the repository root (every path here is relative to it). Reads the two predictions.csv
+files per NAME (runs/ is not committed). Thresholds 0.20-0.80 in steps of 0.02; one for all images,
+and one per *predicted* age group (the true age is unknown at inference). The threshold with the
+best validation accuracy is then applied to the test split.
 """
 import json
 import sys

@@ -1,9 +1,10 @@
 """Children under 10 on the test split: which of them each of the five `--ema` runs gets wrong
 (gender, flip TTA), from the per-image predictions that `agegender evaluate` wrote.
 
-    python results/ensembles/children_overlap_ema.py > results/ensembles/children_overlap_ema.json
+    python examples/analysis/children_overlap_ema.py > results/ensembles/children_overlap_ema.json
 
-Needs the evaluation folders named below (runs/ is not committed; the commands are in RESULTS.md).
+Run from the repository root (every path here is relative to it). Needs the evaluation folders
+named below (runs/ is not committed; the commands are in results/NOTEBOOK.md).
 Also checks that the five-run ensemble's P(female) is the mean of its members' (it should be: the
 ensemble and flip TTA both average).
 """

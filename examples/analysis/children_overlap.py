@@ -1,8 +1,9 @@
 """Children under 10 on the test split, image by image: which of them each run gets wrong (gender).
 
-    TF_CPP_MIN_LOG_LEVEL=3 python results/ensembles/children_overlap.py > results/ensembles/children_overlap.json
+    TF_CPP_MIN_LOG_LEVEL=3 python examples/analysis/children_overlap.py > results/ensembles/children_overlap.json
 
-Needs the trained run folders named below (runs/ is not committed). No TTA.
+Run from the repository root (every path here is relative to it). Needs the trained run folders
+named below (runs/ is not committed). No TTA.
 """
 import json
 
