@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from agegender_models import Predictor, load_model
-from utkface_data import AGE_GROUPS, age_group, load_split_file
+from utkface_data import AGE_GROUPS, GENDER_NAMES, age_group, load_split_file
 
 ROOT = Path(__file__).resolve().parents[1]
 # the trained model the benchmarks that need one measure when --model is not given
@@ -114,7 +114,7 @@ def main() -> None:
     ages = frame["age"].to_numpy()
     genders = frame["gender"].to_numpy()
     groups = np.asarray([str(g) for g in age_group(ages)])
-    gender_names = np.where(genders == 1, "female", "male")
+    gender_names = np.asarray([GENDER_NAMES[int(g)] for g in genders])
 
     chips = Predictor(model).predict(paths, return_errors=False)
     chip_age = np.array([r["age"] for r in chips])

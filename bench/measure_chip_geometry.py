@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utkface_data import age_group, index_folder
+from utkface_data import AGE_GROUPS, age_group, index_folder
 
 PAD = 0.5  # pad fraction on each side
 
@@ -83,7 +83,7 @@ def main() -> None:
     }
     h = {k: [] for k in ("box_cx", "box_cy", "box_w", "box_h")}
     found = {"mtcnn": 0, "haar": 0}
-    groups = {g: {"n": 0, "mtcnn": 0, "haar": 0} for g in ("under 10", "10–17", "18+")}
+    groups = {g: {"n": 0, "mtcnn": 0, "haar": 0} for g in AGE_GROUPS}
     start = time.perf_counter()
     for path, age in zip(frame["path"], frame["age"], strict=True):
         chip = np.asarray(Image.open(Path(args.data_dir) / path).convert("RGB"))

@@ -19,7 +19,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from agegender.cli import add_train_arguments, config_from_args, run_or_exit
+from agegender.cli import add_train_arguments, config_from_args, run_or_exit, setup
 
 
 def _weights(pairs: list[str]) -> dict[str, str]:
@@ -66,21 +66,20 @@ def main() -> int:
     parser.add_argument("--weights-for", nargs="*", default=[], metavar="BACKBONE=WEIGHTS",
                         help="weights per backbone (a file or 'imagenet'); others use --weights")
     args = parser.parse_args()
-    if not args.data_dir:
-        print("error: pass --data-dir DIR or set UTKFACE_DIR", file=sys.stderr)
-        return 2
     return run_or_exit(compare, args, prog=sys.argv[0])
 
 
 def compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from agegender.training import prepare_splits, train
-
     per_backbone = _weights(args.weights_for)
-    out = Path(args.out)
     base = config_from_args(args)
     dataclasses.replace(base, warmup_epochs=0).validate()  # the warm-up is checked per backbone
+    setup(args)
+    from agegender.data import prepare_splits
+    from agegender.training import train
+
+    out = Path(base.out)
     prepare_splits(base, out)  # one split for every backbone
     runs = {}
     for backbone in args.backbones:

@@ -1,9 +1,10 @@
-"""Reproduce the seed's Model A (custom CNN) end to end.
+"""Reproduce the seed's Model A (custom CNN): the recipe recipes/model-a-seed.toml on a UTKFace folder.
 
     python examples/reproduce_model_a.py --data-dir ~/UTKFace/crop_part1 --out runs/model_a
+    python examples/reproduce_model_a.py --recipe model-a-improved --data-dir DIR --out runs/a2
 
-Defaults are the seed's setup: 5,000 images, 128x128, Adam 1e-3, BCE + MAE, early stopping with
-patience 10 (``--epochs`` is the maximum). See ``--help`` for the improved recipe's options.
+The seed's setup: 5,000 images, 128x128, Adam 1e-3, BCE + MAE, early stopping with patience 10
+(``--epochs`` is the maximum). Any ``agegender train`` flag overrides the recipe.
 """
 
 import sys
@@ -13,4 +14,4 @@ from _common import run
 from agegender.training import SEED_RECIPE
 
 if __name__ == "__main__":
-    sys.exit(run(__doc__, backbone="custom_cnn", seed_numbers=SEED_RECIPE["model_a"]))
+    sys.exit(run(__doc__, recipe="model-a-seed", seed_numbers=SEED_RECIPE["model_a"]))

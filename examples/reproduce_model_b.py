@@ -1,6 +1,6 @@
-"""Reproduce the seed's Model B (ResNet50 transfer learning), done right.
+"""Reproduce the seed's Model B (ResNet50 transfer learning), done right: recipes/model-b-seed.toml.
 
-    python examples/reproduce_model_b.py --data-dir ~/UTKFace/crop_part1 --weights imagenet --out runs/model_b
+    python examples/reproduce_model_b.py --data-dir ~/UTKFace/crop_part1 --out runs/model_b
 
 ImageNet weights come from keras.applications' cache or a local file (``--weights PATH``); without
 them the run stops with a message saying which file to put where. ResNet50's own preprocessing is
@@ -14,4 +14,4 @@ from _common import run
 from agegender.training import SEED_RECIPE
 
 if __name__ == "__main__":
-    sys.exit(run(__doc__, backbone="resnet50", seed_numbers=SEED_RECIPE["model_b"], weights="imagenet"))
+    sys.exit(run(__doc__, recipe="model-b-seed", seed_numbers=SEED_RECIPE["model_b"]))

@@ -13,7 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-GROUP_ORDER = ("under 10", "10–17", "18+")
+from utkface_data import AGE_GROUPS
+
+GROUP_ORDER = tuple(AGE_GROUPS)  # the reporting groups, in order
 
 
 def _fmt(value: float | None, digits: int) -> str:

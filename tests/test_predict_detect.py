@@ -63,7 +63,7 @@ def test_predict_detect_json_one_row_per_face(monkeypatch, capsys, model_path, p
     monkeypatch.setitem(det._CLASSES, "mtcnn", WidthDetector)
     code = main(["predict", "--model", str(model_path), "--detect", "mtcnn", "--json", str(photos)])
     payload = json.loads(capsys.readouterr().out)
-    assert code == 0
+    assert code == 1  # a photo without a face and a corrupt one: some inputs failed
     assert set(payload) == {"predictions", "errors"}
     rows = payload["predictions"]
     assert [(Path(r["file"]).name, r["face"], r["box"]) for r in rows] == [

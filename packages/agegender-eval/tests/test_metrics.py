@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agegender_eval import (
-    AGE_BINS,
+    AGE_DECADE_EDGES,
     age_metrics,
     assign_age_bins,
     confusion_matrix,
@@ -81,7 +81,7 @@ def test_age_bins_edges_and_labels():
     assert list(groups.astype(str)) == ["kids", "kids", "teens", "teens", "adults"]
     assert list(assign_age_bins([2.5, 7.5], (0, 5)).categories) == ["0–4", "5+"]
     assert list(assign_age_bins([0.5], (0, 0.5, 1)).astype(str)) == ["[0.5, 1)"]
-    assert AGE_BINS[0] == 0
+    assert list(assign_age_bins([0, 81], AGE_DECADE_EDGES).categories) == list(cat.categories)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,9 @@ def test_threshold_moves_the_decision_and_uses_strict_greater():
     g, p = [0, 1, 1], [0.3, 0.5, 0.8]
     assert gender_metrics(g, p)["gender_accuracy"] == pytest.approx(2 / 3)  # 0.5 is not > 0.5
     assert gender_metrics(g, p, threshold=0.4)["gender_accuracy"] == 1.0
-    assert confusion_matrix(g, p).loc["female", "male"] == 1
+    assert confusion_matrix(g, p).loc["1", "0"] == 1  # labelled with the codes unless named
+    named = confusion_matrix(g, p, gender_names={0: "man", 1: "woman"})
+    assert named.loc["woman", "man"] == 1 and list(named.columns) == ["man", "woman"]
 
 
 def test_perfect_predictions():

@@ -57,6 +57,9 @@ def result():
         {"age": age, "gender": gender},
         {"age": age + rng.normal(0, 4, n), "p_female": rng.random(n)},
         groups={"race": rng.integers(0, 5, n)},
+        age_groups={"child": 0, "teen": 10, "adult": 18},
+        gender_names={0: "man", 1: "woman"},
+        group_names={"race": dict(enumerate("ABCDE"))},
     )
 
 
@@ -119,7 +122,7 @@ def test_result_plots_have_expected_axes(result):
     err = plot_error_distribution(result.samples["age_true"], result.samples["age_pred"], hue=result.samples["age_group"])
     ax = _axes(err)[0]
     assert ax.get_xlabel() == "age error: predicted − true (years)"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["under 10", "10–17", "18+"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["child", "teen", "adult"]
 
     bins = plot_mae_by_bin(result)
     ax = _axes(bins)[0]
@@ -130,6 +133,7 @@ def test_result_plots_have_expected_axes(result):
     cm = plot_confusion_matrix(result)
     ax = _axes(cm)[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted gender", "true gender")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["man", "woman"]
     counts = result.confusion.to_numpy()
     assert f"{counts[0, 0]:,}" in [t.get_text().split("\n")[0] for t in ax.texts]
 
@@ -147,7 +151,7 @@ def test_sample_grid_titles_and_validation():
     images = rng.random((5, 8, 8, 3))
     y_true = {"age": [3, 15, 30, 45, 80], "gender": [0, 1, 0, 1, 0]}
     y_pred = {"age": [4, 15, 40, 45, 80], "p_female": [0.1, 0.2, 0.3, 0.9, 0.4]}
-    fig = plot_sample_grid(images, y_true, y_pred, n=4, select="worst")
+    fig = plot_sample_grid(images, y_true, y_pred, n=4, select="worst", gender_names={0: "M", 1: "F"})
     shown = [ax for ax in fig.axes if ax.get_title()]
     assert len(shown) == 4
     assert shown[0].get_title() == "true 30 M\npred 40 M (0.30)"  # worst age error first
@@ -155,6 +159,7 @@ def test_sample_grid_titles_and_validation():
     assert wrong and wrong[0].title.get_color() != shown[0].title.get_color()
     gray = plot_sample_grid((images[..., :1] * 255).astype("uint8"), y_true, y_pred, n=20)
     assert len([ax for ax in gray.axes if ax.get_title()]) == 5
+    assert gray.axes[0].get_title() == "true 3 0\npred 4 0 (0.10)"  # codes without gender_names
     with pytest.raises(ValueError, match="one image per label"):
         plot_sample_grid(images[:3], y_true, y_pred)
     with pytest.raises(ValueError, match="images"):
@@ -221,6 +226,6 @@ def test_standard_figures_from_frames_tuple():
     y_pred = {"age": [6, 14, 33, 55], "p_female": [0.2, 0.7, 0.6, 0.9]}
     figs = standard_figures((y_true, y_pred, {"race": [0, 1, 2, 3]}))
     assert "training_curves" not in figs
-    assert [ax.get_title() for ax in _axes(figs["fairness"])][:3] == ["by age_group", "by gender", "by race"]
+    assert [ax.get_title() for ax in _axes(figs["fairness"])][:2] == ["by gender", "by race"]  # no age groups given
     with pytest.raises(ValueError, match="EvalResult"):
         standard_figures([y_true, y_pred])

@@ -258,3 +258,31 @@ def test_auto_precision_asks_the_backbone_on_a_cpu(monkeypatch, gpu, cpu, expect
     if cpu and not gpu:  # the backbone is asked: an unknown one is named
         with pytest.raises(ValueError, match="Unknown backbone.*no_such_net"):
             resolve_precision("auto", backbone="no_such_net")
+
+
+def test_save_without_optimizer_state(tiny_batch, tmp_path):
+    """A model to predict with need not carry Adam's moments (twice its weights)."""
+    import io
+    import zipfile
+
+    import h5py
+
+    from agegender_models import compile_model, create_model, load_model, save_model
+
+    images, labels = tiny_batch
+    model = compile_model(create_model("custom_cnn", input_shape=images.shape[1:]))
+    model.fit(images, labels, epochs=1, verbose=0)
+
+    def stored_optimizer_vars(path) -> int:
+        with zipfile.ZipFile(path) as archive:
+            weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")))
+            return len(weights["optimizer"]["vars"]) if "optimizer" in weights else 0
+
+    full = save_model(model, tmp_path / "full.keras")
+    lean = save_model(model, tmp_path / "lean.keras", include_optimizer=False)
+    assert stored_optimizer_vars(full) > 0
+    assert stored_optimizer_vars(lean) == 0
+    reloaded = load_model(lean)
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0)["age"],
+                               model.predict(images, verbose=0)["age"], rtol=1e-6)
+    assert model.optimizer is not None  # the caller's model is left compiled

@@ -10,6 +10,8 @@ import pytest
 
 from utkface_data import (
     AGE_GROUPS,
+    STRATIFY_AGE_EDGES,
+    STRATIFY_AGE_LABELS,
     DatasetError,
     FaceLabels,
     age_bin,
@@ -214,6 +216,9 @@ def test_age_group_and_bin() -> None:
     ]
     with pytest.raises(ValueError, match="Received"):
         age_group([-1])
+    # each group/bin starts at its own edge: labels and edges are defined together
+    assert list(age_group(list(AGE_GROUPS.values()))) == list(AGE_GROUPS)
+    assert list(age_bin(STRATIFY_AGE_EDGES[:-1])) == list(STRATIFY_AGE_LABELS)
 
 
 @pytest.mark.slow

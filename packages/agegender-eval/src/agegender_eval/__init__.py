@@ -1,18 +1,17 @@
 """Metrics, reports and plots for age and gender predictions.
 
 Works on plain arrays, pandas DataFrames and Keras ``History.history`` dicts; it never imports
-TensorFlow/Keras or the other agegender packages.
+TensorFlow/Keras or the other agegender packages: a dataset's vocabulary (age groups, gender and
+race names) is passed in by the caller (``evaluate(age_groups=..., gender_names=..., group_names=...)``).
 
 >>> from agegender_eval import evaluate, write_report
 """
 
 from agegender_eval.evaluate import BUILTIN_GROUPS, SCHEMA_VERSION, EvalResult, evaluate
 from agegender_eval.metrics import (
-    AGE_BINS,
-    AGE_GROUPS,
+    AGE_DECADE_EDGES,
     DEFAULT_CS_KS,
-    GENDER_NAMES,
-    RACE_NAMES,
+    GENDER_KEY_SUFFIXES,
     age_metrics,
     assign_age_bins,
     confusion_matrix,
@@ -39,12 +38,10 @@ from agegender_eval.report import write_report
 __version__ = "0.1.0"
 
 __all__ = [
-    "AGE_BINS",
-    "AGE_GROUPS",
+    "AGE_DECADE_EDGES",
     "BUILTIN_GROUPS",
     "DEFAULT_CS_KS",
-    "GENDER_NAMES",
-    "RACE_NAMES",
+    "GENDER_KEY_SUFFIXES",
     "SCHEMA_VERSION",
     "EvalResult",
     "age_metrics",

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from agegender_eval.metrics import GENDER_KEY_SUFFIXES
+
 if TYPE_CHECKING:
     from agegender_eval.evaluate import EvalResult
 
@@ -102,16 +104,20 @@ def render_markdown(result: EvalResult, *, title: str | None, images: Mapping[st
     if any(FIGURE_SECTIONS.get(name) == "training" for name in images):
         out += ["## Training", "", *_images(images, "training"), ""]
 
-    out += ["## Overall and by age group", "", md_table(result.age_group_table, headline, index_label="age group"), ""]
+    if "age_group" in result.by_group:
+        out += ["## Overall and by age group", "", md_table(result.age_group_table, headline, index_label="age group"), ""]
+    else:
+        out += ["## Overall", "", md_table(result.age_group_table, headline, index_label="", small=0), ""]
     out += [*_images(images, "overall"), ""] if _images(images, "overall") else []
 
     out += ["## Gender", ""]
+    # confusion rows are gender codes 0, 1 (labelled with the caller's names); metric keys use the schema's suffixes
     per_class = pd.DataFrame(
         {
-            "n": [result.confusion.loc[c].sum() for c in result.confusion.index],
-            "gender_precision": [o[f"gender_precision_{c}"] for c in result.confusion.index],
-            "gender_recall": [o[f"gender_recall_{c}"] for c in result.confusion.index],
-            "gender_f1": [o[f"gender_f1_{c}"] for c in result.confusion.index],
+            "n": result.confusion.sum(axis=1).to_numpy(),
+            "gender_precision": [o[f"gender_precision_{k}"] for k in GENDER_KEY_SUFFIXES],
+            "gender_recall": [o[f"gender_recall_{k}"] for k in GENDER_KEY_SUFFIXES],
+            "gender_f1": [o[f"gender_f1_{k}"] for k in GENDER_KEY_SUFFIXES],
         },
         index=list(result.confusion.index),
     )

@@ -13,11 +13,8 @@ import numpy as np
 import pandas as pd
 
 from agegender_eval.metrics import (
-    AGE_BINS,
-    AGE_GROUPS,
+    AGE_DECADE_EDGES,
     DEFAULT_CS_KS,
-    GENDER_NAMES,
-    RACE_NAMES,
     AgeBinSpec,
     age_metrics,
     as_1d,
@@ -26,6 +23,7 @@ from agegender_eval.metrics import (
     check_probabilities,
     confusion_matrix,
     cs_key,
+    gender_labels,
     gender_metrics,
     normalize_age_bins,
     validate_cs_ks,
@@ -34,7 +32,8 @@ from agegender_eval.metrics import (
 
 SCHEMA_VERSION = 1
 BUILTIN_GROUPS = ("age_group", "age_bin", "gender")
-"""Breakdowns every result has, in this order; columns of ``groups`` (e.g. ``race``) follow."""
+"""Breakdowns derived from ``y_true``, in this order (``age_group`` only when ``age_groups`` is
+given); columns of ``groups`` (e.g. ``race``) follow. ``groups`` may not use these names."""
 
 _NAN_POLICIES = ("raise", "omit")
 
@@ -50,7 +49,8 @@ class EvalResult:
         confusion: 2×2 gender confusion matrix (rows true, columns predicted).
         samples: one row per sample (``age_true``, ``age_pred``, ``age_error``, ``gender_true``,
             ``p_female``, ``gender_pred`` and the group columns) — what the plots use.
-        threshold, cs_ks, age_bins, age_groups: the configuration used (bins as label → lower edge).
+        threshold, cs_ks, age_bins, age_groups: the configuration used (bins as label → lower edge;
+            ``age_groups`` is empty when none were given).
         n_omitted: rows dropped because a prediction was NaN (``nan_policy="omit"``).
     """
 
@@ -72,8 +72,12 @@ class EvalResult:
 
     @property
     def age_group_table(self) -> pd.DataFrame:
-        """Overall row followed by one row per age group (the project's headline table)."""
-        return pd.concat([self.overall.to_frame("overall").T, self.by_group["age_group"]])
+        """Overall row followed by one row per age group (the headline table; only the overall
+        row when the result has no ``age_groups``)."""
+        overall = self.overall.to_frame("overall").T
+        if "age_group" not in self.by_group:
+            return overall
+        return pd.concat([overall, self.by_group["age_group"]])
 
     def fairness_table(self) -> pd.DataFrame:
         """Long table of every breakdown: columns ``group``, ``value``, ``n`` and the metrics.
@@ -234,24 +238,52 @@ def _group_frame(groups: Any, n: int) -> pd.DataFrame:
     return df
 
 
-def _race_column(values: pd.Series) -> pd.Series:
-    """UTKFace race codes 0–4 → names (ordered categorical); names pass through; NaN → "unknown"."""
+def _check_group_names(group_names: Any, columns: Iterable[str]) -> dict[str, Mapping[Any, str]]:
+    if group_names is None:
+        return {}
+    if not isinstance(group_names, Mapping) or not all(isinstance(v, Mapping) for v in group_names.values()):
+        raise ValueError(
+            "`group_names` must map a `groups` column to a mapping code -> name, e.g. "
+            f"{{'race': {{0: 'name', ...}}}}. Received: group_names={group_names!r:.200}"
+        )
+    unknown = sorted(set(map(str, group_names)) - set(columns))
+    if unknown:
+        raise ValueError(f"`group_names` names columns that are not in `groups` ({list(columns)}). Received: group_names for {unknown}")
+    for col, names in group_names.items():
+        if not names or not all(isinstance(v, str) for v in names.values()):
+            raise ValueError(f"`group_names[{col!r}]` must map codes to strings. Received: {names!r:.200}")
+    return {str(k): v for k, v in group_names.items()}
+
+
+def _coded_column(values: pd.Series, names: Mapping[Any, str] | None, col: str) -> pd.Series:
+    """A grouping column → group labels; NaN/None → ``"unknown"``.
+
+    Numeric codes are named with ``names`` (ordered as in ``names``; a code missing from it is an
+    error) or, without names, written as integers (ordered by code). Strings pass through.
+    """
     if values.dtype == object:  # e.g. ints mixed with None
         coerced = pd.to_numeric(values, errors="coerce")
         if coerced.isna().sum() == values.isna().sum():
             values = coerced
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        v = values.to_numpy(dtype=float)
-        known = ~np.isnan(v)
-        bad = known & ~np.isin(v, list(RACE_NAMES))
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return _generic_group(values)
+    v = values.to_numpy(dtype=float)
+    known = ~np.isnan(v)
+    if names is not None:
+        bad = known & ~np.isin(v, list(names))
         if bad.any():
             raise ValueError(
-                f"`race` codes must be UTKFace integers 0–4 ({RACE_NAMES}). Received: race containing {sorted(set(v[bad].tolist()))[:5]}"
+                f"`{col}` codes must be keys of group_names[{col!r}] ({dict(names)}). "
+                f"Received: {col} containing {sorted(set(v[bad].tolist()))[:5]}"
             )
-        names = [RACE_NAMES[int(x)] if ok else "unknown" for x, ok in zip(v, known, strict=True)]
-        cats = [*RACE_NAMES.values(), "unknown"]
-        return pd.Series(pd.Categorical(names, categories=cats, ordered=True))
-    return _generic_group(values)
+        code_names = dict(names)
+    else:
+        if not np.all(np.mod(v[known], 1) == 0):
+            return _generic_group(values)
+        code_names = {c: str(int(c)) for c in sorted(set(v[known].tolist()))}
+    labels = [code_names[x] if ok else "unknown" for x, ok in zip(v, known, strict=True)]
+    cats = list(dict.fromkeys([*code_names.values(), "unknown"]))
+    return pd.Series(pd.Categorical(labels, categories=cats, ordered=True))
 
 
 def _generic_group(values: pd.Series) -> pd.Series:
@@ -277,6 +309,8 @@ def evaluate(
     cs_ks: Iterable[float] = DEFAULT_CS_KS,
     age_bins: AgeBinSpec | None = None,
     age_groups: AgeBinSpec | None = None,
+    gender_names: Mapping[int, str] | None = None,
+    group_names: Mapping[str, Mapping[Any, str]] | None = None,
     nan_policy: str = "raise",
 ) -> EvalResult:
     """Evaluate age and gender predictions overall and broken down by group.
@@ -287,13 +321,21 @@ def evaluate(
             a ``gender`` column is accepted as the same probability, or as hard 0/1 labels).
             ``(n, 1)`` arrays as returned by Keras ``predict`` are accepted.
         groups: optional extra grouping columns (mapping or DataFrame, one row per sample).
-            A ``race`` column of UTKFace codes 0–4 is mapped to White/Black/Asian/Indian/Others;
-            missing values become the group ``"unknown"``.
+            Integer codes are named with ``group_names``; missing values become the group
+            ``"unknown"``.
         threshold: predict female when ``p_female > threshold``.
         cs_ks: the k values (years) of CS@k.
         age_bins: fine bins of the true age (lower edges or label → lower edge); default
-            0–10, 11–20, …, 81+.
-        age_groups: coarse age groups, default ``{"under 10": 0, "10–17": 10, "18+": 18}``.
+            ``AGE_DECADE_EDGES``: 0–10, 11–20, …, 81+.
+        age_groups: the reporting age groups (label → lower edge, or lower edges), e.g. the
+            dataset's ``utkface_data.AGE_GROUPS``: an ``age_group`` breakdown that
+            heads the report. Without it there is no ``age_group`` breakdown.
+        gender_names: names of the gender codes, ``{0: name, 1: name}``, used for the ``gender``
+            breakdown and the confusion matrix; without it the codes ``"0"``, ``"1"`` are shown.
+            (Metric keys such as ``gender_f1_female`` do not change: they are the schema.)
+        group_names: for a ``groups`` column of integer codes, code → name
+            (``{"race": utkface_data.RACE_NAMES}``); a code missing from it is an error. Columns without
+            names show their codes.
         nan_policy: ``"raise"`` (default) raises on a NaN/inf prediction; ``"omit"`` drops those
             rows and records how many in ``n_omitted``. A NaN in ``y_true`` always raises.
 
@@ -310,8 +352,9 @@ def evaluate(
     ks = validate_cs_ks(cs_ks)
     if nan_policy not in _NAN_POLICIES:
         raise ValueError(f"`nan_policy` must be one of {_NAN_POLICIES}. Received: nan_policy={nan_policy!r}")
-    bin_edges, bin_labels = normalize_age_bins(age_bins, default=AGE_BINS, name="age_bins")
-    grp_edges, grp_labels = normalize_age_bins(age_groups, default=AGE_GROUPS, name="age_groups")
+    bin_edges, bin_labels = normalize_age_bins(age_bins, default=AGE_DECADE_EDGES, name="age_bins")
+    grp_edges, grp_labels = normalize_age_bins(age_groups, name="age_groups") if age_groups is not None else ((), ())
+    gender_label = gender_labels(gender_names)
 
     age_true = as_1d(_column(y_true, ("age",), "y_true"), "y_true['age']")
     gender_true = as_1d(_column(y_true, ("gender",), "y_true"), "y_true['gender']")
@@ -336,6 +379,7 @@ def evaluate(
         raise ValueError(f"True ages must be >= 0. Received: y_true['age'] with min {age_true.min():g}")
     check_gender_labels(gender_true, "y_true['gender']")
     gdf = _group_frame(groups, n_in)
+    names_by_column = _check_group_names(group_names, gdf.columns)
 
     bad_pred = ~(np.isfinite(age_pred) & np.isfinite(p_female))
     if bad_pred.any():
@@ -359,20 +403,21 @@ def evaluate(
             "gender_true": gender_true.astype(int),
             "p_female": p_female,
             "gender_pred": (p_female > thr).astype(int),
-            "age_group": assign_age_bins(age_true, age_groups, default=AGE_GROUPS, name="age_groups"),
-            "age_bin": assign_age_bins(age_true, age_bins, default=AGE_BINS, name="age_bins"),
-            "gender": pd.Categorical(
-                [GENDER_NAMES[int(g)] for g in gender_true], categories=list(GENDER_NAMES.values()), ordered=True
-            ),
+            "age_bin": assign_age_bins(age_true, age_bins, default=AGE_DECADE_EDGES, name="age_bins"),
+            "gender": pd.Categorical.from_codes(gender_true.astype(int), categories=list(gender_label), ordered=True),
         }
     )
+    builtin = ("age_bin", "gender")
+    if age_groups is not None:
+        samples.insert(6, "age_group", assign_age_bins(age_true, age_groups, name="age_groups"))
+        builtin = BUILTIN_GROUPS
     extra_cols: list[str] = []
     for col in gdf.columns:
-        samples[col] = _race_column(gdf[col]) if col == "race" else _generic_group(gdf[col])
+        samples[col] = _coded_column(gdf[col], names_by_column.get(col), col)
         extra_cols.append(col)
 
     overall = pd.Series(_slice_metrics(samples, thr, ks), name="overall")
-    group_columns = (*BUILTIN_GROUPS, *extra_cols)
+    group_columns = (*builtin, *extra_cols)
     by_group: dict[str, pd.DataFrame] = {}
     for col in group_columns:
         rows = {}
@@ -386,7 +431,7 @@ def evaluate(
     return EvalResult(
         overall=overall,
         by_group=by_group,
-        confusion=confusion_matrix(gender_true, p_female, threshold=thr),
+        confusion=confusion_matrix(gender_true, p_female, threshold=thr, gender_names=gender_names),
         samples=samples,
         threshold=thr,
         cs_ks=ks,

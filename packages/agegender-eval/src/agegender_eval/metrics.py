@@ -14,22 +14,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-RACE_NAMES: dict[int, str] = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
-"""UTKFace race codes (0–4) and the names used in tables and plots."""
-
-GENDER_NAMES: dict[int, str] = {0: "male", 1: "female"}
-"""UTKFace gender codes: 0 male, 1 female."""
-
-AGE_BINS: tuple[int, ...] = (0, 11, 21, 31, 41, 51, 61, 71, 81)
-"""Default fine age bins as lower edges: 0–10, 11–20, …, 71–80, 81+."""
-
-AGE_GROUPS: dict[str, int] = {"under 10": 0, "10–17": 10, "18+": 18}
-"""Project-wide age groups (label → lower edge, inclusive): ages 0–9, 10–17, 18 and over."""
+AGE_DECADE_EDGES: tuple[int, ...] = (0, 11, 21, 31, 41, 51, 61, 71, 81)
+"""Default ``age_bins`` of :func:`~agegender_eval.evaluate`, as lower edges: 0–10, 11–20, …, 71–80, 81+."""
 
 DEFAULT_CS_KS: tuple[int, ...] = (1, 3, 5, 10)
 """Default k values (years) for the cumulative score CS@k."""
 
 AgeBinSpec = Sequence[float] | Mapping[str, float]
+
+GENDER_KEY_SUFFIXES: tuple[str, str] = ("male", "female")
+"""Suffixes of the per-class metric keys (``gender_f1_male``, ``gender_f1_female``) for gender codes
+0 and 1: part of the ``metrics.json`` schema, named like the input ``p_female`` (the probability of
+code 1). The labels shown for the codes in tables and plots are the caller's ``gender_names``."""
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -163,12 +159,12 @@ def _is_int(x: float) -> bool:
     return float(x).is_integer()
 
 
-def normalize_age_bins(bins: AgeBinSpec | None, *, default: AgeBinSpec = AGE_BINS, name: str = "age_bins") -> tuple[tuple[float, ...], tuple[str, ...]]:
+def normalize_age_bins(bins: AgeBinSpec | None, *, default: AgeBinSpec = AGE_DECADE_EDGES, name: str = "age_bins") -> tuple[tuple[float, ...], tuple[str, ...]]:
     """Turn an age-bin spec into ``(lower_edges, labels)``.
 
     A spec is either a sequence of increasing lower edges (inclusive; the last bin is open-ended),
     labelled automatically (``(0, 11, 21)`` gives ``"0–10", "11–20", "21+"``), or a mapping
-    ``label -> lower edge`` (``{"under 10": 0, "10–17": 10, "18+": 18}``).
+    ``label -> lower edge`` (``{"child": 0, "adult": 18}``).
     """
     spec = default if bins is None else bins
     if isinstance(spec, Mapping):
@@ -205,7 +201,7 @@ def normalize_age_bins(bins: AgeBinSpec | None, *, default: AgeBinSpec = AGE_BIN
     return tuple(edges), tuple(labels)
 
 
-def assign_age_bins(ages: Any, bins: AgeBinSpec | None = None, *, default: AgeBinSpec = AGE_BINS, name: str = "age_bins") -> pd.Categorical:
+def assign_age_bins(ages: Any, bins: AgeBinSpec | None = None, *, default: AgeBinSpec = AGE_DECADE_EDGES, name: str = "age_bins") -> pd.Categorical:
     """Label each (true) age with its bin; returns an ordered ``pandas.Categorical`` with every bin as a category.
 
     Raises if an age is below the first edge or not finite.
@@ -284,7 +280,8 @@ def gender_metrics(gender_true: Any, p_female: Any, *, threshold: float = 0.5) -
     true_f = g == 1
     pred_f = p > thr
     out = {"gender_accuracy": float(np.mean(true_f == pred_f))}
-    for name, t_c, p_c in (("male", ~true_f, ~pred_f), ("female", true_f, pred_f)):
+    male, female = GENDER_KEY_SUFFIXES
+    for name, t_c, p_c in ((male, ~true_f, ~pred_f), (female, true_f, pred_f)):
         hit = float(np.sum(t_c & p_c))
         precision = _ratio(hit, float(p_c.sum()))
         recall = _ratio(hit, float(t_c.sum()))
@@ -300,15 +297,35 @@ def gender_metrics(gender_true: Any, p_female: Any, *, threshold: float = 0.5) -
     return out
 
 
-def confusion_matrix(gender_true: Any, p_female: Any, *, threshold: float = 0.5) -> pd.DataFrame:
-    """2×2 counts: rows = true gender (male, female), columns = predicted gender."""
+def gender_labels(gender_names: Mapping[int, str] | None) -> tuple[str, str]:
+    """Labels of gender codes 0 and 1: ``gender_names[0], gender_names[1]``, or ``"0", "1"`` without names."""
+    if gender_names is None:
+        return ("0", "1")
+    if not isinstance(gender_names, Mapping) or set(gender_names) != {0, 1}:
+        raise ValueError(
+            f"`gender_names` must map the gender codes 0 and 1 (only) to names. Received: gender_names={gender_names!r}"
+        )
+    labels = (gender_names[0], gender_names[1])
+    if not all(isinstance(x, str) and x for x in labels) or labels[0] == labels[1]:
+        raise ValueError(f"`gender_names` must be two different non-empty strings. Received: gender_names={gender_names!r}")
+    return labels
+
+
+def confusion_matrix(
+    gender_true: Any, p_female: Any, *, threshold: float = 0.5, gender_names: Mapping[int, str] | None = None
+) -> pd.DataFrame:
+    """2×2 counts: rows = true gender (code 0, code 1), columns = predicted gender.
+
+    Rows and columns are labelled ``gender_names[0], gender_names[1]`` (e.g. the dataset's
+    ``utkface_data.GENDER_NAMES``), or ``"0", "1"`` when no names are given.
+    """
+    labels = list(gender_labels(gender_names))
     thr = validate_threshold(threshold)
     g, p = _gender_pair(gender_true, p_female)
     pred = (p > thr).astype(int)
     true = g.astype(int)
     cm = np.zeros((2, 2), dtype=int)
     np.add.at(cm, (true, pred), 1)
-    labels = [GENDER_NAMES[0], GENDER_NAMES[1]]
     return pd.DataFrame(
         cm,
         index=pd.Index(labels, name="true"),

@@ -16,7 +16,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from agegender_eval.evaluate import EvalResult, evaluate
-from agegender_eval.metrics import GENDER_NAMES, as_1d, validate_threshold
+from agegender_eval.metrics import as_1d, gender_labels, validate_threshold
 
 TRAIN_COLOR = "#1f77b4"
 VAL_COLOR = "#ff7f0e"
@@ -297,7 +297,7 @@ def plot_confusion_matrix(result: EvalResult | pd.DataFrame | np.ndarray, *, nor
         labels = [str(c) for c in result.confusion.columns]
     else:
         cm = np.asarray(result)
-        labels = [str(c) for c in result.columns] if isinstance(result, pd.DataFrame) else [GENDER_NAMES[0], GENDER_NAMES[1]]
+        labels = [str(c) for c in result.columns] if isinstance(result, pd.DataFrame) else list(gender_labels(None))
     if cm.shape != (2, 2) or not np.isfinite(cm.astype(float)).all() or (cm < 0).any():
         raise ValueError(f"The confusion matrix must be 2×2 non-negative counts. Received: shape {cm.shape}")
     counts = cm.astype(float)
@@ -422,12 +422,14 @@ def plot_sample_grid(
     threshold: float = 0.5,
     select: str = "first",
     seed: int = 0,
+    gender_names: Mapping[int, str] | None = None,
 ) -> Figure:
     """Grid of faces titled with true and predicted labels (green: gender right, red: wrong).
 
     ``images``: (N, H, W[, C]) uint8 or float (0–1 or 0–255). ``y_true``/``y_pred`` as for
     :func:`~agegender_eval.evaluate.evaluate`. ``select``: ``"first"`` n, ``"random"`` n
-    (``seed``), or ``"worst"`` n by absolute age error.
+    (``seed``), or ``"worst"`` n by absolute age error. ``gender_names``: how the gender codes
+    0, 1 are written in the titles (e.g. ``{0: "M", 1: "F"}``); the codes without it.
     """
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"`n` must be a positive int. Received: n={n!r}")
@@ -436,6 +438,7 @@ def plot_sample_grid(
     if ncols is not None and (isinstance(ncols, bool) or not isinstance(ncols, int | np.integer) or ncols < 1):
         raise ValueError(f"`ncols` must be a positive int. Received: ncols={ncols!r}")
     thr = validate_threshold(threshold)
+    short = gender_labels(gender_names)
     imgs = _images_array(images)
     result = evaluate(y_true, y_pred, threshold=thr)  # validates labels/predictions and lengths
     s = result.samples
@@ -454,7 +457,6 @@ def plot_sample_grid(
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    short = {0: "M", 1: "F"}
     for ax, i in zip(axes.flat, idx, strict=False):
         row = s.iloc[int(i)]
         img = imgs[int(i)]
@@ -477,9 +479,9 @@ def standard_figures(result_or_frames: Any, history: Any = None, *, early_stoppi
     """The figures of a full report, name → Figure.
 
     ``result_or_frames`` is an :class:`EvalResult` or a ``(y_true, y_pred)`` / ``(y_true, y_pred,
-    groups)`` tuple passed to :func:`evaluate`. Names: ``training_curves`` (only with ``history``),
-    ``age_scatter``, ``error_distribution`` (split by age group), ``mae_by_bin``,
-    ``confusion_matrix``, ``fairness``.
+    groups)`` tuple passed to :func:`evaluate` (with its defaults: no age groups, codes as labels).
+    Names: ``training_curves`` (only with ``history``), ``age_scatter``, ``error_distribution``
+    (split by age group when the result has them), ``mae_by_bin``, ``confusion_matrix``, ``fairness``.
     """
     if isinstance(result_or_frames, EvalResult):
         result = result_or_frames
@@ -495,7 +497,10 @@ def standard_figures(result_or_frames: Any, history: Any = None, *, early_stoppi
     if history is not None:
         figs["training_curves"] = plot_training_curves(history, early_stopping_epoch=early_stopping_epoch)
     figs["age_scatter"] = plot_age_scatter(s["age_true"], s["age_pred"])
-    figs["error_distribution"] = plot_error_distribution(s["age_true"], s["age_pred"], hue=s["age_group"], hue_label="age group")
+    if "age_group" in s:
+        figs["error_distribution"] = plot_error_distribution(s["age_true"], s["age_pred"], hue=s["age_group"], hue_label="age group")
+    else:
+        figs["error_distribution"] = plot_error_distribution(s["age_true"], s["age_pred"])
     figs["mae_by_bin"] = plot_mae_by_bin(result)
     figs["confusion_matrix"] = plot_confusion_matrix(result)
     figs["fairness"] = plot_fairness(result)

@@ -14,7 +14,9 @@ from PIL import Image, ImageOps
 from .detect import to_rgb  # numpy/PIL only; the detectors' packages load lazily
 from .saving import load_model
 
-GENDERS = ("male", "female")  # UTKFace: 0 = male, 1 = female
+PREDICTED_GENDER_NAMES: tuple[str, str] = ("male", "female")
+"""What ``Predictor`` writes as ``gender``: index 1 when the model's ``gender`` output, P(female),
+is above the threshold, else index 0 (the training labels' codes: 0 male, 1 female)."""
 
 
 def _to_rgb_array(image: Any, size: tuple[int, int]) -> np.ndarray:
@@ -163,7 +165,7 @@ class Predictor:
                         "file": files[start + j],
                         **extras[start + j],
                         "age": float(age[j]),
-                        "gender": GENDERS[int(p_female[j] > self.threshold)],
+                        "gender": PREDICTED_GENDER_NAMES[int(p_female[j] > self.threshold)],
                         "p_female": float(p_female[j]),
                     }
                 )

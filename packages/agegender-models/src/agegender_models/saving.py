@@ -15,12 +15,21 @@ class ModelFileError(ValueError):
     """A file that should hold a saved model cannot be read as one."""
 
 
-def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
-    """``model.save(path)``; ``path`` must end in ``.keras``. Returns the path."""
+def save_model(model: keras.Model, path: str | os.PathLike, *, include_optimizer: bool = True) -> Path:
+    """``model.save(path)``; ``path`` must end in ``.keras``. Returns the path.
+
+    ``include_optimizer=False`` saves the architecture and weights only (a model to predict with:
+    Adam's two moments would triple the file); it loads uncompiled.
+    """
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"Models are saved in the `.keras` format. Received: path={str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not include_optimizer and getattr(model, "optimizer", None) is not None:
+        # the same layers and weights, never compiled (clone_model would compile the copy too)
+        lean = model.__class__.from_config(model.get_config())
+        lean.set_weights(model.get_weights())
+        model = lean
     model.save(path)
     return path
 

@@ -40,13 +40,24 @@ def predict_frame(model, frame, root: Path, *, image_size: int, batch_size: int 
     }
 
 
-def evaluate_frame(model, frame, root: Path, *, image_size: int, batch_size: int = 64):
-    """Evaluate a model on a split frame; returns an ``agegender_eval`` result."""
-    predictions = predict_frame(model, frame, root, image_size=image_size, batch_size=batch_size)
+def evaluate_predictions(frame, predictions: dict[str, Any]):
+    """Score predictions for the rows of a split frame (in order), with the dataset's vocabulary:
+    ``utkface_data``'s age groups, gender names and race names label every breakdown of the report."""
     frame = frame.reset_index(drop=True)
     return agegender_eval.evaluate(
-        frame[["age", "gender"]], predictions, groups=frame[["race"]]
-    ), predictions
+        frame[["age", "gender"]],
+        predictions,
+        groups=frame[["race"]],
+        age_groups=utkface_data.AGE_GROUPS,
+        gender_names=utkface_data.GENDER_NAMES,
+        group_names={"race": utkface_data.RACE_NAMES},
+    )
+
+
+def evaluate_frame(model, frame, root: Path, *, image_size: int, batch_size: int = 64):
+    """Evaluate a model on a split frame; returns an ``agegender_eval`` result and the predictions."""
+    predictions = predict_frame(model, frame, root, image_size=image_size, batch_size=batch_size)
+    return evaluate_predictions(frame, predictions), predictions
 
 
 def write_evaluation(model, frame, root: Path, out: Path, *, image_size: int, title: str,

@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 from ._paths import ENV_VAR, get_data_dir
 from .errors import DatasetError, MalformedNameError
 from .index import (
-    AGE_BIN_LABELS,
-    AGE_BINS,
     AGE_GROUPS,
+    STRATIFY_AGE_EDGES,
+    STRATIFY_AGE_LABELS,
     DatasetIndex,
     IndexReport,
     age_bin,
@@ -30,12 +30,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import make_dataset
 
 __all__ = [
-    "AGE_BINS",
-    "AGE_BIN_LABELS",
     "AGE_GROUPS",
     "ENV_VAR",
     "GENDER_NAMES",
     "RACE_NAMES",
+    "STRATIFY_AGE_EDGES",
+    "STRATIFY_AGE_LABELS",
     "DatasetError",
     "DatasetIndex",
     "FaceLabels",

@@ -25,10 +25,10 @@ from .naming import (
 )
 
 __all__ = [
-    "AGE_BINS",
-    "AGE_BIN_LABELS",
     "AGE_GROUPS",
     "DEFAULT_MAX_PIXELS",
+    "STRATIFY_AGE_EDGES",
+    "STRATIFY_AGE_LABELS",
     "DatasetIndex",
     "IndexReport",
     "age_bin",
@@ -37,13 +37,15 @@ __all__ = [
     "index_folder",
 ]
 
-# Reporting groups used across the project (per-age-group metrics).
-AGE_GROUPS: tuple[str, ...] = ("under 10", "10–17", "18+")
-_AGE_GROUP_EDGES = np.array([10, 18])
+# The project's reporting age groups (every result is given overall *and* per group): label ->
+# lower edge in years, inclusive; the last group is open-ended. Labels use an en dash. The
+# application passes this mapping to ``agegender_eval.evaluate(age_groups=...)``.
+AGE_GROUPS: Mapping[str, int] = {"under 10": 0, "10–17": 10, "18+": 18}
 
-# Finer bins used for stratified splitting and the index report.
-AGE_BINS: tuple[int, ...] = (0, 10, 18, 30, 45, 60, 117)
-AGE_BIN_LABELS: tuple[str, ...] = ("0-9", "10-17", "18-29", "30-44", "45-59", "60+")
+# Finer bins that stratified subsets/splits and the index report use: edges (the last is an
+# exclusive upper bound above AGE_MAX) and one label per bin.
+STRATIFY_AGE_EDGES: tuple[int, ...] = (0, 10, 18, 30, 45, 60, 117)
+STRATIFY_AGE_LABELS: tuple[str, ...] = ("0-9", "10-17", "18-29", "30-44", "45-59", "60+")
 
 # Decompression-bomb guard for --verify-images (PIL's own default warns at ~89 Mpx).
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -61,15 +63,15 @@ def _ages(ages: Iterable[int] | int) -> np.ndarray:
 def age_group(ages: Iterable[int] | int) -> np.ndarray:
     """Map ages to the reporting groups in ``AGE_GROUPS``: "under 10" (0-9), "10–17", "18+"."""
     arr = _ages(ages)
-    idx = np.searchsorted(_AGE_GROUP_EDGES, arr, side="right")
-    return np.asarray(AGE_GROUPS, dtype=object)[idx]
+    idx = np.searchsorted(np.asarray(list(AGE_GROUPS.values())[1:]), arr, side="right")
+    return np.asarray(list(AGE_GROUPS), dtype=object)[idx]
 
 
 def age_bin(ages: Iterable[int] | int) -> np.ndarray:
-    """Map ages to the stratification bins ``AGE_BIN_LABELS`` (0-9, 10-17, 18-29, 30-44, 45-59, 60+)."""
+    """Map ages to the stratification bins ``STRATIFY_AGE_LABELS`` (0-9, 10-17, 18-29, 30-44, 45-59, 60+)."""
     arr = _ages(ages)
-    idx = np.searchsorted(np.asarray(AGE_BINS[1:-1]), arr, side="right")
-    return np.asarray(AGE_BIN_LABELS, dtype=object)[idx]
+    idx = np.searchsorted(np.asarray(STRATIFY_AGE_EDGES[1:-1]), arr, side="right")
+    return np.asarray(STRATIFY_AGE_LABELS, dtype=object)[idx]
 
 
 @dataclass
@@ -338,7 +340,7 @@ def index_folder(
         unused_corrections=sorted(set(table) - used),
         by_gender=_counts(frame["gender"], GENDER_NAMES, GENDER_NAMES),
         by_race=_counts(frame["race"], RACE_NAMES, RACE_NAMES),
-        by_age_bin=_counts(age_bin(frame["age"].to_numpy()), AGE_BIN_LABELS),
+        by_age_bin=_counts(age_bin(frame["age"].to_numpy()), STRATIFY_AGE_LABELS),
         by_age_group=_counts(age_group(frame["age"].to_numpy()), AGE_GROUPS),
         verified_images=verify_images,
     )

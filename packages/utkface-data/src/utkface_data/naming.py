@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 AGE_MAX = 116
+# UTKFace's label codes and their names: the project's one definition (reports, plots and the
+# application use these; the other libraries take them as arguments).
 GENDER_NAMES: Mapping[int, str] = {0: "male", 1: "female"}
 RACE_NAMES: Mapping[int, str] = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")

@@ -1,0 +1,83 @@
+"""The command line behaves like a good Unix tool: fast help, quiet start, telling exit statuses."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegender import cli
+
+# TensorFlow's and absl's start-up lines (C++ logging before absl::InitializeLog, oneDNN and CUDA
+# notices, the cuInit failure on a machine without a GPU)
+TF_NOISE = re.compile(r"absl::InitializeLog|^[IWE]\d{4} |oneDNN custom operations|cuda|cuInit", re.M)
+
+
+def _agegender(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-m", "agegender.cli", *args], capture_output=True, text=True,
+                          timeout=300, env={**environ, **(env or {})})
+
+
+def test_help_answers_fast_without_tensorflow() -> None:
+    """`agegender --help` used to take about 5 s and print TensorFlow's start-up lines."""
+    probe = ("import sys, time; t = time.perf_counter(); from agegender.cli import build_parser; "
+             "build_parser(); print(time.perf_counter() - t, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    seconds, tf_loaded, keras_loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert (tf_loaded, keras_loaded) == ("False", "False")
+    for command in ([], ["train"], ["evaluate"], ["predict"], ["export"]):
+        started = time.perf_counter()
+        result = _agegender(*command, "--help")
+        elapsed = time.perf_counter() - started
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert "exit status:" in result.stdout
+        # under 1 s on an idle 2-core machine (about 0.15 s measured); generous for a loaded one
+        assert elapsed < 5, f"agegender {' '.join(command)} --help took {elapsed:.1f} s"
+
+
+def test_cli_choices_match_the_library() -> None:
+    """--detect and --format list the library's names without importing it (for a fast --help)."""
+    from agegender_models.detect import DETECTORS
+    from agegender_models.export import FORMATS
+
+    assert cli.DETECTORS == DETECTORS
+    assert cli.EXPORT_FORMATS == FORMATS
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from agegender_models import create_model, save_model
+
+    return save_model(create_model("custom_cnn", input_shape=(32, 32, 3)),
+                      tmp_path_factory.mktemp("model") / "m.keras")
+
+
+def test_tensorflow_start_up_lines_are_not_shown(tiny_model_file: Path, tmp_path: Path) -> None:
+    image = tmp_path / "face.jpg"
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(image)
+    result = _agegender("predict", "--model", str(tiny_model_file), "--json", str(image))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not TF_NOISE.search(result.stderr), result.stderr[-2000:]
+    assert result.stdout.lstrip().startswith("{")
+
+
+def test_predict_exit_status_says_whether_every_input_gave_a_result(tiny_model_file: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    good = tmp_path / "face.jpg"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(good)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    assert cli.main(["predict", "--model", str(tiny_model_file), str(good)]) == 0
+    assert cli.main(["predict", "--model", str(tiny_model_file), str(good), str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert str(good) in out and f"error: {bad}" in err
+    assert cli.main(["predict", "--model", str(tmp_path / "none.keras"), str(good)]) == 2
+    assert capsys.readouterr().err.strip() == f"agegender: error: model file not found: {tmp_path / 'none.keras'}"
