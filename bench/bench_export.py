@@ -125,7 +125,7 @@ def _ratio(row: dict, key: str) -> str:
     return f"{row[key]:.2f}× ({min(rounds):.2f}–{max(rounds):.2f})"
 
 
-def main(argv=None) -> int:
+def _parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model",
@@ -157,22 +157,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = str(HERE / ("bench_export.json" if args.model else "bench_export_untrained.json"))
+    return args
 
+
+def _load_model(path: str | None):
+    """(model, its name in the report): the ``--model`` file, or a fresh seeded Model A."""
     import keras
-    import tensorflow as tf
 
     from agegender_models import create_model, load_model
-    from agegender_models.export import export_model
 
-    if args.model:
-        model, model_name = load_model(args.model, compile=False), args.model
-    else:
-        keras.utils.set_random_seed(0)
-        model = create_model("custom_cnn")
-        model_name = 'create_model("custom_cnn") (fresh, random weights)'
-    size = tuple(int(d) for d in model.inputs[0].shape[1:3])
-    keras_size = f"{_size_mb(Path(args.model)):.1f} MB (.keras)" if args.model else "—"
-    images = load_images(Path(args.data_dir), args.images, size)
+    if path:
+        return load_model(path, compile=False), path
+    keras.utils.set_random_seed(0)
+    return create_model("custom_cnn"), 'create_model("custom_cnn") (fresh, random weights)'
+
+
+def _formats() -> list[str]:
+    """The export formats to measure: ONNX only where its extra is installed."""
     formats = ["savedmodel", "tflite"]
     try:
         import onnxruntime  # noqa: F401
@@ -181,98 +182,100 @@ def main(argv=None) -> int:
         formats.append("onnx")
     except ImportError:
         print("ONNX skipped: pip install 'agegender-models[onnx]'", flush=True)
+    return formats
 
-    load_before = os.getloadavg()
-    result: dict = {
-        "command": "python bench/bench_export.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": model_name,
-        "input_size": list(size),
-        "images": len(images),
-        "batch": args.batch,
-        "latency_reps": args.latency_reps,
-        "rounds": args.rounds,
-        "threads": args.threads,
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-        "formats": {},
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
-        for fmt in formats:
-            target = (
-                Path(tmp)
-                / {"savedmodel": "savedmodel", "tflite": "model.tflite", "onnx": "model.onnx"}[fmt]
-            )
-            start = time.perf_counter()
-            paths[fmt] = export_model(model, target, format=fmt)
-            result["formats"][fmt] = {
-                "size_mb": round(_size_mb(paths[fmt]), 2),
-                "export_s": round(time.perf_counter() - start, 1),
-            }
-            print(fmt, result["formats"][fmt], flush=True)
-        if "onnx" in formats:
-            import onnxruntime
-            import tf2onnx
 
-            result["versions"].update(
-                onnxruntime=onnxruntime.__version__, tf2onnx=tf2onnx.__version__
-            )
-        runners = make_runners(model, paths, args.threads)
-        names = list(runners)
-        keras_name = names[0]
+def _export_all(model, formats: list[str], folder: str, result: dict) -> dict[str, Path]:
+    """Export to every format under ``folder``; records size and export time in ``result``."""
+    from agegender_models.export import export_model
 
-        # parity on every real image, batch by batch
-        reference = [
-            runners[keras_name]["batch"](images[i : i + args.batch])
-            for i in range(0, len(images), args.batch)
-        ]
-        parity = {}
-        for name in names[1:]:
-            diffs = [0.0, 0.0]
-            for j, i in enumerate(range(0, len(images), args.batch)):
-                got = runners[name]["batch"](images[i : i + args.batch])
-                for k in (0, 1):
-                    diffs[k] = max(diffs[k], float(np.abs(got[k] - reference[j][k]).max()))
-            parity[name] = {"gender": diffs[0], "age": diffs[1]}
-        ref_all = (
-            np.concatenate([r[0] for r in reference]),
-            np.concatenate([r[1] for r in reference]),
+    paths = {}
+    for fmt in formats:
+        target = (
+            Path(folder)
+            / {"savedmodel": "savedmodel", "tflite": "model.tflite", "onnx": "model.onnx"}[fmt]
         )
+        start = time.perf_counter()
+        paths[fmt] = export_model(model, target, format=fmt)
+        result["formats"][fmt] = {
+            "size_mb": round(_size_mb(paths[fmt]), 2),
+            "export_s": round(time.perf_counter() - start, 1),
+        }
+        print(fmt, result["formats"][fmt], flush=True)
+    if "onnx" in formats:
+        import onnxruntime
+        import tf2onnx
 
-        # timing: warm up every runtime, then rounds in rotating order
-        one = images[:1]
-        batches = [
-            images[i : i + args.batch] for i in range(0, len(images) - args.batch + 1, args.batch)
-        ]
-        for name in names:
-            runners[name]["one"](one)
-            runners[name]["batch"](batches[0])
-        latency = {name: [] for name in names}
-        throughput = {name: [] for name in names}
-        for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                calls = []
-                for _ in range(args.latency_reps):
-                    t = time.perf_counter()
-                    runners[name]["one"](one)
-                    calls.append(time.perf_counter() - t)
-                latency[name].append(1000 * statistics.median(calls))
-                t = time.perf_counter()
-                for batch in batches:
-                    runners[name]["batch"](batch)
-                throughput[name].append(len(batches) * args.batch / (time.perf_counter() - t))
-            print(
-                f"round {r + 1}: "
-                + ", ".join(
-                    f"{n}: {latency[n][-1]:.1f} ms, {throughput[n][-1]:.1f} img/s" for n in names
-                ),
-                flush=True,
-            )
-    load_after = os.getloadavg()
+        result["versions"].update(
+            onnxruntime=onnxruntime.__version__, tf2onnx=tf2onnx.__version__
+        )
+    return paths
 
+
+def _parity(runners: dict, names: list[str], images: np.ndarray, batch: int):
+    """Max abs difference to Keras on every real image, batch by batch; and Keras' outputs."""
+    reference = [
+        runners[names[0]]["batch"](images[i : i + batch]) for i in range(0, len(images), batch)
+    ]
+    parity = {}
+    for name in names[1:]:
+        diffs = [0.0, 0.0]
+        for j, i in enumerate(range(0, len(images), batch)):
+            got = runners[name]["batch"](images[i : i + batch])
+            for k in (0, 1):
+                diffs[k] = max(diffs[k], float(np.abs(got[k] - reference[j][k]).max()))
+        parity[name] = {"gender": diffs[0], "age": diffs[1]}
+    ref_all = (
+        np.concatenate([r[0] for r in reference]),
+        np.concatenate([r[1] for r in reference]),
+    )
+    return parity, ref_all
+
+
+def _time_round(runner: dict, one: np.ndarray, batches: list[np.ndarray], reps: int):
+    """(median single-image latency in ms, batch throughput in images/s) of one runtime."""
+    calls = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        runner["one"](one)
+        calls.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    for batch in batches:
+        runner["batch"](batch)
+    return 1000 * statistics.median(calls), sum(map(len, batches)) / (time.perf_counter() - t)
+
+
+def _time_runtimes(runners: dict, names: list[str], images: np.ndarray, args):
+    """Warm up every runtime, then time them in rounds in rotating order:
+    name -> per-round latencies (ms) and throughputs (images/s)."""
+    one = images[:1]
+    batches = [
+        images[i : i + args.batch] for i in range(0, len(images) - args.batch + 1, args.batch)
+    ]
+    for name in names:
+        runners[name]["one"](one)
+        runners[name]["batch"](batches[0])
+    latency = {name: [] for name in names}
+    throughput = {name: [] for name in names}
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            ms, ips = _time_round(runners[name], one, batches, args.latency_reps)
+            latency[name].append(ms)
+            throughput[name].append(ips)
+        print(
+            f"round {r + 1}: "
+            + ", ".join(
+                f"{n}: {latency[n][-1]:.1f} ms, {throughput[n][-1]:.1f} img/s" for n in names
+            ),
+            flush=True,
+        )
+    return latency, throughput
+
+
+def _rows(names: list[str], latency: dict, throughput: dict, parity: dict) -> dict[str, dict]:
+    """Per runtime: medians, per-round figures and per-round ratios to Keras (``names[0]``)."""
+    keras_name = names[0]
     rows = {}
     for name in names:
         rows[name] = {
@@ -293,25 +296,23 @@ def main(argv=None) -> int:
     for row in rows.values():
         for key in ("latency_vs_keras", "throughput_vs_keras"):
             row[key] = statistics.median(row[f"{key}_rounds"])
-    result["runtimes"] = rows
-    result["keras_output_range"] = {
-        "gender": [float(ref_all[0].min()), float(ref_all[0].max())],
-        "age": [float(ref_all[1].min()), float(ref_all[1].max())],
-    }
-    result["loadavg_before_after"] = [round(load_before[0], 2), round(load_after[0], 2)]
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return rows
 
+
+def _table(result: dict, runners: dict, keras_size: str, load: tuple) -> list[str]:
+    """The Markdown report: a header line and one table row per runtime."""
+    size, rows = result["input_size"], result["runtimes"]
     lines = [
-        f"Model: {model_name}, input {size[0]}x{size[1]}; {len(images)} real images; "
-        f"batch {args.batch}; {args.rounds} interleaved rounds; load average "
-        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after.",
+        f"Model: {result['model']}, input {size[0]}x{size[1]}; {result['images']} real images; "
+        f"batch {result['batch']}; {result['rounds']} interleaved rounds; load average "
+        f"{load[0]:.1f} before, {load[1]:.1f} after.",
         "",
         "| runtime | file size | max abs diff vs Keras (gender / age) | single-image latency "
         "(median) | vs Keras (range over rounds) | batch throughput | vs Keras (range) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in names:
-        row, fmt = rows[name], runners[name]["format"]
+    for name, row in rows.items():
+        fmt = runners[name]["format"]
         size_txt = f"{result['formats'][fmt]['size_mb']:.1f} MB" if fmt else keras_size
         diff = (
             "—"
@@ -323,6 +324,54 @@ def main(argv=None) -> int:
             f"{_ratio(row, 'latency_vs_keras')} | {row['throughput_ips_median']:.1f} img/s | "
             f"{_ratio(row, 'throughput_vs_keras')} |"
         )
+    return lines
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+
+    import keras
+    import tensorflow as tf
+
+    model, model_name = _load_model(args.model)
+    size = tuple(int(d) for d in model.inputs[0].shape[1:3])
+    keras_size = f"{_size_mb(Path(args.model)):.1f} MB (.keras)" if args.model else "—"
+    images = load_images(Path(args.data_dir), args.images, size)
+    formats = _formats()
+
+    load_before = os.getloadavg()
+    result: dict = {
+        "command": "python bench/bench_export.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "model": model_name,
+        "input_size": list(size),
+        "images": len(images),
+        "batch": args.batch,
+        "latency_reps": args.latency_reps,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "formats": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _export_all(model, formats, tmp, result)
+        runners = make_runners(model, paths, args.threads)
+        names = list(runners)
+        parity, ref_all = _parity(runners, names, images, args.batch)
+        latency, throughput = _time_runtimes(runners, names, images, args)
+    load_after = os.getloadavg()
+
+    result["runtimes"] = _rows(names, latency, throughput, parity)
+    result["keras_output_range"] = {
+        "gender": [float(ref_all[0].min()), float(ref_all[0].max())],
+        "age": [float(ref_all[1].min()), float(ref_all[1].max())],
+    }
+    result["loadavg_before_after"] = [round(load_before[0], 2), round(load_after[0], 2)]
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+    lines = _table(result, runners, keras_size, (load_before[0], load_after[0]))
     print("\n" + "\n".join(lines))
     print(f"\nresults: {args.out}")
     return 0

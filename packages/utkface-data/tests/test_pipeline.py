@@ -210,3 +210,67 @@ def test_file_cache_prefix_is_not_shared_by_different_frames(frame: pd.DataFrame
     for part in (first, second):
         ages = [a for _, y in make_dataset(part, root=utk_folder, cache=prefix, batch_size=8) for a in y["age"].numpy()]
         assert ages == part["age"].astype("float32").tolist()
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "drop_remainder", "kwargs"),
+    [
+        (5, False, {}),
+        (5, True, {}),
+        (8, False, {"shuffle": True, "augment": True, "cache": "memory", "scaling": "unit"}),
+        (7, True, {"shuffle": True, "check_files": False}),
+    ],
+)
+def test_cardinality_is_known(frame: pd.DataFrame, utk_folder: Path, batch_size: int,
+                              drop_remainder: bool, kwargs: dict) -> None:
+    ds = make_dataset(frame, root=utk_folder, image_size=SIZE, batch_size=batch_size,
+                      drop_remainder=drop_remainder, **kwargs)
+    n = len(frame)
+    expected = n // batch_size if drop_remainder else -(-n // batch_size)
+    assert int(ds.cardinality()) == expected == len(list(ds))
+    repeated = make_dataset(frame, root=utk_folder, image_size=SIZE, repeat=True)
+    assert int(repeated.cardinality()) == tf.data.INFINITE_CARDINALITY
+
+
+def test_cardinality_is_unknown_when_the_decoder_may_skip_files(frame: pd.DataFrame,
+                                                               utk_folder: Path) -> None:
+    ds = make_dataset(frame, root=utk_folder, image_size=SIZE, on_error="skip")
+    assert int(ds.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+
+
+def test_keras_fit_knows_the_steps_and_logs_per_output_losses_right(
+    frame: pd.DataFrame, utk_folder: Path
+) -> None:
+    # With a dataset of unknown length, Keras 3 ran each epoch until the data ran out, showed
+    # "1/Unknown" steps, warned, and its per-output loss trackers counted the step that found
+    # no data as one more batch: age_loss (MAE) came out smaller than the age MAE metric by a
+    # factor steps / (steps + 1). With a known length both are the same number.
+    import warnings
+
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((*SIZE, 3))
+    x = keras.layers.Dropout(0.5)(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, {
+        "gender": keras.layers.Dense(1, activation="sigmoid", name="gender")(x),
+        "age": keras.layers.Dense(1, name="age")(x),
+    })
+    model.compile(optimizer="adam", loss={"gender": "binary_crossentropy", "age": "mae"},
+                  metrics={"age": ["mae"]})
+    kw = dict(root=utk_folder, image_size=SIZE, batch_size=8, scaling="unit")
+    steps = []
+
+    class Steps(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            steps.append(self.params["steps"])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(make_dataset(frame, shuffle=True, **kw), shuffle=False, epochs=2,
+                            validation_data=make_dataset(frame, **kw), verbose=0,
+                            callbacks=[Steps()]).history
+    np.testing.assert_allclose(history["age_loss"], history["age_mae"], rtol=1e-5)
+    np.testing.assert_allclose(history["val_age_loss"], history["val_age_mae"], rtol=1e-5)
+    assert steps == [3, 3]
+    assert not [w for w in caught if issubclass(w.category, UserWarning | RuntimeWarning)]

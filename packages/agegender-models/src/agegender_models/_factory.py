@@ -16,6 +16,7 @@ Layer names: ``image`` (input) -> ``preprocess`` -> ``backbone`` (a nested model
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -58,6 +59,153 @@ def _validate_input_shape(input_shape, min_size: int) -> tuple[int, int, int]:
             f"{min_size}. Received: input_shape={tuple(input_shape)}"
         )
     return int(h), int(w), int(c)
+
+
+def _check_weights(weights) -> None:
+    if weights is not None and not isinstance(weights, str | os.PathLike):
+        raise ValueError(
+            "`weights` must be None, 'imagenet' or a path to a weights file. "
+            f"Received: weights={weights!r}"
+        )
+
+
+def _check_trainable_layers(trainable_layers) -> None:
+    if trainable_layers is not None and (
+        not isinstance(trainable_layers, int) or isinstance(trainable_layers, bool)
+        or trainable_layers < 0
+    ):
+        raise ValueError(
+            "`trainable_layers` must be None or a non-negative int. "
+            f"Received: trainable_layers={trainable_layers!r}"
+        )
+
+
+def _resolve_head(cfg: dict, head, dense, dropout) -> tuple[str, tuple[int, ...], float]:
+    """``head``, ``dense`` and ``dropout``, each checked after its backbone default is filled in."""
+    head = cfg["head"] if head is None else head
+    if head not in HEADS:
+        raise ValueError(f"`head` must be one of {HEADS}. Received: head={head!r}")
+    dense = tuple(cfg["dense"] if dense is None else dense)
+    if not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in dense):
+        raise ValueError(f"`dense` must be a sequence of positive ints. Received: dense={dense!r}")
+    dropout = float(cfg["dropout"] if dropout is None else dropout)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    return head, dense, dropout
+
+
+def _check_age(age_range, age_bias) -> None:
+    if (
+        not isinstance(age_range, Sequence) or len(age_range) != 2
+        or not 0 <= age_range[0] < age_range[1]
+    ):
+        raise ValueError(
+            f"`age_range` must be (min, max) with 0 <= min < max. Received: age_range={age_range!r}"
+        )
+    if not age_range[0] <= age_bias <= age_range[1]:
+        raise ValueError(
+            f"`age_bias` must lie inside age_range={tuple(age_range)}. Received: age_bias={age_bias!r}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelArgs:
+    """``create_model``'s arguments after validation, with the backbone's defaults filled in."""
+
+    shape: tuple[int, int, int]
+    weights_path: str | None  # resolved: an existing file, or None for random weights
+    trainable_layers: int | None
+    head: str
+    dense: tuple[int, ...]
+    dropout: float
+    bn_frozen: bool
+
+
+def _resolve_args(backbone: str, cfg: dict, *, input_shape, weights, trainable_layers, head,
+                  dense, dropout, age_range, age_bias, precision) -> _ModelArgs:
+    """Validate every argument (first the shape, last the weights file) before anything is built;
+    ``_UNSET``/``None`` take the backbone's defaults."""
+    shape = _validate_input_shape(
+        cfg["input_shape"] if input_shape is None else input_shape, int(cfg["min_size"])
+    )
+    if weights is _UNSET:
+        weights = cfg["weights"]
+        # an "imagenet" default must not break users who only want the architecture offline:
+        # it is still an error if the file is missing (explicit beats silent random init)
+    _check_weights(weights)
+    if trainable_layers is _UNSET:
+        trainable_layers = cfg["trainable_layers"] if weights is not None else None
+    _check_trainable_layers(trainable_layers)
+    head, dense, dropout = _resolve_head(cfg, head, dense, dropout)
+    _check_age(age_range, age_bias)
+    if precision is not None:
+        resolve_precision(precision, backbone=backbone)
+    if cfg["preprocessing"] not in PREPROCESSING_MODES:
+        raise ValueError(
+            f"Backbone {backbone!r} declares an unknown preprocessing mode. "
+            f"Received: preprocessing={cfg['preprocessing']!r}"
+        )
+    # resolve weights before building anything: a missing file fails fast
+    if weights == "imagenet":
+        weights_path = find_imagenet_weights(backbone, tuple(cfg["imagenet_files"]), shape)
+    else:
+        weights_path = None if weights is None else os.fspath(weights)
+    # BatchNorm of a keras.applications backbone stays in inference mode when fine-tuning
+    # (pretrained weights or a partly frozen backbone); trained from scratch, it must learn
+    bn_frozen = bool(cfg["bn_inference"]) and (weights_path is not None or trainable_layers is not None)
+    return _ModelArgs(shape, weights_path, trainable_layers, head, dense, dropout, bn_frozen)
+
+
+def _build_backbone(spec, backbone: str, args: _ModelArgs) -> keras.Model:
+    """The backbone model, with its weights loaded (or BatchNorm set up for training from
+    scratch); call under the model's precision scope."""
+    features = spec.fn(input_shape=args.shape, name="backbone")
+    if not isinstance(features, keras.Model):
+        raise TypeError(
+            f"Backbone entry point {backbone!r} must return a keras.Model. "
+            f"Received: {type(features).__name__}"
+        )
+    if args.trainable_layers is not None and args.trainable_layers > len(features.layers):
+        raise ValueError(
+            f"`trainable_layers` is larger than backbone {backbone!r}, which has "
+            f"{len(features.layers)} layers. Received: trainable_layers={args.trainable_layers}"
+        )
+    if args.weights_path is not None:
+        load_backbone_weights(features, args.weights_path, backbone)
+    elif not args.bn_frozen:
+        # Trained from scratch, BatchNorm's moving statistics must catch up with weights that
+        # change fast. keras.applications uses momentum 0.999 (made for ImageNet-length
+        # runs): after ~1,200 steps on UTKFace, MobileNetV3Small's inference-mode features
+        # were still constant across images (std 2e-7 vs 0.39 with batch statistics) and it
+        # predicted one age for every face. Keras' default 0.99 follows within an epoch.
+        for layer in features.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = min(layer.momentum, FROM_SCRATCH_BN_MOMENTUM)
+    return features
+
+
+def _build_heads(x, args: _ModelArgs, age_range, age_bias) -> dict:
+    """Backbone features -> pooling, dense layers and the ``gender`` and ``age`` outputs."""
+    if len(x.shape) == 4:
+        pool = {
+            "flatten": layers.Flatten(name="flatten"),
+            "avg": layers.GlobalAveragePooling2D(name="avg_pool"),
+            "max": layers.GlobalMaxPooling2D(name="max_pool"),
+        }[args.head]
+        x = pool(x)
+    for i, units in enumerate(args.dense, start=1):
+        x = layers.Dense(units, activation="relu", name=f"dense{i}")(x)
+        if args.dropout > 0:
+            x = layers.Dropout(args.dropout, name=f"dropout{i}")(x)
+    gender = layers.Dense(1, activation="sigmoid", dtype="float32", name="gender")(x)
+    age = layers.Dense(
+        1,
+        dtype="float32",
+        bias_initializer=keras.initializers.Constant(float(age_bias)),
+        name="age_dense",
+    )(x)
+    age = BoundedAge(age_range[0], age_range[1], name="age")(age)
+    return {"gender": gender, "age": age}
 
 
 def create_model(
@@ -103,120 +251,23 @@ def create_model(
     """
     spec = get_backbone(backbone)
     cfg = spec.cfg()
-    shape = _validate_input_shape(
-        cfg["input_shape"] if input_shape is None else input_shape, int(cfg["min_size"])
+    args = _resolve_args(
+        backbone, cfg, input_shape=input_shape, weights=weights, trainable_layers=trainable_layers,
+        head=head, dense=dense, dropout=dropout, age_range=age_range, age_bias=age_bias,
+        precision=precision,
     )
-    if weights is _UNSET:
-        weights = cfg["weights"]
-        # an "imagenet" default must not break users who only want the architecture offline:
-        # it is still an error if the file is missing (explicit beats silent random init)
-    if weights is not None and not isinstance(weights, str | os.PathLike):
-        raise ValueError(
-            "`weights` must be None, 'imagenet' or a path to a weights file. "
-            f"Received: weights={weights!r}"
-        )
-    if trainable_layers is _UNSET:
-        trainable_layers = cfg["trainable_layers"] if weights is not None else None
-    if trainable_layers is not None and (
-        not isinstance(trainable_layers, int) or isinstance(trainable_layers, bool)
-        or trainable_layers < 0
-    ):
-        raise ValueError(
-            "`trainable_layers` must be None or a non-negative int. "
-            f"Received: trainable_layers={trainable_layers!r}"
-        )
-    head = cfg["head"] if head is None else head
-    if head not in HEADS:
-        raise ValueError(f"`head` must be one of {HEADS}. Received: head={head!r}")
-    dense = tuple(cfg["dense"] if dense is None else dense)
-    if not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in dense):
-        raise ValueError(f"`dense` must be a sequence of positive ints. Received: dense={dense!r}")
-    dropout = float(cfg["dropout"] if dropout is None else dropout)
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-    if (
-        not isinstance(age_range, Sequence) or len(age_range) != 2
-        or not 0 <= age_range[0] < age_range[1]
-    ):
-        raise ValueError(
-            f"`age_range` must be (min, max) with 0 <= min < max. Received: age_range={age_range!r}"
-        )
-    if not age_range[0] <= age_bias <= age_range[1]:
-        raise ValueError(
-            f"`age_bias` must lie inside age_range={tuple(age_range)}. Received: age_bias={age_bias!r}"
-        )
-    if precision is not None:
-        resolve_precision(precision, backbone=backbone)
-    if cfg["preprocessing"] not in PREPROCESSING_MODES:
-        raise ValueError(
-            f"Backbone {backbone!r} declares an unknown preprocessing mode. "
-            f"Received: preprocessing={cfg['preprocessing']!r}"
-        )
-    # resolve weights before building anything: a missing file fails fast
-    if weights == "imagenet":
-        weights_path = find_imagenet_weights(backbone, tuple(cfg["imagenet_files"]), shape)
-    elif weights is None:
-        weights_path = None
-    else:
-        weights_path = os.fspath(weights)
-
-    # BatchNorm of a keras.applications backbone stays in inference mode when fine-tuning
-    # (pretrained weights or a partly frozen backbone); trained from scratch, it must learn
-    bn_frozen = bool(cfg["bn_inference"]) and (weights_path is not None or trainable_layers is not None)
     with precision_scope(precision, backbone=backbone):
-        features = spec.fn(input_shape=shape, name="backbone")
-        if not isinstance(features, keras.Model):
-            raise TypeError(
-                f"Backbone entry point {backbone!r} must return a keras.Model. "
-                f"Received: {type(features).__name__}"
-            )
-        if trainable_layers is not None and trainable_layers > len(features.layers):
-            raise ValueError(
-                f"`trainable_layers` is larger than backbone {backbone!r}, which has "
-                f"{len(features.layers)} layers. Received: trainable_layers={trainable_layers}"
-            )
-        if weights_path is not None:
-            load_backbone_weights(features, weights_path, backbone)
-        elif not bn_frozen:
-            # Trained from scratch, BatchNorm's moving statistics must catch up with weights that
-            # change fast. keras.applications uses momentum 0.999 (made for ImageNet-length
-            # runs): after ~1,200 steps on UTKFace, MobileNetV3Small's inference-mode features
-            # were still constant across images (std 2e-7 vs 0.39 with batch statistics) and it
-            # predicted one age for every face. Keras' default 0.99 follows within an epoch.
-            for layer in features.layers:
-                if isinstance(layer, layers.BatchNormalization):
-                    layer.momentum = min(layer.momentum, FROM_SCRATCH_BN_MOMENTUM)
-
-        inputs = keras.Input(shape=shape, name="image")
+        features = _build_backbone(spec, backbone, args)
+        inputs = keras.Input(shape=args.shape, name="image")
         x = Preprocess(cfg["preprocessing"], name="preprocess")(inputs)
         # keras.applications backbones are called with training=False (the documented
         # transfer-learning idiom), but Keras 3.15's Functional.call overrides that stored
         # argument with the outer `training` during fit; what actually keeps BatchNorm in
         # inference mode is set_trainable freezing every BatchNorm layer (tested).
-        x = features(x, training=False) if bn_frozen else features(x)
-        if len(x.shape) == 4:
-            pool = {
-                "flatten": layers.Flatten(name="flatten"),
-                "avg": layers.GlobalAveragePooling2D(name="avg_pool"),
-                "max": layers.GlobalMaxPooling2D(name="max_pool"),
-            }[head]
-            x = pool(x)
-        for i, units in enumerate(dense, start=1):
-            x = layers.Dense(units, activation="relu", name=f"dense{i}")(x)
-            if dropout > 0:
-                x = layers.Dropout(dropout, name=f"dropout{i}")(x)
-        gender = layers.Dense(1, activation="sigmoid", dtype="float32", name="gender")(x)
-        age = layers.Dense(
-            1,
-            dtype="float32",
-            bias_initializer=keras.initializers.Constant(float(age_bias)),
-            name="age_dense",
-        )(x)
-        age = BoundedAge(age_range[0], age_range[1], name="age")(age)
-        model = keras.Model(
-            inputs, {"gender": gender, "age": age}, name=name or f"agegender_{backbone}"
-        )
-    set_trainable(model, trainable_layers, freeze_batchnorm=bn_frozen)
+        x = features(x, training=False) if args.bn_frozen else features(x)
+        outputs = _build_heads(x, args, age_range, age_bias)
+        model = keras.Model(inputs, outputs, name=name or f"agegender_{backbone}")
+    set_trainable(model, args.trainable_layers, freeze_batchnorm=args.bn_frozen)
     return model
 
 
@@ -284,6 +335,13 @@ def compile_model(
     """Compile with the seed's setup: Adam, binary cross-entropy for ``gender``, MAE for
     ``age``; metrics accuracy (gender) and MAE (age). ``loss_weights`` e.g.
     ``{"gender": 1.0, "age": 0.1}``; default: equal weights, as the seed. Returns the model.
+
+    In the log, ``age_loss`` (Keras' per-output loss tracker) and ``age_mae`` (the metric) are
+    the same MAE when the dataset's length is known, as ``utkface_data.make_dataset``'s is.
+    On a dataset of unknown length, Keras 3.15 counts one extra, empty step per epoch in the
+    per-output loss trackers (not in ``loss`` or the metrics): ``age_loss`` then comes out
+    smaller by ``steps / (steps + 1)``. The trackers also weight every batch alike, so a
+    smaller last batch moves ``age_loss`` slightly; ``age_mae`` is the mean over images.
     """
     if not (isinstance(learning_rate, int | float) and learning_rate > 0):
         raise ValueError(f"`learning_rate` must be > 0. Received: learning_rate={learning_rate!r}")

@@ -24,7 +24,7 @@ import os
 import struct
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,6 +180,12 @@ def make_dataset(
             decoded images after a cache).
 
     Targets are float32 vectors of shape ``(batch,)``: gender 0/1 and age in years.
+
+    With ``on_error="raise"`` no row can be dropped while iterating (every row comes out or
+    iteration stops with an error), so the dataset's ``cardinality()`` is known: ``ceil(rows /
+    batch_size)`` batches (``floor`` with ``drop_remainder``; infinite with ``repeat``), and Keras
+    shows ``n/n`` steps. With ``"skip"`` a corrupt file found by the decoder is left out at run
+    time, so the number of batches is unknown until the end of the first pass.
     """
     _check_args(frame, image_size, batch_size, scaling, cache, on_error, max_pixels)
     import tensorflow as tf
@@ -188,33 +194,7 @@ def make_dataset(
     gender = frame["gender"].to_numpy(dtype=np.float32)
     age = frame["age"].to_numpy(dtype=np.float32)
     if check_files:
-        problems = [(p, file_problem(p, max_pixels=max_pixels)) for p in paths]
-        bad = [(p, why) for p, why in problems if why is not None]
-        if bad and on_error == "raise":
-            missing = [p for p, why in bad if why == "file not found"]
-            if missing:
-                listed = ", ".join(missing[:10]) + (
-                    f" ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-                )
-                raise FileNotFoundError(
-                    f"{len(missing)} image file(s) listed in the frame do not exist: {listed}"
-                )
-            shown = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
-            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-            raise DatasetError(
-                f"{len(bad)} unusable image file(s) (on_error='skip' leaves them out):\n{shown}{more}"
-            )
-        if bad:
-            for p, why in bad:
-                warnings.warn(f"{_ERROR_PREFIX} skipped: {p}: {why}", stacklevel=2)
-            keep = np.array([why is None for _, why in problems])
-            if not keep.any():
-                raise DatasetError(
-                    f"none of the {len(paths)} image files is usable, e.g. {bad[0][0]}: {bad[0][1]}"
-                )
-            paths = [p for p, k in zip(paths, keep, strict=True) if k]
-            gender, age = gender[keep], age[keep]
-    height, width = image_size
+        paths, gender, age = _usable_rows(paths, gender, age, on_error=on_error, max_pixels=max_pixels)
     # without shuffling, rows always come out in frame order (predictions line up with labels)
     deterministic = seed is not None or not shuffle
 
@@ -222,6 +202,66 @@ def make_dataset(
     if shuffle and cache is None:
         # Shuffle only the (path, label) records: cheap, and images still stream.
         ds = ds.shuffle(shuffle_buffer or len(paths), seed=seed, reshuffle_each_iteration=True)
+    ds = _decode_images(ds, len(paths), image_size, on_error=on_error, deterministic=deterministic)
+    if cache is not None:
+        ds = ds.cache("" if str(cache) == "memory" else _cache_file(cache, paths, gender, age, image_size))
+        if shuffle:
+            ds = ds.shuffle(
+                shuffle_buffer or min(len(paths), 2048), seed=seed, reshuffle_each_iteration=True
+            )
+    if repeat:
+        ds = ds.repeat()
+    if augment:
+        ds = _augment_images(ds, image_size, seed=seed, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if scaling != "uint8":
+        ds = _scale_images(ds, scaling)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _bad_files_error(bad: list[tuple[str, str]]) -> Exception:
+    """The error for ``on_error="raise"``: ``FileNotFoundError`` if files are missing, else a
+    ``DatasetError`` listing every unusable file with its reason."""
+    missing = [p for p, why in bad if why == "file not found"]
+    if missing:
+        listed = ", ".join(missing[:10]) + (
+            f" ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        )
+        return FileNotFoundError(
+            f"{len(missing)} image file(s) listed in the frame do not exist: {listed}"
+        )
+    shown = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
+    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    return DatasetError(
+        f"{len(bad)} unusable image file(s) (on_error='skip' leaves them out):\n{shown}{more}"
+    )
+
+
+def _usable_rows(
+    paths: list[str], gender: np.ndarray, age: np.ndarray, *, on_error: str, max_pixels: int
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The up-front file check (:func:`file_problem` on every file): raises for bad files with
+    ``on_error="raise"``; with ``"skip"`` leaves them out, warning once per file."""
+    problems = [file_problem(p, max_pixels=max_pixels) for p in paths]
+    bad = [(p, why) for p, why in zip(paths, problems, strict=True) if why is not None]
+    if not bad:
+        return paths, gender, age
+    if on_error == "raise":
+        raise _bad_files_error(bad)
+    for p, why in bad:
+        # stacklevel 3: the warning points at make_dataset's caller
+        warnings.warn(f"{_ERROR_PREFIX} skipped: {p}: {why}", stacklevel=3)
+    keep = np.array([why is None for why in problems])
+    if not keep.any():
+        raise DatasetError(
+            f"none of the {len(paths)} image files is usable, e.g. {bad[0][0]}: {bad[0][1]}"
+        )
+    return [p for p, k in zip(paths, keep, strict=True) if k], gender[keep], age[keep]
+
+
+def _decoder(height: int, width: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    """path -> RGB uint8 image of ``(height, width, 3)`` (bilinear resize, rounded)."""
+    import tensorflow as tf
 
     def decode(path: tf.Tensor) -> tf.Tensor:
         image = tf.io.decode_image(
@@ -231,6 +271,34 @@ def make_dataset(
         return tf.ensure_shape(
             tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8), (height, width, 3)
         )
+
+    return decode
+
+
+def _report_failures(failed: tf.Tensor, on_error: str) -> tf.Operation:
+    """The op that reports the paths the decoder rejected: an assertion that fails
+    (``"raise"``) or a warning printed to stderr (``"skip"``)."""
+    import tensorflow as tf
+
+    if on_error == "raise":
+        # InvalidArgumentError: "assertion failed: [utkface_data: unreadable image ...] [<path>...]"
+        return tf.debugging.Assert(
+            tf.equal(tf.size(failed), 0), [_DECODE_ERROR, failed], summarize=_CHUNK
+        )
+    return tf.cond(
+        tf.size(failed) > 0,
+        lambda: tf.print(
+            "WARNING:", _ERROR_PREFIX, "skipped (corrupt image data):", failed, output_stream=sys.stderr
+        ),
+        lambda: tf.no_op(),
+    )
+
+
+def _chunk_loader(height: int, width: int, on_error: str) -> Callable[..., Any]:
+    """(chunk of paths, targets) -> (decoded images, targets of the images that decoded)."""
+    import tensorflow as tf
+
+    decode = _decoder(height, width)
 
     def load_chunk(
         chunk: tf.Tensor, target: dict[str, tf.Tensor]
@@ -252,54 +320,56 @@ def make_dataset(
         images, index = decoded.take(1).get_single_element()
         seen = tf.scatter_nd(index[:, None], tf.ones_like(index), k[None])
         failed = tf.boolean_mask(chunk, tf.equal(seen, 0))
-        if on_error == "raise":
-            # InvalidArgumentError: "assertion failed: [utkface_data: unreadable image ...] [<path>...]"
-            report = tf.debugging.Assert(
-                tf.equal(tf.size(failed), 0), [_DECODE_ERROR, failed], summarize=_CHUNK
-            )
-        else:
-            report = tf.cond(
-                tf.size(failed) > 0,
-                lambda: tf.print(
-                    "WARNING:",
-                    _ERROR_PREFIX,
-                    "skipped (corrupt image data):",
-                    failed,
-                    output_stream=sys.stderr,
-                ),
-                lambda: tf.no_op(),
-            )
-        with tf.control_dependencies([report]):
+        with tf.control_dependencies([_report_failures(failed, on_error)]):
             images = tf.identity(images)
         return images, {key: tf.gather(value, index) for key, value in target.items()}
 
+    return load_chunk
+
+
+def _decode_images(
+    ds: tf.data.Dataset, rows: int, image_size: tuple[int, int], *, on_error: str,
+    deterministic: bool,
+) -> tf.data.Dataset:
+    """(path, targets) records -> (uint8 image, targets), decoded in parallel chunks."""
+    import tensorflow as tf
+
     ds = (
         ds.batch(_CHUNK)
-        .map(load_chunk, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        .map(_chunk_loader(*image_size, on_error), num_parallel_calls=tf.data.AUTOTUNE,
+             deterministic=deterministic)
         .unbatch()
     )
-    if cache is not None:
-        ds = ds.cache("" if str(cache) == "memory" else _cache_file(cache, paths, gender, age, image_size))
-        if shuffle:
-            ds = ds.shuffle(
-                shuffle_buffer or min(len(paths), 2048), seed=seed, reshuffle_each_iteration=True
-            )
-    if repeat:
-        ds = ds.repeat()
-    if augment:
-        noise = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, noise)).map(
-            lambda el, s: (_augment(el[0], s, height, width), el[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=deterministic,
-        )
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if scaling != "uint8":
-        scale = 1.0 / 255.0 if scaling == "unit" else 1.0
-        ds = ds.map(
-            lambda x, y: (tf.cast(x, tf.float32) * scale, y), num_parallel_calls=tf.data.AUTOTUNE
-        )
-    return ds.prefetch(tf.data.AUTOTUNE)
+    if on_error == "raise":
+        # Every row comes out or iteration stops with an error: the length is known (unbatch
+        # loses it), and Keras can show n/n steps and stop each epoch without running dry.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(rows))
+    return ds
+
+
+def _augment_images(
+    ds: tf.data.Dataset, image_size: tuple[int, int], *, seed: int | None, deterministic: bool
+) -> tf.data.Dataset:
+    """Random jitter per image (see :func:`_augment`), seeded from a random stream."""
+    import tensorflow as tf
+
+    height, width = image_size
+    noise = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return tf.data.Dataset.zip((ds, noise)).map(
+        lambda el, s: (_augment(el[0], s, height, width), el[1]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+
+
+def _scale_images(ds: tf.data.Dataset, scaling: str) -> tf.data.Dataset:
+    """uint8 batches -> float32 in 0-255 (``"float"``) or [0, 1] (``"unit"``)."""
+    import tensorflow as tf
+
+    scale = 1.0 / 255.0 if scaling == "unit" else 1.0
+    return ds.map(
+        lambda x, y: (tf.cast(x, tf.float32) * scale, y), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
 
 def _augment(image: tf.Tensor, seed: tf.Tensor, height: int, width: int) -> tf.Tensor:
