@@ -15,14 +15,18 @@ ROOT = Path(__file__).parent
 PYTHON = "3.11"
 # Editable installs of the three libraries and the application, with the extras the tests use
 # ('onnx': tf2onnx + onnxruntime for the ONNX export tests and bench/bench_export.py, about 100 MB
-# installed next to TensorFlow's 1.8 GB; 'detect': the face detectors).
+# installed next to TensorFlow's 1.8 GB; 'detect': the face detectors; 'serve': FastAPI + uvicorn
+# for `agegender serve`; 'batch': Ray Data for `agegender predict-batch`).
 PACKAGES = [
     "-e", "packages/utkface-data[tf]",
     "-e", "packages/agegender-eval",
     "-e", "packages/agegender-models[onnx,detect]",
-    "-e", "packages/agegender[onnx,detect]",
+    "-e", "packages/agegender[onnx,detect,serve,batch]",
 ]
-TEST_DEPS = ["pytest>=8", "hypothesis>=6.100"]
+# httpx2 (httpx for Starlette < 1.0) drives FastAPI's TestClient; playwright drives the system
+# Chromium (.ci/run installs Debian's) in the browser test of `agegender serve`, without downloading
+# a browser of its own.
+TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "httpx2>=2.16", "httpx>=0.27", "playwright>=1.40"]
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
 
 

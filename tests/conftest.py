@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,12 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# measured "auto" verdicts go to a folder of this test session, not the user's ~/.cache; and
+# Predictor/predict run Keras, whose outputs the tests compare exactly ("auto" has its own tests)
+if "AGEGENDER_CACHE_DIR" not in os.environ:
+    os.environ["AGEGENDER_CACHE_DIR"] = tempfile.mkdtemp(prefix="agegender-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["AGEGENDER_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("AGEGENDER_RUNTIME", "keras")
 
 IMAGE_PX = 40
 
@@ -43,3 +52,10 @@ def face_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Image.new("RGB", (IMAGE_PX, IMAGE_PX)).save(folder / "61_1_20170109142408075.jpg.chip.jpg")
     (folder / "README.txt").write_text("not an image\n")
     return folder
+
+
+@pytest.fixture(scope="session")
+def make_faces():
+    """:func:`make_face_folder`, for a test that needs a folder of its own size (test modules
+    cannot import conftest under ``--import-mode=importlib``)."""
+    return make_face_folder

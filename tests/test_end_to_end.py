@@ -217,7 +217,7 @@ def test_cli_predict_json_lists_bad_files_and_predicts_good_ones(trained_run: Pa
     corrupt.write_bytes(good[0].read_bytes()[:200])
     empty = tmp_path / "empty_dir"
     empty.mkdir()
-    result = _cli("predict", "--model", str(trained_run / "model.keras"), "--json",
+    result = _cli("predict", "--detect", "none", "--model", str(trained_run / "model.keras"), "--json",
                   *map(str, good), str(corrupt), str(empty), str(tmp_path / "missing.jpg"))
     assert result.returncode == 1, result.stderr[-3000:]  # some inputs failed: not a success
     payload = json.loads(result.stdout)
@@ -659,8 +659,8 @@ def test_transfer_recipe_resumes_in_either_phase_after_a_kill(face_folder: Path,
 def test_cli_flip_tta_predicts_and_evaluates(trained_run: Path, face_folder: Path, tmp_path: Path) -> None:
     model = str(trained_run / "model.keras")
     good = sorted(face_folder.glob("*.jpg"))[:2]
-    plain = json.loads(_cli("predict", "--model", model, "--json", *map(str, good)).stdout)
-    result = _cli("predict", "--model", model, "--json", "--flip-tta", *map(str, good))
+    plain = json.loads(_cli("predict", "--detect", "none", "--model", model, "--json", *map(str, good)).stdout)
+    result = _cli("predict", "--detect", "none", "--model", model, "--json", "--flip-tta", *map(str, good))
     assert result.returncode == 0, result.stderr[-3000:]
     tta = json.loads(result.stdout)
     assert [p["file"] for p in tta["predictions"]] == [p["file"] for p in plain["predictions"]]
@@ -691,7 +691,7 @@ def test_cli_ensemble_averages_the_models(trained_run: Path, face_folder: Path, 
     runs = {}
     for name, models in (("a", [trained]), ("b", [other]), ("pair", [trained, other])):
         args = [arg for path in models for arg in ("--model", path)]
-        result = _cli("predict", *args, "--json", *images)
+        result = _cli("predict", "--detect", "none", *args, "--json", *images)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = json.loads(result.stdout)["predictions"]
     for a, b, pair in zip(runs["a"], runs["b"], runs["pair"], strict=True):

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import keras
 import numpy as np
 import pytest
 
 from agegender_models import backbone_defaults, create_model
+
+# measured "auto" verdicts go to a folder of this test session, not the user's ~/.cache; and
+# Predictor runs Keras, whose outputs the tests compare exactly ("auto" has its own tests)
+if "AGEGENDER_CACHE_DIR" not in os.environ:
+    os.environ["AGEGENDER_CACHE_DIR"] = tempfile.mkdtemp(prefix="agegender-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["AGEGENDER_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("AGEGENDER_RUNTIME", "keras")
 
 TINY = (32, 32, 3)
 

@@ -107,7 +107,7 @@ def test_face_rejects_a_bad_box() -> None:
         np.full((30, 40, 4), 7, np.uint8),  # RGBA
         np.full((30, 40, 3), 7.2, np.float32),
         Image.new("LA", (40, 30), (7, 255)),
-        Image.new("RGBA", (40, 30), (7, 7, 7, 0)),
+        Image.new("RGBA", (40, 30), (7, 7, 7, 255)),  # opaque (transparency: on white)
     ],
     ids=["gray", "gray1", "rgba", "float", "pil_la", "pil_rgba"],
 )

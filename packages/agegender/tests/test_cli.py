@@ -63,7 +63,7 @@ def tiny_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tensorflow_start_up_lines_are_not_shown(tiny_model_file: Path, tmp_path: Path) -> None:
     image = tmp_path / "face.jpg"
     Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(image)
-    result = _agegender("predict", "--model", str(tiny_model_file), "--json", str(image))
+    result = _agegender("predict", "--detect", "none", "--model", str(tiny_model_file), "--json", str(image))
     assert result.returncode == 0, result.stderr[-2000:]
     assert not TF_NOISE.search(result.stderr), result.stderr[-2000:]
     assert result.stdout.lstrip().startswith("{")
@@ -75,9 +75,10 @@ def test_predict_exit_status_says_whether_every_input_gave_a_result(tiny_model_f
     Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(good)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    assert cli.main(["predict", "--model", str(tiny_model_file), str(good)]) == 0
-    assert cli.main(["predict", "--model", str(tiny_model_file), str(good), str(bad)]) == 1
+    assert cli.main(["predict", "--detect", "none", "--model", str(tiny_model_file), str(good)]) == 0
+    assert cli.main(["predict", "--detect", "none", "--model", str(tiny_model_file), str(good), str(bad)]) == 1
     out, err = capsys.readouterr()
     assert str(good) in out and f"error: {bad}" in err
     assert cli.main(["predict", "--model", str(tmp_path / "none.keras"), str(good)]) == 2
-    assert capsys.readouterr().err.strip() == f"agegender: error: model file not found: {tmp_path / 'none.keras'}"
+    assert capsys.readouterr().err.strip() == (f"agegender: error: model file not found: {tmp_path / 'none.keras'} "
+                                               "(not a file, nor a shipped model (mobilenet-v2-utkface))")

@@ -104,3 +104,17 @@ def test_entry_point_without_tensorflow(utk_folder: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["indexed"] == 24
+
+
+def test_index_sets_symlink_loops_aside_instead_of_aborting(utk_folder: Path, capsys) -> None:
+    (utk_folder / "loop").symlink_to("loop")
+    (utk_folder / "sub").mkdir()
+    (utk_folder / "sub" / "up").symlink_to("..")
+    code, out, err = _run(capsys, "index", str(utk_folder), "--recursive", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["indexed"] == 24
+    assert [e["path"] for e in report["set_aside"]] == ["loop", "sub/up"]
+    assert all(e["reason"].startswith("symlink loop") for e in report["set_aside"])
+    code, out, _ = _run(capsys, "index", str(utk_folder))
+    assert code == 0 and "set aside:    1" in out and "loop: symlink loop" in out

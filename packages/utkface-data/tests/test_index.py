@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -94,9 +95,9 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
 
 def test_decompression_bomb_guard(tmp_path: Path) -> None:
     bomb = tmp_path / "20_0_0_20170103000000001.png"
-    _png_header_only(bomb, 10_000, 5_000)  # 50 Mpx claimed, a few bytes of data
+    _png_header_only(bomb, 10_000, 8_000)  # 80 Mpx claimed (the limit: 64), a few bytes of data
     info, reason = check_image(bomb)
-    assert info is None and "too large" in reason and "10000x5000" in reason
+    assert info is None and "too large" in reason and "10000x8000" in reason
     _, reason = check_image(bomb, max_pixels=10**9)
     assert "cannot decode" in reason  # guard off: the missing pixel data is reported, no crash
     _png_header_only(bomb, 100_000, 100_000)
@@ -233,3 +234,104 @@ def test_real_folder(shared_dir: Path) -> None:
             "61_1_20170109142408075.jpg.chip.jpg",
             "61_3_20170109150557335.jpg.chip.jpg",
         }
+
+
+# --- entries that cannot be scanned: set aside with a reason, counted, never fatal -------------
+
+
+def test_symlink_loops_and_broken_links_are_set_aside(utk_folder: Path) -> None:
+    (utk_folder / "self").symlink_to("self")  # a link to itself: ELOOP
+    (utk_folder / "ping").symlink_to("pong")  # ping -> pong -> ping
+    (utk_folder / "pong").symlink_to("ping")
+    (utk_folder / "gone.jpg").symlink_to("nowhere.jpg")
+    sub = utk_folder / "sub"
+    sub.mkdir()
+    (sub / "back").symlink_to("..")  # a folder loop: only a recursive scan would follow it
+    (sub / "twin").symlink_to(sub)  # the same folder again
+
+    flat = index_folder(utk_folder, progress=False).report
+    assert len(flat.set_aside) == 4 and flat.indexed == 24 and flat.reconciles
+    reasons = {e["path"]: e["reason"] for e in flat.set_aside}
+    assert reasons == {
+        "self": "symlink loop",
+        "ping": "symlink loop",
+        "pong": "symlink loop",
+        "gone.jpg": "broken symlink (its target does not exist)",
+    }
+
+    deep = index_folder(utk_folder, recursive=True, progress=False).report
+    reasons = {e["path"]: e["reason"] for e in deep.set_aside}
+    assert reasons["sub/back"] == "symlink loop (leads back to '.', already scanned)"
+    assert reasons["sub/twin"] == "symlink loop (leads back to 'sub', already scanned)"
+    assert len(deep.set_aside) == 6 and deep.indexed == 24 and deep.reconciles
+    assert deep.to_dict()["set_aside"] == deep.set_aside
+    assert "set aside:    6" in str(deep) and "sub/back: symlink loop" in str(deep)
+    with pytest.raises(DatasetError, match="strict mode"):
+        index_folder(utk_folder, strict=True, progress=False)
+
+
+def _unreadable(path: Path) -> bool:
+    """chmod 000 ``path``; False (and restored) when that does not stop this user (root)."""
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        path.chmod(0o755)
+        return False
+    return True
+
+
+def test_unreadable_subfolder_and_file_for_real(utk_folder: Path, image_writer) -> None:
+    locked = utk_folder / "locked"
+    image_writer(locked / "30_1_0_20170103000000099.jpg")
+    secret = image_writer(utk_folder / "31_1_0_20170103000000098.jpg")
+    if not (_unreadable(locked) and _unreadable(secret)):
+        pytest.skip("chmod 000 does not stop this user (root); see the simulated test below")
+    try:
+        report = index_folder(utk_folder, recursive=True, progress=False).report
+    finally:
+        locked.chmod(0o755)
+        secret.chmod(0o644)
+    assert report.set_aside == [
+        {"path": "locked", "reason": "unreadable folder (permission denied)"}
+    ]
+    assert _reasons_of(report)["31_1_0_20170103000000098.jpg"] == "unreadable file (permission denied)"
+    assert report.indexed == 24 and report.reconciles
+
+
+def _reasons_of(report) -> dict[str, str]:
+    return {q["file"]: q["reason"] for q in report.quarantined}
+
+
+def test_unreadable_subfolder_and_file_simulated(
+    utk_folder: Path, image_writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, with the permission errors simulated (chmod does not stop root)."""
+    import errno
+
+    from utkface_data import index as index_module
+
+    locked = utk_folder / "locked"
+    image_writer(locked / "30_1_0_20170103000000099.jpg")
+    secret = image_writer(utk_folder / "31_1_0_20170103000000098.jpg")
+    scandir, access = os.scandir, os.access
+
+    def fake_scandir(path):
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(index_module.os, "scandir", fake_scandir)
+    monkeypatch.setattr(
+        index_module.os, "access", lambda p, mode: Path(p) != secret and access(p, mode)
+    )
+    report = index_folder(utk_folder, recursive=True, progress=False).report
+    assert report.set_aside == [
+        {"path": "locked", "reason": "unreadable folder (permission denied)"}
+    ]
+    assert _reasons_of(report)[secret.name] == "unreadable file (permission denied)"
+    assert report.indexed == 24 and report.files_seen == 25 and report.reconciles
+
+
+def test_a_folder_of_only_loops_says_so(tmp_path: Path) -> None:
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(DatasetError, match=r"folder is empty: .*1 entries set aside, e.g. loop: symlink loop"):
+        index_folder(tmp_path, progress=False)

@@ -58,8 +58,8 @@ def test_pixels_match_pil(tmp_path: Path, image_writer) -> None:
     images, _, _ = _collect(make_dataset(frame, root=tmp_path, image_size=(24, 24)))
     with Image.open(png) as im:
         np.testing.assert_array_equal(images[0], np.asarray(im))  # lossless, same size: exact
-    with Image.open(jpg) as im:  # JPEG decoders may differ by a few levels
-        assert np.abs(images[1].astype(int) - np.asarray(im).astype(int)).mean() < 3
+    with Image.open(jpg) as im:  # the accurate DCT, as Pillow: the pixels prediction sees
+        np.testing.assert_array_equal(images[1], np.asarray(im))
 
 
 def test_grayscale_rgba_png_become_rgb(tmp_path: Path, image_writer) -> None:
@@ -79,8 +79,10 @@ def _with_bad_files(utk_folder: Path, frame: pd.DataFrame) -> pd.DataFrame:
     (utk_folder / "41_0_0_20170103000000002.jpg").write_bytes(b"")
     (utk_folder / "42_0_0_20170103000000003.jpg").write_text("plain text, not an image")
     corrupt = bytearray(good)
-    corrupt[20:300] = np.random.default_rng(0).integers(0, 256, 280, dtype=np.uint8).tobytes()
-    (utk_folder / "43_0_0_20170103000000004.jpg").write_bytes(bytes(corrupt))  # markers intact
+    dht = corrupt.index(b"\xff\xc4") + 5  # a Huffman table's 16 code counts: bogus (> 256)
+    corrupt[dht : dht + 16] = b"\xff" * 16
+    # markers and header intact (Pillow opens it): only the decoder can tell
+    (utk_folder / "43_0_0_20170103000000004.jpg").write_bytes(bytes(corrupt))
     # As if from a split file written before the files went bad (the index would quarantine them).
     extra = pd.DataFrame(
         {
@@ -274,3 +276,72 @@ def test_keras_fit_knows_the_steps_and_logs_per_output_losses_right(
     np.testing.assert_allclose(history["val_age_loss"], history["val_age_mae"], rtol=1e-5)
     assert steps == [3, 3]
     assert not [w for w in caught if issubclass(w.category, UserWarning | RuntimeWarning)]
+
+
+# --- real images: EXIF orientation, modes, the pixel limit on JPEG headers too -------------------
+
+
+def _exif(orientation: int):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def test_exif_rotated_images_come_out_upright(tmp_path: Path) -> None:
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(0)
+    upright = np.asarray(
+        Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)).resize((32, 24))
+    )
+    stored = np.rot90(upright, 1)  # a phone's sideways photo: shown turned back (EXIF 6)
+    Image.fromarray(stored).save(tmp_path / "30_0_0_20170103000000001.jpg", exif=_exif(6))
+    Image.fromarray(stored).save(tmp_path / "31_0_0_20170103000000002.png", exif=_exif(6))
+    Image.fromarray(upright).save(tmp_path / "32_0_0_20170103000000003.png")
+    frame = index_folder(tmp_path, progress=False).frame
+    images, _, _ = _collect(make_dataset(frame, root=tmp_path, image_size=(24, 32)))
+    with Image.open(tmp_path / "30_0_0_20170103000000001.jpg") as im:
+        np.testing.assert_array_equal(images[0], np.asarray(ImageOps.exif_transpose(im)))
+    np.testing.assert_array_equal(images[1], upright)  # lossless: exactly the upright picture
+    np.testing.assert_array_equal(images[2], upright)
+
+
+def test_16_bit_and_transparent_pngs(tmp_path: Path) -> None:
+    from PIL import Image
+
+    deep = np.random.default_rng(0).integers(0, 65536, (16, 16)).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "30_0_0_20170103000000001.png")  # I;16
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:8, :, 3] = 255  # top half opaque red, bottom half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "31_0_0_20170103000000002.png")
+    frame = index_folder(tmp_path, progress=False).frame
+    images, _, _ = _collect(make_dataset(frame, root=tmp_path, image_size=(16, 16)))
+    np.testing.assert_array_equal(images[0][..., 0], deep >> 8)  # the high byte, not white
+    assert (images[1][:8] == [200, 0, 0]).all() and (images[1][8:] == 255).all()  # on white
+
+
+def test_jpeg_headers_are_checked_for_the_pixel_limit(tmp_path: Path) -> None:
+    import struct
+    import time
+
+    from PIL import Image
+
+    from utkface_data.pipeline import file_problem
+
+    path = tmp_path / "30_0_0_20170103000000001.jpg"
+    Image.new("RGB", (16, 16), (90, 120, 150)).save(path)
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 12_000, 12_000)  # claims 144 million pixels
+    path.write_bytes(bytes(data))
+    started = time.perf_counter()
+    reason = file_problem(str(path))
+    assert time.perf_counter() - started < 1.0
+    assert reason is not None and reason.startswith("image too large: 12000x12000")
+    assert file_problem(str(path), max_pixels=200_000_000) is None
+    frame = pd.DataFrame({"path": [path.name], "age": [30], "gender": [0]})
+    with pytest.raises(DatasetError, match=r"30_0_0_20170103000000001.jpg: image too large"):
+        make_dataset(frame, root=tmp_path, check_files=False)  # the limit is always on

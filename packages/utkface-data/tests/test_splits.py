@@ -17,7 +17,7 @@ from utkface_data import (
     split_frame,
     subset,
 )
-from utkface_data.splits import stratum
+from utkface_data.splits import leaves_folder, load_split_file, stratum
 
 
 def _frame(n: int, seed: int) -> pd.DataFrame:
@@ -198,3 +198,38 @@ def test_load_splits_refuses_leaking_or_out_of_range_splits(tmp_path) -> None:
     pd.DataFrame({"path": ["d.jpg"], "age": [30], "gender": [2], "race": [0]}).to_csv(tmp_path / "val.csv", index=False)
     with pytest.raises(DatasetError, match=r"val.csv: 1 row\(s\) with gender out of range, e.g. d.jpg: gender=2"):
         load_splits(tmp_path, check_files=False)
+
+
+# --- split files cannot reach outside the image folder -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "escape",
+    ["../outside.jpg", "sub/../../outside.jpg", "{outside}", "..\\outside.jpg", "C:\\x.jpg"],
+)
+def test_split_paths_leaving_the_folder_are_refused(tmp_path: Path, escape: str) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    exists = tmp_path / "outside.jpg"
+    exists.write_bytes(b"\xff\xd8\xff")
+    escape = escape.format(outside=exists)  # an absolute path
+    messages = []
+    for target in (escape, escape.replace("outside", "missing")):  # one exists, one does not
+        split = tmp_path / "val.csv"
+        pd.DataFrame({"path": [target], "age": [30], "gender": [0], "race": [0]}).to_csv(
+            split, index=False
+        )
+        for check_files in (True, False):
+            with pytest.raises(DatasetError, match="leave the image folder") as info:
+                load_split_file(split, root=root, check_files=check_files)
+            messages.append(str(info.value).replace("missing", "outside"))
+    # the same answer whether the outside file exists or not: nothing about it is revealed
+    assert len(set(messages)) == 1 and "not found" not in messages[0]
+
+
+@given(st.lists(st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,8}", fullmatch=True), min_size=1,
+                max_size=4))
+def test_relative_paths_inside_the_folder_are_accepted(parts: list[str]) -> None:
+    path = "/".join(parts)
+    assert leaves_folder(path) == (".." in parts)
+    assert leaves_folder("../" + path) and leaves_folder("/" + path)

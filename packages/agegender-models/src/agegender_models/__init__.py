@@ -26,40 +26,71 @@ from ._registry import (
     load_backbone_plugins,
     register_backbone,
 )
-from .export import ExportFormatError, export_model
+from .export import (
+    CheckSet,
+    ExportConversionError,
+    ExportFormatError,
+    ExportParityError,
+    export_model,
+)
+from .imageio import ImageReadError, ImageTooLargeError, read_image
 from .layers import BoundedAge, Preprocess
-from .precision import bf16_supported, get_precision, model_precision, set_precision
-from .predict import Predictor, predict
-from .saving import ModelFileError, load_model, save_model
+from .precision import (
+    bf16_supported,
+    choose_precision,
+    float32_copy,
+    get_precision,
+    model_precision,
+    set_precision,
+)
+from .predict import Predictions, Predictor, predict
+from .pretrained import list_pretrained, load_pretrained, pretrained_info
+from .runtime import Runner, get_runner
+from .saving import ModelFileError, load_model, model_problem, save_model
 from .weights import WeightsMismatchError, WeightsNotFoundError, weights_search_dirs
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "CheckSet",
+    "ExportConversionError",
     "ExportFormatError",
+    "ExportParityError",
     "BackboneSpec",
     "BoundedAge",
+    "ImageReadError",
+    "ImageTooLargeError",
     "ModelFileError",
+    "Predictions",
     "Predictor",
     "Preprocess",
+    "Runner",
     "WeightsMismatchError",
     "WeightsNotFoundError",
     "backbone_defaults",
     "bf16_supported",
+    "choose_precision",
     "compile_model",
     "create_model",
     "ensemble",
     "export_model",
     "flip_tta",
+    "float32_copy",
     "freeze_backbone",
     "get_backbone",
     "get_precision",
+    "get_runner",
     "list_backbones",
+    "list_pretrained",
     "load_backbone_plugins",
     "load_model",
+    "load_pretrained",
     "model_precision",
+    "model_problem",
     "predict",
+    "pretrained_info",
+    "read_image",
     "register_backbone",
     "save_model",
     "set_precision",

@@ -26,7 +26,7 @@ from keras import layers
 
 from ._registry import get_backbone
 from .layers import PREPROCESSING_MODES, BoundedAge, Preprocess
-from .precision import precision_scope, resolve_precision
+from .precision import check_precision, precision_scope
 from .weights import find_imagenet_weights, load_backbone_weights
 
 HEADS = ("flatten", "avg", "max")
@@ -139,7 +139,7 @@ def _resolve_args(backbone: str, cfg: dict, *, input_shape, weights, trainable_l
     head, dense, dropout = _resolve_head(cfg, head, dense, dropout)
     _check_age(age_range, age_bias)
     if precision is not None:
-        resolve_precision(precision, backbone=backbone)
+        check_precision(precision)
     if cfg["preprocessing"] not in PREPROCESSING_MODES:
         raise ValueError(
             f"Backbone {backbone!r} declares an unknown preprocessing mode. "
@@ -239,8 +239,8 @@ def create_model(
         age_range: ``(min, max)`` years the age output is clipped to.
         age_bias: initial bias of the age output (the training set's mean age).
         precision: ``"float32"``, ``"mixed_bfloat16"`` or ``"auto"`` for this model only
-            (``"auto"`` asks the hardware and, on a CPU, this backbone: see
-            :func:`~agegender_models.precision.resolve_precision`); ``None`` uses the global
+            (``"auto"`` times training steps of this backbone at this size in both, once per
+            machine: see :func:`~agegender_models.precision.choose_precision`); ``None`` uses the global
             policy (see :func:`set_precision`). Outputs stay float32.
         name: model name; default ``"agegender_<backbone>"``.
 
@@ -256,7 +256,7 @@ def create_model(
         head=head, dense=dense, dropout=dropout, age_range=age_range, age_bias=age_bias,
         precision=precision,
     )
-    with precision_scope(precision, backbone=backbone):
+    with precision_scope(precision, backbone=backbone, image_size=args.shape[0]):
         features = _build_backbone(spec, backbone, args)
         inputs = keras.Input(shape=args.shape, name="image")
         x = Preprocess(cfg["preprocessing"], name="preprocess")(inputs)

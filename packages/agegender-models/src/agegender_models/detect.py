@@ -4,11 +4,17 @@ The models are trained on UTKFace chips: faces detected, aligned (eyes level) an
 to 200x200. Fed a whole photo, or a face cropped differently, they give wrong ages. This module
 turns a photo into chips::
 
-    from agegender_models.detect import crop_face, get_detector
+    from agegender_models.detect import crop_face, get_detector, to_rgb
 
     detector = get_detector("mtcnn")             # or "haar", or any object with detect_faces()
-    for face in detector.detect_faces(image):    # image: HxW, HxWx3 or HxWx4, 0-255
+    image = to_rgb("photo.jpg")                  # or a PIL image, or an HxW/HxWx3/HxWx4 array
+    for face in detector.detect_faces(image):
         chip = crop_face(image, face)            # 200x200x3 uint8, like a UTKFace chip
+
+Files and PIL images are read by :func:`agegender_models.imageio.to_rgb`, the package's one
+image reader: EXIF orientation applied (boxes are in pixels of the upright photo), 16-bit, CMYK,
+palette and transparent images converted by its rules, images over its pixel limit refused
+before decoding.
 
 Detectors (``pip install 'agegender-models[detect]'``; both ship their weights in the wheel, so
 they work offline):
@@ -46,6 +52,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
+
+# one image reader for the package: a path, a PIL image or an array -> upright RGB uint8
+# (EXIF orientation, 16-bit/CMYK/alpha rules, pixel limit); re-exported here
+from .imageio import to_rgb
 
 CHIP_SIZE = 200
 # MTCNN landmarks in a chip (fractions of the chip side; medians over 1,000 chips). MTCNN gives
@@ -107,26 +117,6 @@ class FaceDetector(Protocol):
     """Anything with ``detect_faces(image) -> list[Face]`` (image: HxWx3 uint8 RGB)."""
 
     def detect_faces(self, image: np.ndarray) -> list[Face]: ...
-
-
-def to_rgb(image: Any) -> np.ndarray:
-    """A PIL image or an HxW / HxWx1 / HxWx3 / HxWx4 array (0-255) -> HxWx3 uint8 RGB."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.ndim == 3 and arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(
-            f"`image` must be an HxW or HxWx{{1,3,4}} array. Received: image.shape={arr.shape}"
-        )
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
 
 
 def _missing_extra(name: str, exc: ImportError) -> ImportError:
@@ -281,8 +271,9 @@ def get_detector(detector: str | FaceDetector = "mtcnn", **kwargs: Any) -> FaceD
 
 
 def detect_faces(image: Any, detector: str | FaceDetector = "mtcnn") -> list[Face]:
-    """Faces in ``image`` (see :class:`Face`), left to right. Builds the detector each call:
-    keep one from :func:`get_detector` to detect in many images."""
+    """Faces in ``image`` (a file path, a PIL image or an array; see :func:`to_rgb`), left to
+    right. Builds the detector each call: keep one from :func:`get_detector` to detect in many
+    images."""
     return list(get_detector(detector).detect_faces(to_rgb(image)))
 
 

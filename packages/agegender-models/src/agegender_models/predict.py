@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .detect import to_rgb  # numpy/PIL only; the detectors' packages load lazily
-from .saving import load_model
+from .imageio import (  # numpy/PIL only; the detectors load lazily
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    to_rgb,
+)
+from .saving import load_model, model_problem
 
 PREDICTED_GENDER_NAMES: tuple[str, str] = ("male", "female")
 """What ``Predictor`` writes as ``gender``: index 1 when the model's ``gender`` output, P(female),
 is above the threshold, else index 0 (the training labels' codes: 0 male, 1 female)."""
 
 
-def _to_rgb_array(image: Any, size: tuple[int, int]) -> np.ndarray:
-    """Any PIL image or HxW / HxWxC array (0-255) -> uint8 HxWx3 at ``size`` (h, w)."""
-    arr = to_rgb(image)
+def _to_rgb_array(
+    image: Any, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """A file path, PIL image or HxW / HxWxC array (0-255) -> uint8 HxWx3 at ``size`` (h, w)
+    (files and PIL images read by :func:`agegender_models.imageio.to_rgb`)."""
+    arr = to_rgb(image, max_pixels=max_pixels)
     h, w = size
     if arr.shape[:2] != (h, w):
         # exactly as utkface_data's training pipeline resizes (bilinear, no antialiasing, rounded):
@@ -39,6 +46,8 @@ class _DetectionError(RuntimeError):
 
 def _reason(exc: BaseException, limit: int = 300) -> str:
     """One short line for an error list (TensorFlow messages can run to pages)."""
+    if isinstance(exc, ImageReadError):  # the list names the file already
+        return exc.reason
     lines = str(exc).strip().splitlines()
     first = lines[0] if lines else ""
     text = (
@@ -47,23 +56,57 @@ def _reason(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class Predictions(list):
+    """What :meth:`Predictor.predict` returns: the list of result dicts, in input order, and
+    ``errors``, one ``{"file", "reason"}`` dict per input that gave no result (unreadable, too
+    large, no face found). A list, so code written for the plain list keeps working."""
+
+    def __init__(
+        self, results: Iterable[dict[str, Any]] = (), errors: Iterable[dict[str, str]] = ()
+    ) -> None:
+        super().__init__(results)
+        self.errors: list[dict[str, str]] = list(errors)
+
+    def __repr__(self) -> str:
+        return f"Predictions({list.__repr__(self)}, errors={self.errors!r})"
+
+
+def _load_named_or_file(ref: str | os.PathLike) -> keras.Model:
+    """A ``.keras`` path, or the name of a model that ships with the package."""
+    from .pretrained import list_pretrained, load_pretrained
+
+    if not os.path.isfile(ref) and str(ref) in list_pretrained():
+        return load_pretrained(str(ref))
+    return load_model(ref, compile=False)
+
+
 class Predictor:
     """Age and gender for images.
 
-    ``Predictor(model_or_path)`` takes a model from :func:`create_model` or a ``.keras`` path
-    (loaded in safe mode). :meth:`predict` takes one image or file path, a list of them, or
+    ``Predictor(model_or_path)`` takes a model from :func:`create_model`, a ``.keras`` path
+    (loaded in safe mode) or the name of a shipped model; ``Predictor()`` uses the shipped
+    default (:func:`agegender_models.load_pretrained`). :meth:`predict` takes one image or file path, a list of them, or
     an ``(N, H, W, 3)`` array; images are 0-255 RGB of any size/mode and are converted to RGB
-    and resized to the model's input size.
+    and resized to the model's input size. Files and PIL images are read by
+    :func:`agegender_models.imageio.read_image`: EXIF orientation applied, 16-bit, CMYK,
+    palette and transparent images converted by its rules (as the training pipeline reads them),
+    images over ``max_pixels`` (default 64 million) refused without being decoded.
 
-    It returns one dict per readable image, in input order::
+    It returns a :class:`Predictions` list, one dict per readable image, in input order::
 
         {"file": str | None, "age": float, "gender": "male" | "female", "p_female": float}
 
     ``gender`` is "female" when ``p_female > threshold`` (strictly, as Keras' binary accuracy and
     ``agegender_eval`` count it).
 
-    Unreadable files are not fatal: they are listed in ``predictor.errors`` as
-    ``{"file", "reason"}`` (reset at each call) and the other images are still predicted.
+    **No input is dropped silently.** An input that gives no result (unreadable, too large, no
+    face found) is not fatal: the others are still predicted, and it is listed with its reason
+    as ``{"file", "reason"}`` in the returned list's ``errors`` (also ``predictor.errors``,
+    reset at each call). ``predict(..., return_errors=True)`` returns ``(results, errors)``
+    instead; without it, a ``UserWarning`` also says how many inputs failed.
+
+    A model that is not an age and gender model (another library's, or one without a fixed
+    input size) is refused at once with one line (``ValueError``; ``ModelFileError`` for a file).
 
     **Photos, not chips.** The models expect UTKFace-like chips (a face aligned and cropped
     tightly). For ordinary photos pass ``detector="mtcnn"`` (or ``"haar"``, or any object with a
@@ -75,23 +118,43 @@ class Predictor:
 
     (``box`` in pixels of the photo as stored, after its EXIF orientation is applied). A photo with
     no face is listed in ``errors`` as ``{"file": ..., "reason": "no face found"}``.
+
+    **Runtime.** ``runtime="auto"`` (the default; ``$AGEGENDER_RUNTIME`` overrides it) runs the
+    model on the fastest of Keras, TFLite and ONNX Runtime that passed a parity check against it,
+    measured once per model and machine and cached; ``"keras"``, ``"tflite"`` or ``"onnx"``
+    forces one, and a :class:`~agegender_models.runtime.Runner` is used as is (see
+    :mod:`agegender_models.runtime`). ``predictor.runner.describe()`` says which runs.
     """
 
     def __init__(
         self,
-        model_or_path: keras.Model | str | os.PathLike,
+        model_or_path: keras.Model | str | os.PathLike | None = None,
         *,
         threshold: float = 0.5,
         detector: Any = None,
+        runtime: Any = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
-        if isinstance(model_or_path, str | os.PathLike):
-            model_or_path = load_model(model_or_path, compile=False)
+        if model_or_path is None:  # the model that ships with the package
+            from .pretrained import load_pretrained
+
+            model_or_path = load_pretrained()
+        elif isinstance(model_or_path, str | os.PathLike):
+            model_or_path = _load_named_or_file(model_or_path)
         if not isinstance(model_or_path, keras.Model):
             raise TypeError(
                 f"Predictor needs a keras.Model or a .keras path. Received: {type(model_or_path)}"
             )
+        problem = model_problem(model_or_path)
+        if problem is not None:
+            raise ValueError(f"Predictor needs an age and gender model: {problem}")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1). Received: threshold={threshold}")
+        if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels <= 0:
+            raise ValueError(
+                f"`max_pixels` must be a positive int. Received: max_pixels={max_pixels!r}"
+            )
+        self.max_pixels = max_pixels
         self.model = model_or_path
         self.threshold = float(threshold)
         self.input_size = tuple(int(d) for d in self.model.input_shape[1:3])
@@ -101,6 +164,9 @@ class Predictor:
             from .detect import get_detector  # the detectors import the 'detect' extra lazily
 
             self.detector = get_detector(detector)
+        from .runtime import get_runner  # "auto" may convert and time the model once (cached)
+
+        self.runner = get_runner(self.model, runtime)
 
     def _items(self, images_or_paths: Any) -> list[Any]:
         if isinstance(images_or_paths, str | os.PathLike | Image.Image):
@@ -116,8 +182,10 @@ class Predictor:
 
     def predict(
         self, images_or_paths: Any, *, batch_size: int = 32, return_errors: bool = False
-    ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], list[dict[str, str]]]:
-        """Predict; with ``return_errors=True`` returns ``(results, errors)``."""
+    ) -> Predictions | tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """Predict. Returns :class:`Predictions` (the results, with ``.errors``); with
+        ``return_errors=True`` the tuple ``(results, errors)``. Inputs that give no result are
+        in ``errors`` with their reason, never dropped silently (see the class docstring)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(
                 f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
@@ -138,27 +206,19 @@ class Predictor:
                         arrays.append(arr)
                         extras.append(extra)
                     continue
-                if file is not None:
-                    with Image.open(Path(file)) as img:
-                        img.load()
-                        arr = _to_rgb_array(img, self.input_size)
-                else:
-                    arr = _to_rgb_array(item, self.input_size)
+                arr = _to_rgb_array(item, self.input_size, max_pixels=self.max_pixels)
             except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}" if self.detector is None else _reason(exc)
-                self.errors.append({"file": file or "<array>", "reason": reason})
+                self.errors.append({"file": file or "<array>", "reason": _reason(exc)})
                 continue
             files.append(file)
             arrays.append(arr)
             extras.append({})
+        results = Predictions(errors=self.errors)
         if not arrays:
-            return ([], list(self.errors)) if return_errors else []
-        results: list[dict[str, Any]] = []
+            return self._returned(results, return_errors)
         for start in range(0, len(arrays), batch_size):
             batch = np.stack(arrays[start : start + batch_size])
-            out = self.model(batch, training=False)
-            p_female = np.asarray(out["gender"], dtype=np.float32).reshape(-1)
-            age = np.asarray(out["age"], dtype=np.float32).reshape(-1)
+            p_female, age = self.runner(batch)
             for j in range(len(batch)):
                 results.append(
                     {
@@ -169,18 +229,28 @@ class Predictor:
                         "p_female": float(p_female[j]),
                     }
                 )
-        return (results, list(self.errors)) if return_errors else results
+        return self._returned(results, return_errors)
+
+    def _returned(
+        self, results: Predictions, return_errors: bool
+    ) -> Predictions | tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        if return_errors:
+            return list(results), list(results.errors)
+        if results.errors:
+            first = results.errors[0]
+            warnings.warn(
+                f"{len(results.errors)} input(s) gave no result, listed in the returned "
+                f"list's .errors; e.g. {first['file']}: {first['reason']}",
+                UserWarning,
+                stacklevel=3,
+            )
+        return results
 
     def _faces(self, item: Any, file: str | None) -> list[tuple[dict[str, Any], np.ndarray]]:
         """Detect the faces in one image and crop each like a UTKFace chip, at the model's size."""
-        from .detect import CHIP_SIZE, crop_face, to_rgb
+        from .detect import CHIP_SIZE, crop_face
 
-        if file is not None:
-            with Image.open(Path(file)) as img:
-                img.load()
-                rgb = to_rgb(ImageOps.exif_transpose(img))
-        else:
-            rgb = to_rgb(item)
+        rgb = to_rgb(item, max_pixels=self.max_pixels)  # a file: upright, by imageio's rules
         try:
             faces = list(self.detector.detect_faces(rgb))
         except Exception as exc:
@@ -203,8 +273,9 @@ def predict(
     *,
     batch_size: int = 32,
     detector: Any = None,
+    runtime: Any = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """One-shot :class:`Predictor`: returns ``(results, errors)``."""
-    return Predictor(model_or_path, detector=detector).predict(
+    return Predictor(model_or_path, detector=detector, runtime=runtime).predict(
         images_or_paths, batch_size=batch_size, return_errors=True
     )

@@ -15,6 +15,34 @@ class ModelFileError(ValueError):
     """A file that should hold a saved model cannot be read as one."""
 
 
+def model_problem(model: keras.Model) -> str | None:
+    """Why ``model`` cannot be used as an age and gender model (one line), or ``None``.
+
+    An agegender model has one image input of a fixed size, ``(batch, height, width, 3)``, and
+    ``gender`` and ``age`` outputs: what :func:`create_model`, :func:`ensemble` and
+    :func:`flip_tta` build. A model from another library fails here instead of deep inside
+    prediction or evaluation.
+    """
+    inputs = list(getattr(model, "inputs", None) or [])
+    if len(inputs) != 1:
+        return f"it has {len(inputs)} inputs; an agegender model has one image input"
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 4 or shape[-1] != 3:
+        return f"its input is not a batch of RGB images (batch, height, width, 3): {shape}"
+    if shape[1] is None or shape[2] is None:
+        return (
+            f"its input size is unknown {shape}; an agegender model has a fixed input size "
+            "(height, width)"
+        )
+    try:
+        names = [str(n) for n in model.output_names]
+    except Exception:  # subclassed models may not name their outputs
+        names = []
+    if not {"gender", "age"} <= set(names):
+        return f"it has no 'gender' and 'age' outputs (its outputs: {names})"
+    return None
+
+
 def save_model(model: keras.Model, path: str | os.PathLike, *, include_optimizer: bool = True) -> Path:
     """``model.save(path)``; ``path`` must end in ``.keras``. Returns the path.
 
@@ -39,8 +67,10 @@ def load_model(
 ) -> keras.Model:
     """Load a ``.keras`` model saved from :func:`create_model` (safe mode by default).
 
-    Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
-    is not a valid ``.keras`` archive (corrupt, truncated, another format).
+    Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` (one line) for a
+    file that is not a valid ``.keras`` archive (corrupt, truncated, another format) or holds a
+    model that is not an age and gender model (see :func:`model_problem`: e.g. a model from
+    another library, or one without a fixed input size).
     """
     path = Path(path)
     if not path.is_file():
@@ -55,9 +85,13 @@ def load_model(
             f"{str(path)!r} is not a valid .keras file (not a zip archive: corrupt or truncated)."
         )
     try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
+        model = keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
     except Exception as exc:
         raise ModelFileError(
             f"Could not load model from {str(path)!r} (corrupt or incompatible .keras file): "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
+    problem = model_problem(model)
+    if problem is not None:
+        raise ModelFileError(f"{str(path)!r} is not an age and gender model: {problem}")
+    return model

@@ -3,6 +3,7 @@
     agegender train --recipe model-a-improved --data-dir DIR --out runs/model_a
     agegender evaluate --model runs/model_a/model.keras --data-dir DIR --out eval/
     agegender predict --model runs/model_a/model.keras face1.jpg faces/ --json
+    agegender predict-batch faces/ --model runs/model_a/model.keras --out results/   # on Ray
     agegender export --model runs/model_a/model.keras --format tflite --out model.tflite
 
 ``--help`` answers without importing TensorFlow; TensorFlow is loaded (quietly, unless
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
 import json
 import logging
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agegender.cluster import ClusterError, cluster_task
 from agegender.config import add_train_options, list_recipes, resolve_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -29,13 +32,17 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # --help need not import the library (and TensorFlow with it); a test checks that they agree.
 DETECTORS = ("mtcnn", "haar")
 EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
+QUANTIZATIONS = ("none", "float16", "int8")  # agegender_models.export.QUANTIZATIONS
+RUNTIMES = ("auto", "keras", "tflite", "onnx")  # agegender_models.runtime.RUNTIMES
 
 EXIT_STATUSES = """\
 exit status:
   0  done: every input gave a result
   1  some inputs failed (predict: they are listed under "errors"; the others are predicted)
   2  usage error: a bad option or value, a missing file or extra, a run folder in use or
-     started with other options; one line on stderr names it"""
+     started with other options; one line on stderr names it
+  3  train --strategy multi_worker: the cluster lost a worker, or the workers disagree; one
+     line says what to do (start every worker again: the run resumes from its last epoch)"""
 
 
 class CLIError(Exception):
@@ -54,6 +61,9 @@ def run_or_exit(func, *args, prog: str = "agegender") -> int:
     except USER_ERRORS as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except ClusterError as exc:  # multi-worker training: a lost worker, or workers that disagree
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 3
 
 
 def setup(args: argparse.Namespace) -> None:
@@ -61,12 +71,13 @@ def setup(args: argparse.Namespace) -> None:
     from agegender._tf import load_tensorflow
 
     load_tensorflow(verbose=getattr(args, "verbose", False))
-    logger = logging.getLogger("agegender")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("agegender: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    # the library's own progress lines (agegender_models.runtime's "auto") show the same way
+    for logger in (logging.getLogger("agegender"), logging.getLogger("agegender_models")):
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("agegender: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -113,7 +124,11 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
     config = config_from_args(args)
     config.validate()  # before TensorFlow loads: a bad option or a folder in use answers at once
-    if Path(config.out).is_dir():
+    task = cluster_task() if config.strategy == "multi_worker" else None
+    if config.strategy == "multi_worker" and task is None:
+        raise CLIError("--strategy multi_worker needs TF_CONFIG: the cluster and this process's "
+                       "task in it (see packages/agegender/README.md, 'Several machines')")
+    if (task is None or task.is_chief) and Path(config.out).is_dir():  # only the chief locks it
         with RunFolder(config.out):
             pass
     setup(args)
@@ -121,6 +136,10 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from agegender.training import train
 
     metrics = train(config, verbose=0 if args.quiet else "auto")
+    if task is not None and not task.is_chief:
+        done = "nothing to train, the run is finished" if metrics.get("finished_earlier") else "trained"
+        print(f"{task}: {done}; the chief writes the run folder {config.out}")
+        return metrics
     run = RunFolder(config.out)
     if metrics.get("finished_earlier"):
         print(f"{run.path} already holds this finished run (nothing trained):")
@@ -139,23 +158,48 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # evaluate
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model`` (repeatable: an ensemble) and ``--flip-tta``, for evaluate/predict/export."""
-    parser.add_argument("--model", required=True, action="append",
-                        help="saved model (.keras); give it more than once to average several "
-                        "models (an ensemble; input size: the largest member's)")
+def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """``--model`` (repeatable: an ensemble; not ``required``: the shipped default model) and
+    ``--flip-tta``, for evaluate/predict/export."""
+    default = "" if required else " (default: the model that ships with agegender-models)"
+    parser.add_argument("--model", required=required, action="append", metavar="NAME_OR_PATH",
+                        help="a saved model (.keras) or the name of a shipped one"
+                        f"{_shipped_names_text()}; give it more than once to average several "
+                        f"models (an ensemble; input size: the largest member's){default}")
     parser.add_argument("--flip-tta", action="store_true",
                         help="average each prediction with the one on the mirrored image (2x slower)")
 
 
+def _shipped_models() -> dict[str, object]:
+    """agegender_models' registry of shipped models, read without importing the library (and
+    TensorFlow with it); {} if it cannot be found."""
+    spec = importlib.util.find_spec("agegender_models")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        registry = Path(folder) / "pretrained" / "registry.json"
+        if registry.is_file():
+            return json.loads(registry.read_text(encoding="utf-8"))
+    return {}
+
+
+def _shipped_names_text() -> str:
+    names = sorted(_shipped_models().get("models", {}))
+    return f" ({', '.join(names)})" if names else ""
+
+
 def _load_for_inference(args: argparse.Namespace):
-    paths = [Path(path) for path in args.model]
-    for path in paths:  # every path before loading any: a typo is reported at once
-        if not path.is_file():
-            raise CLIError(f"model file not found: {path}")
+    shipped = _shipped_models()
+    refs = args.model or [shipped.get("default", "")]
+    for ref in refs:  # every model before loading any: a typo is reported at once
+        if not Path(ref).is_file() and ref not in shipped.get("models", {}):
+            raise CLIError(f"model file not found: {ref} (not a file, nor a shipped model"
+                           f"{_shipped_names_text()})")
     setup(args)
     from agegender_models import ensemble, flip_tta, load_model
+    from agegender_models.pretrained import pretrained_path
 
+    # a shipped name becomes its file (checksum verified); later steps see paths only
+    args.model = [str(ref) if Path(ref).is_file() else str(pretrained_path(ref)) for ref in refs]
+    paths = [Path(path) for path in args.model]
     models = [load_model(path) for path in paths]
     model = models[0] if len(models) == 1 else ensemble(models)
     return flip_tta(model) if args.flip_tta else model
@@ -249,37 +293,145 @@ def _print_table(rows, errors, detect: bool) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     files, errors = expand_inputs(args.inputs)
+    detector = None if args.detect == "none" else args.detect
     model = _load_for_inference(args)
     from agegender_models import Predictor
 
     # builds the detector before any image is read: a missing 'detect' extra is one clear line
-    predictor = Predictor(model, detector=args.detect)
+    predictor = Predictor(model, detector=detector, runtime="keras")
+    predictor.runner = _runner(args, model)
     predictions: list[dict[str, Any]] = []
     if files:
         found, bad = predictor.predict(files, batch_size=args.batch_size, return_errors=True)
         predictions.extend(found)
         errors.extend(bad)
-    rows = _rows(predictions, bool(args.detect))
+    rows = _rows(predictions, bool(detector))
+    if args.annotate:
+        _annotate(args.annotate, predictions, files, errors)
     if args.json:
         print(json.dumps({"predictions": rows, "errors": errors}, indent=2))
     elif args.csv:
-        _print_csv(rows, errors, bool(args.detect))
+        _print_csv(rows, errors, bool(detector))
     else:
-        _print_table(rows, errors, bool(args.detect))
+        _print_table(rows, errors, bool(detector))
     return 1 if errors else 0
+
+
+def _annotate(out_dir: str, predictions, files: list[str], errors: list[dict[str, str]]) -> None:
+    """--annotate: each photo that could be read, its faces boxed and labelled."""
+    from PIL import Image
+
+    from agegender.annotate import write_annotated
+    from agegender_models.imageio import read_image
+
+    unreadable = {e["file"] for e in errors if e["reason"] != "no face found"}
+    readable = [f for f in files if f not in unreadable]
+    written = write_annotated(predictions, readable, out_dir,
+                              read=lambda path: Image.fromarray(read_image(path)))
+    logging.getLogger("agegender").info("annotated %d photos in %s", len(written), out_dir)
+
+
+def _cmd_predict_batch(args: argparse.Namespace) -> int:
+    for path in args.model:
+        if not Path(path).is_file():
+            raise CLIError(f"model file not found: {path}")
+    for name in ("workers", "cpus_per_worker", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be a positive integer. "
+                           f"Received: {getattr(args, name)}")
+    from agegender.batch import list_inputs, predict_batch  # Ray is imported only by the job
+
+    files = list_inputs(args.input, root=args.root)
+    summary = predict_batch(files, args.out, models=args.model, flip_tta=args.flip_tta,
+                            detect=None if args.detect == "none" else args.detect,
+                            runner=args.runner, workers=args.workers,
+                            cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size,
+                            verbose=args.verbose)
+    out = Path(args.out)
+    print(f"{summary['inputs']} inputs: {summary['predictions']} predictions in "
+          f"{out / 'predictions.jsonl'}, {summary['errors']} errors in {out / 'errors.jsonl'} "
+          f"({summary['workers']} workers, {summary['images_per_s']} images/s)")
+    return 1 if summary["errors"] else 0
 
 
 # --------------------------------------------------------------------------------------------------
 # export
 
 
+def _runner(args: argparse.Namespace, model):
+    """The runtime ``--runtime`` asks for; "auto" checks on the run folder's real faces (and
+    considers int8 exports calibrated on them) when the model sits in one."""
+    from agegender_models.runtime import get_runner
+
+    runtime = args.runtime or os.environ.get("AGEGENDER_RUNTIME") or "auto"
+    if runtime != "auto":
+        runner = get_runner(model, runtime)
+    else:
+        from agegender.export_data import locate_faces
+
+        sources = locate_faces(args.model[0])
+        size = tuple(int(d) for d in model.inputs[0].shape[1:3])
+        loaded: list = []  # the faces are read only if "auto" has no cached verdict yet
+
+        def faces():
+            if not loaded:
+                loaded.append(sources.load(size, check_limit=512))
+            return loaded[0]
+
+        real = sources.check_split is not None and sources.root is not None
+        runner = get_runner(
+            model, "auto", check=(lambda: faces().check) if real else None,
+            calibration=(lambda: faces().calibration) if real and sources.calibration_split else None)
+    logging.getLogger("agegender").info("runtime: %s", runner.describe())
+    return runner
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    for option in ("check_split", "calibration_split"):
+        if getattr(args, option) and not Path(getattr(args, option)).is_file():
+            raise CLIError(f"--{option.replace('_', '-')} file not found: {getattr(args, option)}")
     model = _load_for_inference(args)
+    from agegender.export_data import locate_faces
     from agegender_models.export import export_model
 
-    path = export_model(model, args.out, format=args.format)
-    print(f"exported {_model_label(args)} as {args.format}: {path} (input: uint8 RGB images, "
-          f"outputs: gender = P(female), age in years)")
+    size = tuple(int(d) for d in model.inputs[0].shape[1:3])
+    sources = locate_faces(args.model[0], data_dir=args.check_data, check_split=args.check_split,
+                           calibration_split=args.calibration_split)
+    faces = sources.load(size, calibration=args.quantize == "int8")
+    path, parity = export_model(model, args.out, format=args.format, quantize=args.quantize,
+                                check=faces.check or True, calibration=faces.calibration,
+                                return_parity=True)
+    quantized = "" if args.quantize == "none" else f", {args.quantize}"
+    print(f"exported {_model_label(args)} as {args.format}{quantized}: {path} (input: uint8 RGB "
+          f"images, outputs: gender = P(female), age in years)")
+    print(f"parity with the Keras model {parity.describe()}"
+          + ("" if faces.check else f" ({faces.note})"))
+    if args.quantize == "int8" and faces.calibration is None:
+        print("int8 ranges calibrated on generated images: check the export on real faces "
+              "(--check-data, --check-split, --calibration-split)")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    setup(args)
+    from agegender_models._cache import cache_dir
+    from agegender_models.precision import clear_precision_cache, precision_verdicts
+    from agegender_models.runtime import clear_runtime_cache, runtime_verdicts
+
+    if args.clear:
+        precision, runtime = clear_precision_cache(), clear_runtime_cache()
+        print(f"cleared {cache_dir()}: {precision} precision and {runtime} runtime verdicts")
+        return 0
+    print(f"cache folder: {cache_dir()} (set AGEGENDER_CACHE_DIR to move it)")
+    print("precision 'auto' verdicts:" if precision_verdicts() else "precision 'auto' verdicts: none")
+    for key, verdict in precision_verdicts().items():
+        times = ", ".join(f"{p} {1000 * t:.0f} ms" for p, t in verdict.get("timings_s", {}).items())
+        print(f"  {key}: {verdict.get('policy')} ({times}; {verdict.get('measured_at')})")
+    print("runtime 'auto' verdicts:" if runtime_verdicts() else "runtime 'auto' verdicts: none")
+    for verdict in runtime_verdicts():
+        speeds = ", ".join(f"{n} {v}" for n, v in verdict.get("throughput_ips", {}).items())
+        print(f"  model {verdict['key']}: {verdict.get('runtime')} (images/s: {speeds}; "
+              f"{verdict.get('measured_at')})")
     return 0
 
 
@@ -307,7 +459,7 @@ def _add_evaluate(commands) -> None:
         "path, age, gender, race, age_pred, p_female).",
         epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_arguments(evaluate)
+    add_model_arguments(evaluate, required=False)
     evaluate.add_argument("--data-dir", default=os.environ.get("UTKFACE_DIR"),
                           help="folder of UTKFace images (default: $UTKFACE_DIR)")
     evaluate.add_argument("--split", default=None,
@@ -323,18 +475,60 @@ def _add_predict(commands) -> None:
         "Unreadable images are listed as errors; the others are still predicted.",
         epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_arguments(predict)
+    add_model_arguments(predict, required=False)
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON object")
     fmt.add_argument("--csv", action="store_true", help="print CSV")
     predict.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    predict.add_argument("--detect", choices=DETECTORS, default=None,
-                         help="find the faces in ordinary photos and crop each like a UTKFace chip "
-                         "(one result per face, with 'face' and 'box'; a photo with no face is "
-                         "listed in errors as 'no face found'). Needs the detect extra: "
-                         "pip install './packages/agegender[detect]'. Default: inputs are face chips")
+    predict.add_argument("--detect", choices=(*DETECTORS, "none"), default="mtcnn",
+                         help="how faces are found: each photo's faces are detected and cropped "
+                         "like a UTKFace chip, one result per face with 'face', 'box' and "
+                         "'confidence' (a photo with no face is listed in errors as 'no face "
+                         "found'); 'haar' is lighter and less accurate; 'none' takes every input "
+                         "as one pre-cropped face (a UTKFace-style chip). Default: mtcnn")
+    predict.add_argument("--annotate", default=None, metavar="DIR",
+                         help="also write each photo to DIR with every face boxed and labelled "
+                         "('F 31': gender, age)")
+    predict.add_argument("--runtime", choices=RUNTIMES, default=None,
+                         help="what runs the model: 'auto' (default; $AGEGENDER_RUNTIME overrides "
+                         "it) the fastest of Keras, TFLite and ONNX Runtime (with int8 exports when "
+                         "the model's run folder has its faces) that matches the Keras model, "
+                         "measured once per model and machine and cached; or force one")
     predict.set_defaults(func=_cmd_predict)
+
+
+def _add_predict_batch(commands) -> None:
+    batch = commands.add_parser(
+        "predict-batch", help="predict a folder, glob or CSV of images on Ray (this machine or a cluster)",
+        description="Batch prediction on Ray Data: the inputs are spread over a pool of workers, "
+        "each loading the model once. Writes OUT/predictions.jsonl (one JSON object a line, the "
+        "rows of predict --json: file, face, box, confidence, age, gender, p_female; one per "
+        "face, or per image with --detect none), OUT/errors.jsonl (file, reason: unreadable images, no face "
+        "found; never fatal to the job) and OUT/summary.json. On a cluster only --runner changes. "
+        "Needs the batch extra: pip install './packages/agegender[batch]'.",
+        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_arguments(batch)
+    batch.add_argument("input", metavar="INPUT",
+                       help="a folder (its images, at any depth), a quoted glob ('photos/**/*.jpg') "
+                       "or a CSV of image paths (column 'path' or 'file', else the first)")
+    batch.add_argument("--out", required=True, help="folder for predictions.jsonl, errors.jsonl, summary.json")
+    batch.add_argument("--root", default=None,
+                       help="folder that relative paths in a CSV are relative to (default: the CSV's)")
+    batch.add_argument("--detect", choices=(*DETECTORS, "none"), default="mtcnn",
+                       help="as predict's: faces found and cropped like chips, one row per face "
+                       "(a photo without one is an error, 'no face found'); 'none' takes every "
+                       "input as one pre-cropped chip. Default: mtcnn")
+    batch.add_argument("--runner", default="local", metavar="local|auto|ADDRESS",
+                       help="'local' (default): Ray on this machine; 'auto': the Ray cluster started "
+                       "here with 'ray start'; 'ray://HOST:10001': a cluster elsewhere")
+    batch.add_argument("--workers", type=int, default=None,
+                       help="model copies (Ray actors); default: the cluster's CPUs / --cpus-per-worker")
+    batch.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (and TensorFlow threads) "
+                       "per worker (default 1)")
+    batch.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    batch.set_defaults(func=_cmd_predict_batch)
 
 
 def _add_export(commands) -> None:
@@ -346,13 +540,69 @@ def _add_export(commands) -> None:
         "gender (P(female)) and age.",
         epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_arguments(export)
+    add_model_arguments(export, required=False)
     export.add_argument("--format", choices=EXPORT_FORMATS, default="savedmodel",
                         help="savedmodel (a folder), tflite or onnx (a file; needs the onnx extra: "
                         "pip install './packages/agegender[onnx]')")
     export.add_argument("--out", required=True,
                         help="folder (savedmodel) or file (tflite, onnx) to write")
+    export.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
+                        help="tflite and onnx: float16 weights (half the size) or int8 "
+                        "(post-training, calibrated on the run's training split). Default: none")
+    export.add_argument("--check-data", default=None, metavar="DIR",
+                        help="image folder of the check and calibration splits (default: the run "
+                        "folder's data_root, else $UTKFACE_DIR)")
+    export.add_argument("--check-split", default=None, metavar="CSV",
+                        help="labelled faces to check the export on before it is written: gender "
+                        "accuracy within 0.5 points and age MAE within 0.15 years of the Keras "
+                        "model (default: the run folder's splits/test.csv; without one, generated "
+                        "images against the Keras model's own predictions)")
+    export.add_argument("--calibration-split", default=None, metavar="CSV",
+                        help="faces to calibrate --quantize int8 on (200 of them; default: the run "
+                        "folder's splits/train.csv, else generated images)")
     export.set_defaults(func=_cmd_export)
+
+
+def _add_cache(commands) -> None:
+    cache = commands.add_parser(
+        "cache", help="show or clear the measured 'auto' verdicts (precision, runtime)",
+        description="Precision 'auto' (train) and runtime 'auto' (predict) measure once per "
+        "machine and model and keep the verdict in the cache folder ($AGEGENDER_CACHE_DIR, "
+        "default ~/.cache/agegender). Show them, or --clear them to measure again.",
+        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cache.add_argument("--clear", action="store_true", help="forget every verdict and artefact")
+    cache.set_defaults(func=_cmd_cache)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # the serve extra (FastAPI, uvicorn) loads only here, before TensorFlow: a missing one says so
+    from agegender.serve import serve_from_args
+
+    return serve_from_args(args, setup=lambda: setup(args))
+
+
+def _add_serve(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="an HTTP API and a web page: age and gender of the faces in photos",
+        description="Serve a model over HTTP: POST /v1/predict (multipart, field 'image', one or "
+        "more photos; answers as predict --json, faces found with MTCNN), GET /healthz, "
+        "GET /v1/models, and a web page at / (choose or drop a photo). Needs the serve extra: "
+        "pip install './packages/agegender[serve]'. The model is loaded once per worker.",
+        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--model", default=None, metavar="NAME_OR_PATH",
+                       help="a shipped model's name or a .keras file (default: the shipped model)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; "
+                       "0.0.0.0 opens it to the network, without authentication)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes, each with its own copy of the model (default 1)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
+                       help="largest file accepted, per file (default 10); images over the "
+                       "library's pixel limit are refused too, without being decoded")
+    serve.set_defaults(func=_cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow's own start-up and log lines")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_predict, _add_export):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_predict_batch, _add_export, _add_cache, _add_serve):
         add(commands)
     return parser
 

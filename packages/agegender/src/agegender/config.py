@@ -111,8 +111,9 @@ class TrainConfig:
         0, "after training, refit the two output layers for N epochs with dropout off",
         group="training")
     precision: str = _option(
-        "auto", "'auto': mixed bfloat16 where the hardware has it and the backbone gains from it "
-        "on a CPU", group="training", choices=PRECISIONS)
+        "auto", "'auto': the faster of float32 and the hardware's mixed policy, timed on a few "
+        "training steps of this backbone and size once per machine (see `agegender cache`)",
+        group="training", choices=PRECISIONS)
     strategy: str = _option(
         "default", "tf.distribute strategy ('mirrored' splits the CPU in two without a GPU; "
         "'multi_worker' reads TF_CONFIG)", group="training", choices=STRATEGIES)

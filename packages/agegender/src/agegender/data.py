@@ -52,6 +52,7 @@ def index_summary(report) -> dict[str, Any]:
         "indexed": report.indexed,
         "quarantined": list(report.quarantined),
         "not_images": list(report.not_images),
+        "set_aside": list(report.set_aside),
     }
 
 
@@ -69,7 +70,7 @@ def batches(frame, root: Path, config: TrainConfig, *, training: bool, replicas:
         batch_size = max(replicas, min(batch_size, len(frame) // replicas * replicas))
     if augment is None:
         augment = config.augment
-    return utkface_data.make_dataset(
+    dataset = utkface_data.make_dataset(
         frame,
         root=root,
         image_size=(config.image_size, config.image_size),
@@ -81,3 +82,13 @@ def batches(frame, root: Path, config: TrainConfig, *, training: bool, replicas:
         seed=config.seed,
         drop_remainder=replicas > 1,
     )
+    if replicas > 1:
+        # Several workers: each reads the same (seeded) order and keeps its own part of every
+        # batch. Said explicitly: TensorFlow would first try to split by file, which a folder of
+        # images read through a map cannot be, and warn before falling back to this.
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        dataset = dataset.with_options(options)
+    return dataset

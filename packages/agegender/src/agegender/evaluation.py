@@ -6,21 +6,11 @@ report) around a Keras model.
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 from pathlib import Path
 from typing import Any
 
 import agegender_eval
 import utkface_data
-
-
-@contextlib.contextmanager
-def finite_datasets():
-    """Keras warns at the end of every pass over a dataset of unknown length; ours are finite."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
-        yield
 
 
 def predict_frame(model, frame, root: Path, *, image_size: int, batch_size: int = 64) -> dict[str, Any]:
@@ -30,10 +20,9 @@ def predict_frame(model, frame, root: Path, *, image_size: int, batch_size: int 
     dataset = utkface_data.make_dataset(
         frame, root=root, image_size=(image_size, image_size), batch_size=batch_size, scaling="uint8"
     )
-    with finite_datasets():
-        # (images, labels) batches: predict uses the images. No dataset.map here: AutoGraph
-        # would read this file's source while running, wrong if the file changed since the start
-        outputs = model.predict(dataset, verbose=0)
+    # (images, labels) batches: predict uses the images. No dataset.map here: AutoGraph would
+    # read this file's source while running, wrong if the file changed since the start
+    outputs = model.predict(dataset, verbose=0)
     return {
         "age": np.asarray(outputs["age"], dtype="float64").reshape(-1),
         "p_female": np.asarray(outputs["gender"], dtype="float64").reshape(-1),

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agegender.callbacks import make_ema_callbacks, make_resume_callback
+from agegender.callbacks import backed_up_epochs, make_ema_callbacks, make_resume_callback
 from agegender.config import MONITORS, TrainConfig
-from agegender.evaluation import finite_datasets
 
 log = logging.getLogger("agegender")
 
@@ -110,6 +109,8 @@ class FitContext:
     rates: list[float] | None
     verbose: int | str
     extra_callbacks: list
+    # several workers (agegender.cluster.Agreement): they agree on where to resume each phase
+    agreement: Any = None
 
 
 def callbacks_for(phase: Phase, ctx: FitContext, backup_dir: Path) -> list:
@@ -147,7 +148,8 @@ def callbacks_for(phase: Phase, ctx: FitContext, backup_dir: Path) -> list:
         make_resume_callback(ctx.history_path, backup_dir, early_stopping, best, phase.epochs[0],
                              plateau, config.monitor),
         keras.callbacks.CSVLogger(str(ctx.history_path), append=True),
-        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        # several workers keep the epoch before too, to go back to one they all have
+        keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=ctx.agreement is not None),
         *ctx.extra_callbacks,
         ema_last,
     ]
@@ -174,6 +176,8 @@ def run_fit_phases(model, phases: list[Phase], ctx: FitContext) -> None:
     loaded when the next one starts)."""
     handover: Path | None = None
     fitting = [phase for phase in phases if phase.name != "head refit"]
+    if ctx.agreement is not None:
+        ctx.agreement.phases([ctx.checkpoints / f"{phase.slug}.weights.h5" for phase in fitting])
     for i, phase in enumerate(fitting):
         done = ctx.checkpoints / f"{phase.slug}.weights.h5"
         if done.is_file():
@@ -181,20 +185,35 @@ def run_fit_phases(model, phases: list[Phase], ctx: FitContext) -> None:
             log.info("phase %s: finished earlier, skipped", phase.describe())
             continue
         if handover is not None:
-            model.load_weights(handover)
+            load_weights(model, handover)
             handover = None
         _prepare(model, phase, ctx, first=i == 0)
         log.info("phase %d/%d %s", i + 1, len(phases), phase.describe())
+        backup_dir = ctx.checkpoints / f"backup-{phase.slug}"
+        if ctx.agreement is not None:
+            ctx.agreement.backup(backup_dir)
+        if backed_up_epochs(backup_dir):
+            log.info("phase %s: resumes after epoch %d (its backup)", phase.name,
+                     backed_up_epochs(backup_dir))
         # Keras 3.15: a restoring BackupAndRestore sets model._initial_epoch, which fit prefers
         # to its initial_epoch argument, and nothing clears it: after a resumed warm-up the
         # fine-tuning fit would start again at the warm-up's restored epoch (tested).
         model._initial_epoch = None
-        with finite_datasets():
-            model.fit(ctx.train_ds, validation_data=ctx.val_ds if phase.validated else None,
-                      initial_epoch=phase.epochs[0], epochs=phase.epochs[1], shuffle=False,
-                      verbose=ctx.verbose,
-                      callbacks=callbacks_for(phase, ctx, ctx.checkpoints / f"backup-{phase.slug}"))
+        model.fit(ctx.train_ds, validation_data=ctx.val_ds if phase.validated else None,
+                  initial_epoch=phase.epochs[0], epochs=phase.epochs[1], shuffle=False,
+                  verbose=ctx.verbose,
+                  callbacks=callbacks_for(phase, ctx, backup_dir))
         model.save_weights(done)
+
+
+def load_weights(model, path: Path) -> None:
+    """The model's weights from a file a phase saved. The optimizer state saved with them is not
+    wanted (the next phase compiles its own), so Keras' warning that it skipped it is not shown."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)
 
 
 def refit_heads(model, train_ds, val_ds, *, epochs: int, learning_rate: float, loss_weights,
@@ -215,6 +234,5 @@ def refit_heads(model, train_ds, val_ds, *, epochs: int, learning_rate: float, l
             layer.rate = 0.0
         layer.trainable = layer.name in HEAD_LAYERS
     compile_model(model, learning_rate=learning_rate, loss_weights=loss_weights)
-    with finite_datasets():
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, shuffle=False, verbose=verbose)
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, shuffle=False, verbose=verbose)
     return model

@@ -40,17 +40,17 @@ import json
 import logging
 import platform
 import shutil
-import tempfile
 import time
 import warnings
 from typing import Any
 
+from agegender import cluster
 from agegender.callbacks import best_index, read_history, replayed_rates
 from agegender.config import STRATEGIES, TrainConfig
 from agegender.data import batches, fingerprint, index_summary, prepare_splits
 from agegender.evaluation import evaluate_frame, write_evaluation
-from agegender.phases import FitContext, plan_phases, refit_heads, run_fit_phases
-from agegender.runfolder import RunFolder
+from agegender.phases import FitContext, load_weights, plan_phases, refit_heads, run_fit_phases
+from agegender.runfolder import LOCK_NAME, RunFolder
 
 log = logging.getLogger("agegender")
 
@@ -69,10 +69,8 @@ def make_strategy(name: str = "default"):
 
     ``mirrored`` uses every GPU; on a machine without one it splits the CPU into two logical devices
     (this must happen before TensorFlow initialises its devices: call it first). ``multi_worker``
-    reads the cluster from ``TF_CONFIG`` as TensorFlow documents; only the chief writes the run
-    folder (:func:`is_chief`), the other workers write to a temporary folder they remove. Not
-    tested on a real cluster, and resuming a killed multi-worker run is not supported (each
-    worker's resume state would differ).
+    reads the cluster from ``TF_CONFIG`` as TensorFlow documents (see :mod:`agegender.cluster`:
+    only the chief writes the run folder, a killed cluster resumes from its last backup).
     """
     import tensorflow as tf
 
@@ -81,6 +79,10 @@ def make_strategy(name: str = "default"):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "multi_worker":
+        if cluster.cluster_task() is None:
+            raise ValueError("strategy='multi_worker' needs the TF_CONFIG environment variable "
+                             "(the cluster and this process's task in it; see agegender.cluster)")
+        cluster.patch_keras()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if tf.config.list_physical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
@@ -130,37 +132,85 @@ def train(config: TrainConfig, *, verbose: int | str = "auto", callbacks: list |
         config = dataclasses.replace(config, lr_history=replayed_rates(config.lr_history))
     strategy = make_strategy(config.strategy)  # before anything initialises TensorFlow's devices
     chief = is_chief(strategy)
-    # every worker runs the same fit (the split is deterministic); only the chief's files count
-    folder = config.out if chief else tempfile.mkdtemp(prefix="agegender_worker_")
+    # Every worker runs the same fit (the split is deterministic); only the chief's files count.
+    # The others keep their resume state in a folder of their own, removed once the run is done.
+    folder = config.out if chief else cluster.worker_folder(config.out, cluster.cluster_task())
     try:
         with RunFolder(folder) as run:
             if run.took_over:
                 log.warning("%s: took over the stale lock of %s (no longer running)", run.path, run.took_over)
-            return _train_in(run, dataclasses.replace(config, out=str(run.path)), strategy,
-                             verbose, callbacks or [])
-    finally:
-        if not chief:
-            shutil.rmtree(folder, ignore_errors=True)
+            metrics = _train_in(run, dataclasses.replace(config, out=str(run.path)), strategy,
+                                verbose, callbacks or [])
+    except _peer_errors() as exc:
+        if config.strategy != "multi_worker":
+            raise
+        raise cluster.ClusterError(_lost_task(exc, folder if not chief else None)) from None
+    if not chief:
+        shutil.rmtree(folder, ignore_errors=True)
+    return metrics
+
+
+def _peer_errors() -> tuple[type[Exception], ...]:
+    """What a collective op raises when another task of the cluster is gone."""
+    import tensorflow as tf
+
+    return (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+            tf.errors.DeadlineExceededError)
+
+
+def _lost_task(exc, kept: str | None) -> str:
+    """One line for TensorFlow's many-line report of a lost peer: which task, and why."""
+    import re
+
+    text = getattr(exc, "message", str(exc))
+    task = cluster.cluster_task()
+    lost = [f"{kind} {index}" for kind, addresses in (task.cluster.items() if task else ())
+            for index, address in enumerate(addresses)
+            if address in text or re.search(rf"^/job:{kind}/replica:\d+/task:{index}$", text, re.M)]
+    found = re.search(r"Collective ops is aborted by: (.*)", text)
+    reason = found.group(1) if found else (text.strip().splitlines() or [""])[-1]
+    state = f" (this worker's resume state is kept in {kept})" if kept else ""
+    return (f"the cluster lost {', '.join(lost) or 'a task'} ({type(exc).__name__}: "
+            f"{reason.strip()[:300]}): start every worker again with the same command; the run "
+            f"resumes from its last finished epoch{state}")
 
 
 def _train_in(run: RunFolder, config: TrainConfig, strategy, verbose, callbacks: list) -> dict[str, Any]:
     """The steps of a run, in order, in a folder this process holds."""
-    from agegender_models.precision import set_precision
+    from agegender_models.precision import choose_precision, set_precision
 
-    precision = set_precision(config.precision, backbone=config.backbone)
-    stored = run.check_options(config, precision=precision)
+    # "auto" measures (once per machine, cached); a run started earlier keeps what it trained in
+    earlier = run.stored().get("precision_resolved") if config.precision == "auto" else None
+    choice = None if earlier else choose_precision(
+        config.precision, backbone=config.backbone, image_size=config.image_size,
+        batch_size=config.batch_size)
+    precision = set_precision(earlier or choice.policy)
+    chief = is_chief(strategy)
+    stored = run.check_options(config, precision=precision) if chief else {}
+    if config.strategy == "multi_worker":
+        precision, chief_finished = _join_cluster(run, strategy, precision)
+        if chief_finished and not chief:
+            return {"chief": False, "finished_earlier": True}
     if run.finished:
         log.info("%s holds a finished run with these options: results in %s and %s", run.path,
                  run.metrics_path, run.report_path)
         return {**json.loads(run.metrics_path.read_text()), "finished_earlier": True}
-    log.info("precision: %s (asked: %s)", precision, config.precision)
+    log.info("precision: %s", choice.describe() if choice else f"{precision} (asked: auto; "
+             "the run's own, chosen when it started)")
     splits, root, report = prepare_splits(config, run.path)
     fit_frame = _fit_frame(config, splits)
     model, phases = _build(config, strategy, fit_frame)
     _write_config(run, config, stored, model=model, precision=precision, strategy=strategy,
                   splits=splits, root=root, report=report, fit_frame=fit_frame, phases=phases)
     started = time.perf_counter()
+    if config.strategy == "multi_worker":  # every worker checks that all resume alike
+        import pandas as pd
+
+        data = fingerprint(pd.concat([splits.train, splits.val, splits.test]))
+        callbacks = [cluster.check_callback(strategy, data), *callbacks]
     trained = _fit(run, config, model, phases, strategy, fit_frame, splits, root, verbose, callbacks)
+    if not chief:  # the chief alone refits the heads (if asked), evaluates and writes the report
+        return {"chief": False, "epochs_run": len(read_history(run.history_path))}
     final, before_refit = _head_refit(run, config, trained, phases, fit_frame, splits, root, verbose)
     metrics = _evaluate(run, config, final, splits, root, wall_s=time.perf_counter() - started)
     if before_refit is not None:
@@ -169,6 +219,25 @@ def _train_in(run: RunFolder, config: TrainConfig, strategy, verbose, callbacks:
     if not config.keep_checkpoints:
         run.remove_checkpoints()
     return metrics
+
+
+def _join_cluster(run: RunFolder, strategy, precision: str) -> tuple[str, bool]:
+    """Agree with the other workers on the chief's precision policy; returns it and whether the
+    chief's run is finished. A worker whose chief starts a new run clears the state it kept
+    from an earlier one (its folder is named after the run folder's path)."""
+    from agegender_models.precision import set_precision
+
+    started = run.config_path.is_file()
+    policy, finished, chief_started = cluster.gather_rows(
+        strategy, [cluster.POLICIES.index(precision), int(run.finished), int(started)])[0]
+    if not is_chief(strategy) and started and not chief_started:
+        log.info("%s: cleared this worker's state of an earlier run (the chief starts afresh)", run.path)
+        cluster.clear_folder(run.path, keep=(LOCK_NAME,))
+    chosen = cluster.POLICIES[policy]
+    if chosen != precision:
+        log.info("precision: %s, the chief's (this worker chose %s)", chosen, precision)
+        set_precision(chosen)
+    return chosen, bool(finished)
 
 
 def _fit_frame(config: TrainConfig, splits):
@@ -273,9 +342,10 @@ def _fit(run: RunFolder, config: TrainConfig, model, phases, strategy, fit_frame
             strategy=strategy, optimizer=_optimizer_factory(config),
             rates=list(config.lr_history) if config.lr_history is not None else None,
             verbose=verbose, extra_callbacks=callbacks,
+            agreement=cluster.Agreement(strategy) if config.strategy == "multi_worker" else None,
         )
         run_fit_phases(model, phases, ctx)
-        model.load_weights(ctx.best_weights)
+        load_weights(model, ctx.best_weights)
         save_model(model, trained, include_optimizer=False)
     # outside the strategy: the head refit and the evaluation run on one device
     return load_model(trained)

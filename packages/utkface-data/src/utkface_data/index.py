@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ._images import DEFAULT_MAX_PIXELS, too_large
 from ._paths import get_data_dir
 from .errors import DatasetError, MalformedNameError
 from .naming import (
@@ -47,9 +50,6 @@ AGE_GROUPS: Mapping[str, int] = {"under 10": 0, "10–17": 10, "18+": 18}
 STRATIFY_AGE_EDGES: tuple[int, ...] = (0, 10, 18, 30, 45, 60, 117)
 STRATIFY_AGE_LABELS: tuple[str, ...] = ("0-9", "10-17", "18-29", "30-44", "45-59", "60+")
 
-# Decompression-bomb guard for --verify-images (PIL's own default warns at ~89 Mpx).
-DEFAULT_MAX_PIXELS = 40_000_000
-
 COLUMNS = ["path", "age", "gender", "race", "datetime"]
 
 
@@ -76,7 +76,13 @@ def age_bin(ages: Iterable[int] | int) -> np.ndarray:
 
 @dataclass
 class IndexReport:
-    """What ``index_folder`` saw. ``indexed + len(quarantined) + len(not_images) == files_seen``."""
+    """What ``index_folder`` saw. ``indexed + len(quarantined) + len(not_images) == files_seen``.
+
+    ``set_aside`` lists the entries that could not be scanned, as ``{"path", "reason"}``: folders
+    that cannot be read, symlink loops, broken symlinks, links to a folder already scanned,
+    entries that are neither files nor folders. They are not files seen (their contents are
+    unknown), but they are counted and named, never skipped silently.
+    """
 
     root: str
     files_seen: int
@@ -91,6 +97,7 @@ class IndexReport:
     by_age_bin: dict[str, int] = field(default_factory=dict)
     by_age_group: dict[str, int] = field(default_factory=dict)
     verified_images: bool = False
+    set_aside: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def reconciles(self) -> bool:
@@ -104,6 +111,7 @@ class IndexReport:
             "indexed": self.indexed,
             "quarantined": [dict(q) for q in self.quarantined],
             "not_images": list(self.not_images),
+            "set_aside": [dict(e) for e in self.set_aside],
             "corrected": list(self.corrected),
             "unused_corrections": list(self.unused_corrections),
             "by_gender": dict(self.by_gender),
@@ -121,6 +129,7 @@ class IndexReport:
             + (f" ({len(self.corrected)} by corrections)" if self.corrected else ""),
             f"  quarantined:  {len(self.quarantined)}",
             f"  not images:   {len(self.not_images)}",
+            f"  set aside:    {len(self.set_aside)} (folders and links that could not be scanned)",
             f"  images decoded and checked: {'yes' if self.verified_images else 'no (use --verify-images)'}",
         ]
         total = max(self.indexed, 1)
@@ -139,6 +148,9 @@ class IndexReport:
         if self.not_images:
             lines.append("Not images (ignored):")
             lines.extend(f"  {n}" for n in self.not_images)
+        if self.set_aside:
+            lines.append("Set aside (not scanned):")
+            lines.extend(f"  {e['path']}: {e['reason']}" for e in self.set_aside)
         if self.unused_corrections:
             lines.append("Corrections that matched no file (not applied):")
             lines.extend(f"  {n}" for n in self.unused_corrections)
@@ -175,10 +187,7 @@ def check_image(
         with Image.open(path) as im:
             width, height, mode, fmt = im.width, im.height, im.mode, im.format
             if width * height > max_pixels:
-                return None, (
-                    f"image too large: {width}x{height} = {width * height} pixels exceeds "
-                    f"max_pixels={max_pixels} (decompression-bomb guard)"
-                )
+                return None, too_large(width, height, max_pixels)
             if fmt not in ("JPEG", "PNG"):
                 return None, f"unsupported image format {fmt} (expected JPEG or PNG)"
             im.load()
@@ -189,24 +198,87 @@ def check_image(
     return {"width": width, "height": height, "mode": mode}, None
 
 
-def _scan(root: Path, recursive: bool) -> list[str]:
-    """Relative POSIX paths of every regular file under root (top level unless recursive)."""
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def _kind(entry: os.DirEntry[str]) -> tuple[str, str]:
+    """``("dir" | "file", "")``, or ``("other", why it cannot be scanned)``."""
+    try:
+        if entry.is_dir(follow_symlinks=True):
+            return "dir", ""
+        if entry.is_file(follow_symlinks=True):
+            return "file", ""
+    except OSError as exc:  # ELOOP (a link to itself, a to b to a), EACCES, ...
+        return "other", _why(exc)
+    if entry.is_symlink():
+        return "other", "broken symlink (its target does not exist)"
+    return "other", "not a regular file or folder"
+
+
+def _revisit(link: str, folder: Path, first: str) -> str:
+    """Why a link to a folder already scanned (as ``first``) is not scanned again."""
+    real = os.path.realpath(link)
+    inside = os.path.realpath(folder)
+    if inside == real or inside.startswith(real.rstrip(os.sep) + os.sep):
+        return f"symlink loop (leads back to {first!r}, already scanned)"
+    return f"the same folder as {first!r} (already scanned)"
+
+
+def _scan(root: Path, recursive: bool) -> tuple[list[str], list[dict[str, str]]]:
+    """Relative POSIX paths of every regular file under root (top level unless recursive), and
+    the entries set aside (``{"path", "reason"}``: unreadable folders, symlink loops, ...)."""
     found: list[str] = []
+    set_aside: list[dict[str, str]] = []
+
+    def rel(path: str | Path) -> str:
+        return Path(path).relative_to(root).as_posix()
+
     stack = [root]
-    visited = {os.path.realpath(root)}  # a symlink loop is visited once
+    visited = {os.path.realpath(root): "."}  # each real folder is scanned once
     while stack:
         folder = stack.pop()
-        with os.scandir(folder) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=True):
-                    real = os.path.realpath(entry.path)
-                    if recursive and real not in visited:
-                        visited.add(real)
-                        stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=True):
-                    found.append(Path(entry.path).relative_to(root).as_posix())
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            if folder == root:
+                raise
+            set_aside.append({"path": rel(folder), "reason": f"unreadable folder ({_why(exc)})"})
+            continue
+        for entry in entries:
+            kind, reason = _kind(entry)
+            if kind == "file":
+                found.append(rel(entry.path))
+            elif kind == "other":
+                set_aside.append({"path": rel(entry.path), "reason": reason})
+            elif recursive:
+                real = os.path.realpath(entry.path)
+                if real in visited:
+                    why = _revisit(entry.path, folder, visited[real])
+                    set_aside.append({"path": rel(entry.path), "reason": why})
+                else:
+                    visited[real] = rel(entry.path)
+                    stack.append(Path(entry.path))
     found.sort()
-    return found
+    set_aside.sort(key=lambda e: e["path"])
+    return found, set_aside
+
+
+def _unusable(path: Path) -> str | None:
+    """Why a listed file cannot be used without opening it: empty or unreadable."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    except OSError as exc:
+        return f"cannot read file ({_why(exc)})"
+    if not os.access(path, os.R_OK):
+        return "unreadable file (permission denied)"
+    return None
 
 
 def _counts(
@@ -238,9 +310,16 @@ def index_folder(
             ``mode`` columns.
         corrections: CSV (``file,age,gender,race[,datetime]``) or mapping that gives labels for
             named files, used instead of the file name (e.g. for the known malformed names).
-        strict: raise ``DatasetError`` naming every malformed or unreadable file instead of
-            quarantining them.
+        strict: raise ``DatasetError`` naming every malformed or unreadable file (and every
+            entry set aside) instead of quarantining them.
         progress: show a tqdm progress bar (stderr) for long scans.
+        max_pixels: with ``verify_images``, images whose header claims more pixels are
+            quarantined without being decoded (the decompression-bomb guard every reader of
+            the project applies; default 64 million).
+
+    Empty and unreadable files are quarantined with their reason. Entries that cannot be
+    scanned -- unreadable sub-folders, symlink loops, broken symlinks, links to a folder already
+    scanned -- are set aside (``report.set_aside``), named and counted; they never abort the scan.
 
     Returns a ``DatasetIndex``: ``frame`` sorted by ``path`` with columns path, age, gender,
     race, datetime (+ width, height, mode when verified), the ``root`` and a ``report``.
@@ -259,7 +338,7 @@ def index_folder(
     root = get_data_dir(directory)
     table = load_corrections(corrections)
 
-    files = _scan(root, recursive)
+    files, set_aside = _scan(root, recursive)
     rows: list[dict[str, Any]] = []
     quarantined: list[dict[str, str]] = []
     not_images: list[str] = []
@@ -283,8 +362,9 @@ def index_folder(
             except MalformedNameError as exc:
                 quarantined.append({"file": rel, "reason": f"malformed name: {exc.reason}"})
                 continue
-        if os.path.getsize(root / rel) == 0:
-            quarantined.append({"file": rel, "reason": "empty file (0 bytes)"})
+        problem = _unusable(root / rel)
+        if problem is not None:
+            quarantined.append({"file": rel, "reason": problem})
             continue
         rows.append(
             {
@@ -297,8 +377,13 @@ def index_folder(
         )
 
     if verify_images and rows:
+        from PIL import Image
+
         n_workers = workers or min(8, (os.cpu_count() or 1) + 1)
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        # Pillow warns at open about images over its own limit; ours refuses them by name. The
+        # filter is set here, in this thread, around the pool (catch_warnings is not thread-safe)
+        with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=n_workers) as pool:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             results = list(
                 tqdm(
                     pool.map(lambda r: check_image(root / r["path"], max_pixels=max_pixels), rows),
@@ -318,10 +403,12 @@ def index_folder(
         rows = kept
 
     quarantined.sort(key=lambda q: q["file"])
-    if strict and quarantined:
+    if strict and (quarantined or set_aside):
+        bad = [(q["file"], q["reason"]) for q in quarantined]
+        bad += [(e["path"], e["reason"]) for e in set_aside]
         raise DatasetError(
-            f"{len(quarantined)} bad file(s) in {root} (strict mode):\n"
-            + "\n".join(f"  {q['file']}: {q['reason']}" for q in quarantined)
+            f"{len(bad)} bad file(s) or folder(s) in {root} (strict mode):\n"
+            + "\n".join(f"  {name}: {reason}" for name, reason in bad)
         )
     extra = ["width", "height", "mode"] if verify_images else []
     frame = pd.DataFrame(rows, columns=COLUMNS + extra)
@@ -343,17 +430,26 @@ def index_folder(
         by_age_bin=_counts(age_bin(frame["age"].to_numpy()), STRATIFY_AGE_LABELS),
         by_age_group=_counts(age_group(frame["age"].to_numpy()), AGE_GROUPS),
         verified_images=verify_images,
+        set_aside=set_aside,
     )
     if frame.empty:
+        aside = (
+            f"; {len(set_aside)} entries set aside, e.g. {set_aside[0]['path']}: "
+            f"{set_aside[0]['reason']}"
+            if set_aside
+            else ""
+        )
         if not files:
             raise DatasetError(
                 f"folder is empty: {root}"
                 + ("" if recursive else " (use recursive=True / --recursive for sub-folders)")
+                + aside
             )
         detail = "; ".join(f"{q['file']}: {q['reason']}" for q in quarantined[:3])
         raise DatasetError(
             f"no usable UTKFace images in {root}: {len(files)} file(s) seen, "
             f"{len(not_images)} not images, {len(quarantined)} quarantined"
             + (f" (e.g. {detail})" if detail else "")
+            + aside
         )
     return DatasetIndex(frame=frame, root=root, report=report)

@@ -4,12 +4,19 @@ Files are read and decoded in parallel (``num_parallel_calls=AUTOTUNE``, in chun
 resized to ``image_size`` and kept as uint8 until the final batch-level scaling, so a cache holds
 the compact form. Only the list of paths lives in memory; images stream unless ``cache`` is set.
 
+Images are read by the rules of every reader in the project (``agegender_models.imageio``
+reads files for prediction the same way; a cross-package test compares the pixels): EXIF
+orientation applied, 16-bit samples to their high byte, CMYK as ``(255 - C) * (255 - K) // 255``,
+transparency composited onto white, JPEG decoded with the accurate integer DCT (as Pillow does),
+no image over ``max_pixels`` decoded. :func:`read_image` reads one file this way.
+
 Bad files are named, never dropped silently:
 
-* Before anything runs (``check_files=True``), every file is checked cheaply in Python without
-  decoding (:func:`file_problem`: missing, empty, not JPEG/PNG, truncated, PNG header over
-  ``max_pixels``). ``on_error="raise"`` raises ``FileNotFoundError``/``DatasetError`` listing
-  them; ``on_error="skip"`` leaves them out with a ``UserWarning`` per file.
+* Before anything runs, every file's header is read without decoding (:func:`file_problem`;
+  about 50 us a file): missing, empty, not JPEG/PNG, unreadable header, truncated, more pixels
+  than ``max_pixels`` (JPEG and PNG; always refused, even with ``check_files=False``).
+  ``on_error="raise"`` raises ``FileNotFoundError``/``DatasetError`` listing them;
+  ``on_error="skip"`` leaves them out with a ``UserWarning`` per file.
 * A file that passes those checks but that the decoder rejects (corrupt data inside) is caught
   during iteration: each chunk is decoded under ``ignore_errors`` and compared with its input, so
   the failure keeps its path. ``"raise"`` stops with ``tf.errors.InvalidArgumentError``
@@ -21,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,14 +37,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ._images import DEFAULT_MAX_PIXELS, ImageProbe, probe_image
 from ._paths import get_data_dir
 from .errors import DatasetError
-from .index import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
 
-__all__ = ["SCALINGS", "file_problem", "make_dataset"]
+__all__ = ["SCALINGS", "file_problem", "make_dataset", "read_image"]
 
 # Files decoded per parallel call: decoder failures are caught per chunk (see make_dataset).
 _CHUNK = 16
@@ -46,6 +52,10 @@ _CHUNK = 16
 SCALINGS = ("uint8", "unit", "float")
 _ERROR_PREFIX = "utkface_data: unreadable image"
 _DECODE_ERROR = "utkface_data: unreadable image (corrupt image data; the decoder failed):"
+# Part of every file-cache name: a cache written by an older decoder is not reused.
+_DECODER_VERSION = "2: exif, alpha on white, accurate dct"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
 def _resolve_paths(frame: pd.DataFrame, root: str | os.PathLike[str] | None) -> list[str]:
@@ -99,42 +109,45 @@ def _check_args(
 
 
 def file_problem(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """Cheap check of one image file without decoding it: ``None`` if it looks usable, else the
-    reason. Reads only the first 24 bytes and the last KiB: missing or empty file, not a JPEG/PNG
-    signature, JPEG without an end-of-image marker near its end (truncated; padding or trailing
-    data after the marker is fine, as for the decoders), PNG without ``IEND`` (truncated) or
-    whose header claims more than ``max_pixels`` pixels."""
+    """Cheap check of one image file without decoding its pixels: ``None`` if it looks usable,
+    else the reason. Reads the header (Pillow) and the last KiB: missing or empty file, not a
+    JPEG/PNG signature, a header that cannot be read or that claims more than ``max_pixels``
+    pixels (JPEG or PNG), JPEG without an end-of-image marker near its end (truncated; padding
+    or trailing data after the marker is fine, as for the decoders), PNG without ``IEND``."""
+    return probe_image(path, max_pixels=max_pixels).problem
+
+
+def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """One file as the pipeline reads it, before resizing: an upright H x W x 3 uint8 array.
+
+    Raises ``FileNotFoundError`` for a missing file and ``DatasetError`` naming the file for
+    one that :func:`file_problem` refuses (a decompression bomb is never decoded) or that the
+    decoder rejects.
+    """
+    import tensorflow as tf
+
+    probe = probe_image(path, max_pixels=max_pixels)
+    if probe.problem == "file not found":
+        raise FileNotFoundError(f"image file not found: {path}")
+    if probe.problem is not None:
+        raise DatasetError(f"{path}: {probe.problem}")
     try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return "empty file (0 bytes)"
-        with open(path, "rb") as fh:
-            head = fh.read(24)
-            fh.seek(max(size - 1024, 0))
-            tail = fh.read()
-    except FileNotFoundError:
-        return "file not found"
-    except OSError as exc:
-        return f"cannot read file: {exc}"
-    if head.startswith(b"\xff\xd8\xff"):
-        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        if len(head) >= 24:
-            width, height = struct.unpack(">II", head[16:24])
-            if width * height > max_pixels:
-                return f"image too large: {width}x{height} pixels exceeds max_pixels={max_pixels}"
-        return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
-    return "not a JPEG or PNG file (bad signature)"
+        image = _decode_rgb(tf.io.read_file(os.fspath(path)), tf.constant(probe.orientation))
+    except tf.errors.OpError as exc:
+        raise DatasetError(f"{path}: corrupt image data (the decoder failed)") from exc
+    return image.numpy()
 
 
 def _cache_file(prefix: str | os.PathLike[str], paths: Sequence[str], gender: np.ndarray,
                 age: np.ndarray, image_size: tuple[int, int]) -> str:
     """A file-cache prefix that names its content: TensorFlow reuses an existing cache file
-    as it is, so another frame, label set or image size must not land on the same prefix."""
+    as it is, so another frame, label set, image size or decoder must not land on the same
+    prefix."""
     digest = hashlib.blake2b(digest_size=8)
     for path, g, a in zip(paths, gender.tolist(), age.tolist(), strict=True):
         digest.update(f"{path},{g},{a}\n".encode())
     digest.update(f"{image_size[0]}x{image_size[1]}".encode())
+    digest.update(_DECODER_VERSION.encode())
     return f"{Path(prefix)}.{digest.hexdigest()}"
 
 
@@ -173,9 +186,12 @@ def make_dataset(
         seed: seeds shuffle and augmentation; when not None the element order is deterministic.
         on_error: ``"raise"`` (an error naming the file) or ``"skip"`` (the file is left out
             and a warning names it); see the module docstring.
-        check_files: check every file up front without decoding (exists, non-empty, JPEG/PNG
-            signature, not truncated, size guard); about 20 us per file.
-        max_pixels: decompression-bomb guard for PNG headers.
+        check_files: refuse bad files up front from their headers (exists, non-empty, JPEG/PNG
+            signature, readable header, not truncated); about 50 us per file. The headers are
+            read even with ``False`` (for the EXIF orientation and the pixel limit); then only
+            the decoder finds the other problems, while iterating.
+        max_pixels: decompression-bomb guard: an image whose header claims more pixels is
+            refused, never decoded (default 64 million, as every reader of the project).
         shuffle_buffer: shuffle buffer size (default: all records when streaming, at most 2048
             decoded images after a cache).
 
@@ -193,16 +209,20 @@ def make_dataset(
     paths = _resolve_paths(frame, root)
     gender = frame["gender"].to_numpy(dtype=np.float32)
     age = frame["age"].to_numpy(dtype=np.float32)
-    if check_files:
-        paths, gender, age = _usable_rows(paths, gender, age, on_error=on_error, max_pixels=max_pixels)
+    paths, orientation, gender, age = _usable_rows(
+        paths, gender, age, on_error=on_error, max_pixels=max_pixels, check_files=check_files
+    )
     # without shuffling, rows always come out in frame order (predictions line up with labels)
     deterministic = seed is not None or not shuffle
 
-    ds = tf.data.Dataset.from_tensor_slices((paths, {"gender": gender, "age": age}))
+    ds = tf.data.Dataset.from_tensor_slices(
+        ((paths, orientation), {"gender": gender, "age": age})
+    )
     if shuffle and cache is None:
         # Shuffle only the (path, label) records: cheap, and images still stream.
         ds = ds.shuffle(shuffle_buffer or len(paths), seed=seed, reshuffle_each_iteration=True)
-    ds = _decode_images(ds, len(paths), image_size, on_error=on_error, deterministic=deterministic)
+    ds = _decode_images(ds, len(paths), image_size, on_error=on_error, deterministic=deterministic,
+                        orient=bool((orientation != 1).any()))
     if cache is not None:
         ds = ds.cache("" if str(cache) == "memory" else _cache_file(cache, paths, gender, age, image_size))
         if shuffle:
@@ -237,15 +257,24 @@ def _bad_files_error(bad: list[tuple[str, str]]) -> Exception:
     )
 
 
+def _problem(probe: ImageProbe, check_files: bool) -> str | None:
+    return probe.problem if check_files or probe.too_large else None
+
+
 def _usable_rows(
-    paths: list[str], gender: np.ndarray, age: np.ndarray, *, on_error: str, max_pixels: int
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The up-front file check (:func:`file_problem` on every file): raises for bad files with
-    ``on_error="raise"``; with ``"skip"`` leaves them out, warning once per file."""
-    problems = [file_problem(p, max_pixels=max_pixels) for p in paths]
+    paths: list[str], gender: np.ndarray, age: np.ndarray, *, on_error: str, max_pixels: int,
+    check_files: bool,
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Read every file's header (:func:`probe_image`): the EXIF orientations, and the bad files
+    (all of them with ``check_files``, else only those over ``max_pixels``). Raises for bad
+    files with ``on_error="raise"``; with ``"skip"`` leaves them out, warning once per file.
+    Returns the paths, orientations and targets of the rows kept."""
+    probes = [probe_image(p, max_pixels=max_pixels) for p in paths]
+    orientation = np.array([p.orientation for p in probes], dtype=np.int32)
+    problems = [_problem(p, check_files) for p in probes]
     bad = [(p, why) for p, why in zip(paths, problems, strict=True) if why is not None]
     if not bad:
-        return paths, gender, age
+        return paths, orientation, gender, age
     if on_error == "raise":
         raise _bad_files_error(bad)
     for p, why in bad:
@@ -256,17 +285,88 @@ def _usable_rows(
         raise DatasetError(
             f"none of the {len(paths)} image files is usable, e.g. {bad[0][0]}: {bad[0][1]}"
         )
-    return [p for p, k in zip(paths, keep, strict=True) if k], gender[keep], age[keep]
+    kept = [p for p, k in zip(paths, keep, strict=True) if k]
+    return kept, orientation[keep], gender[keep], age[keep]
 
 
-def _decoder(height: int, width: int) -> Callable[[tf.Tensor], tf.Tensor]:
-    """path -> RGB uint8 image of ``(height, width, 3)`` (bilinear resize, rounded)."""
+def _on_white(rgba: tf.Tensor) -> tf.Tensor:
+    """RGBA uint8 -> RGB uint8 composited onto white: ``round((c a + 255 (255 - a)) / 255)``."""
     import tensorflow as tf
 
-    def decode(path: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_image(
-            tf.io.read_file(path), channels=3, dtype=tf.uint8, expand_animations=False
-        )
+    color = tf.cast(rgba[..., :3], tf.float32)
+    alpha = tf.cast(rgba[..., 3:], tf.float32)
+    return tf.cast(tf.round((color * alpha + 255.0 * (255.0 - alpha)) / 255.0), tf.uint8)
+
+
+def _orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Apply an EXIF orientation (1-8) as ``PIL.ImageOps.exif_transpose`` does."""
+    import tensorflow as tf
+
+    def transpose(x: tf.Tensor) -> tf.Tensor:
+        return tf.transpose(x, [1, 0, 2])
+
+    branches = [
+        lambda: image,  # 1: upright
+        lambda: tf.reverse(image, [1]),  # 2: mirrored left-right
+        lambda: tf.image.rot90(image, 2),  # 3: upside down
+        lambda: tf.reverse(image, [0]),  # 4: mirrored top-bottom
+        lambda: transpose(image),  # 5: transposed
+        lambda: tf.image.rot90(image, 3),  # 6: shown turned 90 degrees clockwise
+        lambda: tf.image.rot90(transpose(image), 2),  # 7: transversed
+        lambda: tf.image.rot90(image, 1),  # 8: shown turned 90 degrees counter-clockwise
+    ]
+    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
+    return tf.switch_case(index, branches)
+
+
+def _png_rgb(data: tf.Tensor) -> tf.Tensor:
+    """PNG bytes -> RGB uint8: transparency (an alpha channel, or a ``tRNS`` colour key or
+    palette entry) composited onto white; 16-bit samples keep their high byte."""
+    import tensorflow as tf
+
+    rgba = tf.io.decode_png(data, channels=4)
+    # decode_png's added alpha is wrong (2**bits - 1) for palette and gray images of under 8
+    # bits: use it only when the file has transparency (colour type 4 or 6, or a tRNS chunk
+    # before the image data)
+    color_type = tf.strings.substr(data, 25, 1)
+    header = tf.strings.split(data, sep="IDAT", maxsplit=1)[0]
+    has_alpha = tf.logical_or(
+        tf.reduce_any(tf.equal(color_type, [b"\x04", b"\x06"])),
+        tf.size(tf.strings.split(header, sep="tRNS", maxsplit=1)) > 1,
+    )
+    return tf.cond(has_alpha, lambda: _on_white(rgba), lambda: rgba[..., :3])
+
+
+def _decode_rgb(data: tf.Tensor, orientation: tf.Tensor | None) -> tf.Tensor:
+    """Encoded bytes -> upright RGB uint8 ``(h, w, 3)`` by the module's reading rules
+    (``orientation=None``: the images are known to be upright; no orientation op)."""
+    import tensorflow as tf
+
+    head = tf.strings.substr(data, 0, 8)
+    image = tf.case(
+        [
+            (tf.equal(head, _PNG_SIGNATURE), lambda: _png_rgb(data)),
+            # JPEG: the accurate integer DCT, as Pillow decodes (TensorFlow's default is the
+            # fast one, a few levels off); CMYK converted by TensorFlow's formula
+            (
+                tf.equal(tf.strings.substr(data, 0, 3), _JPEG_SIGNATURE),
+                lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+            ),
+        ],
+        default=lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+        exclusive=False,
+    )
+    image = tf.ensure_shape(image, (None, None, 3))
+    return image if orientation is None else _orient(image, orientation)
+
+
+def _decoder(height: int, width: int, orient: bool) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """(path, EXIF orientation) -> RGB uint8 image of ``(height, width, 3)`` (bilinear resize,
+    rounded). ``orient=False`` when every image is upright (the op costs ~30 % of decoding)."""
+    import tensorflow as tf
+
+    def decode(path: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+        image = _decode_rgb(tf.io.read_file(path), orientation if orient else None)
         image = tf.image.resize(image, (height, width), method="bilinear", antialias=False)
         return tf.ensure_shape(
             tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8), (height, width, 3)
@@ -294,21 +394,23 @@ def _report_failures(failed: tf.Tensor, on_error: str) -> tf.Operation:
     )
 
 
-def _chunk_loader(height: int, width: int, on_error: str) -> Callable[..., Any]:
-    """(chunk of paths, targets) -> (decoded images, targets of the images that decoded)."""
+def _chunk_loader(height: int, width: int, on_error: str, orient: bool) -> Callable[..., Any]:
+    """((chunk of paths, orientations), targets) -> (decoded images, targets of the images
+    that decoded)."""
     import tensorflow as tf
 
-    decode = _decoder(height, width)
+    decode = _decoder(height, width, orient)
 
     def load_chunk(
-        chunk: tf.Tensor, target: dict[str, tf.Tensor]
+        files: tuple[tf.Tensor, tf.Tensor], target: dict[str, tf.Tensor]
     ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        chunk, orientation = files
         # Decode a few files under ignore_errors and compare what came out with what went in:
         # a file the decoder rejects is then known by name (TF's own decode error names no file).
         k = tf.shape(chunk, out_type=tf.int64)[0]
         decoded = (
             tf.data.Dataset.range(k)
-            .map(lambda i: (decode(chunk[i]), i))
+            .map(lambda i: (decode(chunk[i], orientation[i]), i))
             .ignore_errors()
             .batch(_CHUNK)
             .concatenate(
@@ -329,14 +431,15 @@ def _chunk_loader(height: int, width: int, on_error: str) -> Callable[..., Any]:
 
 def _decode_images(
     ds: tf.data.Dataset, rows: int, image_size: tuple[int, int], *, on_error: str,
-    deterministic: bool,
+    deterministic: bool, orient: bool = True,
 ) -> tf.data.Dataset:
-    """(path, targets) records -> (uint8 image, targets), decoded in parallel chunks."""
+    """((path, orientation), targets) records -> (uint8 image, targets), decoded in parallel
+    chunks (``orient=False``: every image is upright, no orientation op)."""
     import tensorflow as tf
 
     ds = (
         ds.batch(_CHUNK)
-        .map(_chunk_loader(*image_size, on_error), num_parallel_calls=tf.data.AUTOTUNE,
+        .map(_chunk_loader(*image_size, on_error, orient), num_parallel_calls=tf.data.AUTOTUNE,
              deterministic=deterministic)
         .unbatch()
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple
 
 import numpy as np
@@ -25,6 +25,7 @@ __all__ = [
     "SPLIT_COLUMNS",
     "SPLIT_NAMES",
     "Splits",
+    "leaves_folder",
     "load_split_file",
     "load_splits",
     "save_splits",
@@ -162,6 +163,18 @@ def save_splits(splits: Splits, out_dir: str | os.PathLike[str]) -> dict[str, Pa
     return written
 
 
+def leaves_folder(path: str) -> bool:
+    """Whether a ``path`` column entry points outside the image folder: absolute (``/x``,
+    ``C:\\x``, ``\\\\server\\x``) or with a ``..`` part (``/`` or ``\\`` separated). Decided
+    from the text alone, without touching the file system."""
+    windows = PureWindowsPath(path)
+    return (
+        PurePosixPath(path).is_absolute()
+        or bool(windows.drive or windows.root)
+        or ".." in windows.parts
+    )
+
+
 def load_split_file(
     path: str | os.PathLike[str],
     *,
@@ -173,6 +186,10 @@ def load_split_file(
     ``root`` is the image folder (``None``: ``UTKFACE_DIR``). With ``check_files`` every
     referenced image must exist; otherwise ``DatasetError`` names the split file and lists the
     missing images.
+
+    Paths that leave the image folder (absolute, or with ``..``; see :func:`leaves_folder`) are
+    refused with ``DatasetError`` before any file is looked at, whether or not they exist, so
+    a split file can neither read outside the folder nor reveal what exists there.
     """
     path = Path(path)
     if not path.is_file():
@@ -202,6 +219,12 @@ def load_split_file(
     duplicated = df["path"][df["path"].duplicated()]
     if len(duplicated):
         raise DatasetError(f"{path}: {len(duplicated)} path(s) listed twice, e.g. {duplicated.iloc[0]}")
+    outside = [p for p in df["path"] if leaves_folder(p)]
+    if outside:
+        raise DatasetError(
+            f"{path}: {len(outside)} path(s) leave the image folder (absolute, or with '..'); "
+            f"split files list paths relative to it, e.g. {outside[0]!r}"
+        )
     if check_files:
         base = get_data_dir(root)
         missing = [p for p in df["path"] if not (base / p).is_file()]

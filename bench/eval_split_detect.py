@@ -1,0 +1,69 @@
+"""A model on a labelled split of UTKFace chips as `agegender predict` sees them by default:
+each chip through face detection and the chip-like crop, then the model.
+
+    python bench/eval_split_detect.py --data-dir ../shared/utkface/crop_part1_5000 \
+        --split results/model_a/splits/test.csv --detect mtcnn [--model PATH] [--flip-tta] --out OUT.json
+
+A chip where no face is found counts as missed (reported per age group) and is left out of the
+figures, which are overall, by age group, by gender and by race (agegender_eval), written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--split", type=Path, required=True)
+    parser.add_argument("--model", default=None, help="a .keras file (default: the shipped model)")
+    parser.add_argument("--detect", default="mtcnn", help="detector name, or 'none' for the chips as they are")
+    parser.add_argument("--flip-tta", action="store_true")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    import utkface_data
+    from agegender.evaluation import evaluate_predictions
+    from agegender_models import Predictor, flip_tta, load_model, load_pretrained
+
+    model = load_model(args.model) if args.model else load_pretrained()
+    if args.flip_tta:
+        model = flip_tta(model)
+    frame = utkface_data.load_split_file(args.split, root=args.data_dir).reset_index(drop=True)
+    files = [str(args.data_dir / p) for p in frame["path"]]
+    predictor = Predictor(model, detector=None if args.detect == "none" else args.detect)
+    started = time.perf_counter()
+    results = predictor.predict(files, return_errors=True)
+    found = results[0] if isinstance(results, tuple) else results
+    seconds = time.perf_counter() - started
+    largest: dict[str, dict] = {}
+    for r in found:  # one face per chip: the largest
+        area = r["box"][2] * r["box"][3] if "box" in r else 0
+        if r["file"] not in largest or area > largest[r["file"]]["_area"]:
+            largest[r["file"]] = {**r, "_area": area}
+    keep = np.array([f in largest for f in files])
+    kept = frame[keep].reset_index(drop=True)
+    predictions = {"age": np.array([largest[f]["age"] for f in np.array(files)[keep]]),
+                   "p_female": np.array([largest[f]["p_female"] for f in np.array(files)[keep]])}
+    result = evaluate_predictions(kept, predictions).to_dict()
+    groups = utkface_data.age_group(frame["age"].to_numpy())
+    found_by_group = {g: round(float(keep[groups == g].mean()), 4) for g in utkface_data.AGE_GROUPS}
+    summary = {"detect": args.detect, "flip_tta": args.flip_tta, "images": len(files),
+               "face_found": round(float(keep.mean()), 4), "face_found_by_age_group": found_by_group,
+               "seconds": round(seconds, 1), "metrics": result}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}))
+    print(f"gender {result['gender_accuracy']:.3f}, age MAE {result['age_mae']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

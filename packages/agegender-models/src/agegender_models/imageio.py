@@ -1,0 +1,209 @@
+"""Read image files the same way everywhere: upright, RGB, and never a decompression bomb.
+
+    from agegender_models.imageio import read_image
+
+    rgb = read_image("photo.jpg")   # H x W x 3 uint8, as an image viewer shows the photo
+
+:class:`~agegender_models.Predictor` and :mod:`agegender_models.detect` read files (and
+convert PIL images) only through this module. ``utkface_data``'s training pipeline has its
+own reader (it cannot import this package) that applies the same rules, and a cross-package
+test (``tests/test_image_readers.py``) checks that the two give the same pixels:
+
+* **EXIF orientation** (tag 274, read from the file's header) is applied, so a phone photo taken
+  sideways comes out upright.
+* **16-bit** images keep the high byte of each sample (65535 -> 255), as libpng and TensorFlow
+  do; ``Image.convert("RGB")`` would clip a 16-bit grayscale PNG to an all-white image.
+* **CMYK** (JPEG): ``R = (255 - C) * (255 - K) // 255`` (likewise G, B), TensorFlow's
+  formula; no colour management.
+* **Transparency** (RGBA, LA, a palette or a colour key with transparency) is composited onto
+  white, as a viewer shows the picture on a white page: ``round((c * a + 255 * (255 - a)) / 255)``.
+* Palette, 1-bit, grayscale and the other modes: Pillow's ``convert("RGB")``.
+* **A pixel limit** (``max_pixels``, default :data:`DEFAULT_MAX_PIXELS`): an image whose header
+  claims more pixels is refused with :class:`ImageTooLargeError` before anything is decoded.
+  Pillow's own guard (``Image.MAX_IMAGE_PIXELS``; refusal at twice that) applies as well.
+* Multi-frame files (GIF, TIFF): the first frame.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageReadError",
+    "ImageTooLargeError",
+    "exif_orientation",
+    "read_image",
+    "to_rgb",
+]
+
+DEFAULT_MAX_PIXELS = 64_000_000
+"""The largest image read (width x height): 8000 x 8000. 48-50 megapixel phone photos pass
+(8160 x 6120); a 12000 x 12000 PNG of 17 KB does not. ``utkface_data`` uses the same value."""
+
+_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transposition that shows the stored pixels upright (as
+# PIL.ImageOps.exif_transpose does)
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+class ImageReadError(ValueError):
+    """An image file cannot be read. ``path`` names it, ``reason`` says why (one line); the
+    message is ``"<path>: <reason>"``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ImageTooLargeError(ImageReadError):
+    """The image's header claims more than ``max_pixels`` pixels (a decompression bomb, or a
+    photo too large to read): refused before decoding."""
+
+
+def _check_max_pixels(max_pixels: Any) -> int:
+    if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels <= 0:
+        raise ValueError(
+            f"`max_pixels` must be a positive int. Received: max_pixels={max_pixels!r}"
+        )
+    return max_pixels
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) stored in ``image``'s header; 1 (upright) when there is none
+    or it is invalid. Never decodes the pixels (a PNG's ``eXIf`` chunk counts when it comes
+    before the image data)."""
+    raw = image.info.get("exif")
+    try:
+        if raw:
+            exif = Image.Exif()
+            exif.load(raw)
+        elif image.format in (None, "JPEG", "PNG"):
+            return 1  # no EXIF block (PNG's getexif() would decode the image to look further)
+        else:
+            exif = image.getexif()  # TIFF and others keep the tags in their header
+        value = exif.get(_ORIENTATION_TAG, 1)
+    except Exception:  # a damaged EXIF block does not make the picture unreadable
+        return 1
+    return value if isinstance(value, int) and value in range(1, 9) else 1
+
+
+def _on_white(rgba: np.ndarray) -> np.ndarray:
+    """RGBA uint8 -> RGB uint8 composited onto white, rounded (the exact integer form of
+    ``round((c * a + 255 * (255 - a)) / 255)``: the quotient is never exactly x.5)."""
+    color = rgba[..., :3].astype(np.uint32)
+    alpha = rgba[..., 3:].astype(np.uint32)
+    return ((color * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def _pixels_to_rgb(image: Image.Image) -> np.ndarray:
+    """A loaded PIL image of any mode -> H x W x 3 uint8 by the module's rules."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return np.asarray(image, dtype=np.uint8)
+    if mode in _SIXTEEN_BIT:
+        gray = (np.clip(np.asarray(image).astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if mode == "CMYK":
+        cmyk = np.asarray(image).astype(np.uint32)
+        return ((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) // 255).astype(np.uint8)
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        return _on_white(np.asarray(image.convert("RGBA"), dtype=np.uint8))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _image_to_rgb(image: Image.Image, *, max_pixels: int, name: str) -> np.ndarray:
+    """Check the size from the header, decode, orient and convert one PIL image."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            name,
+            f"image too large: {width}x{height} = {width * height} pixels exceeds "
+            f"max_pixels={max_pixels} (decompression-bomb guard; not decoded)",
+        )
+    orientation = exif_orientation(image)
+    try:
+        image.load()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
+        raise ImageReadError(name, f"cannot decode image: {_one_line(exc)}") from None
+    if orientation != 1:
+        image = image.transpose(_TRANSPOSE[orientation])
+    return np.ascontiguousarray(_pixels_to_rgb(image))
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as an upright H x W x 3 uint8 RGB array (see the module docstring
+    for the rules).
+
+    Raises ``FileNotFoundError`` for a missing file, :class:`ImageTooLargeError` for an image
+    over ``max_pixels`` (not decoded) and :class:`ImageReadError` for anything else that cannot
+    be read (not an image, corrupt or truncated data, no permission); both name the file.
+    """
+    _check_max_pixels(max_pixels)
+    name = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit at open; the size is checked below, by name
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(name)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {name}") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(
+            name, f"image too large (decompression-bomb guard; not decoded): {exc}"
+        ) from None
+    except Exception as exc:
+        raise ImageReadError(name, f"cannot read image: {_one_line(exc)}") from None
+    with image:
+        return _image_to_rgb(image, max_pixels=max_pixels, name=name)
+
+
+def to_rgb(image: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image file path, a PIL image or an H x W / H x W x 1 / H x W x 3 / H x W x 4 array
+    (0-255) -> H x W x 3 uint8 RGB.
+
+    Paths go through :func:`read_image`; PIL images follow the same rules (orientation, modes,
+    ``max_pixels`` before decoding a lazily opened one). Arrays are taken as they are: gray is
+    repeated, a fourth channel is dropped, other dtypes are rounded and clipped to 0-255.
+    """
+    if isinstance(image, str | os.PathLike):
+        return read_image(image, max_pixels=max_pixels)
+    if isinstance(image, Image.Image):
+        name = getattr(image, "filename", "") or "<image>"
+        return _image_to_rgb(image, max_pixels=_check_max_pixels(max_pixels), name=name)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(
+            f"`image` must be an HxW or HxWx{{1,3,4}} array. Received: image.shape={arr.shape}"
+        )
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,240 @@
+"""agegender_models.imageio and what Predictor makes of it: upright pixels, modes converted,
+errors that name the file, no input dropped silently, foreign models refused in one line.
+
+(That the training pipeline reads the same pixels, and that every reader refuses a
+decompression bomb, is checked across packages in tests/test_image_readers.py.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegender_models import (
+    ImageReadError,
+    ModelFileError,
+    Predictions,
+    Predictor,
+    load_model,
+    read_image,
+    save_model,
+)
+from agegender_models.imageio import to_rgb
+
+os.environ.setdefault("AGEGENDER_RUNTIME", "keras")  # outputs compared exactly
+
+
+def _picture(size=(60, 80), seed: int = 0) -> np.ndarray:
+    """A smooth, asymmetric (h, w, 3) picture."""
+    small = np.random.default_rng(seed).integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize(size[::-1], Image.Resampling.BILINEAR))
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+@pytest.fixture(scope="module")
+def linear_model() -> keras.Model:
+    """A tiny age and gender model that sees every pixel where it is (a dense layer on the
+    flattened image), so a picture shown the wrong way up gets clearly other outputs."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    weights = keras.initializers.RandomNormal(stddev=1.0, seed=0)
+    outputs = {
+        "gender": keras.layers.Dense(1, activation="sigmoid", name="gender")(x),
+        "age": keras.layers.Dense(1, kernel_initializer=weights, name="age")(x),
+    }
+    return keras.Model(inputs, outputs)
+
+
+# ------------------------------------------------------------------------------------------------
+# EXIF orientation
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_sideways_photo_predicts_like_the_upright_one(linear_model, tmp_path, suffix) -> None:
+    picture = _picture()
+    upright = tmp_path / f"upright{suffix}"
+    Image.fromarray(picture).save(upright, quality=95)
+    # as a phone stores a photo taken turned: pixels turned, EXIF 6 says "show turned back"
+    sideways = tmp_path / f"sideways{suffix}"
+    Image.fromarray(np.rot90(picture, 1)).save(sideways, quality=95, exif=_exif(6))
+    ignored = tmp_path / f"ignored{suffix}"  # the same pixels without the tag
+    Image.fromarray(np.rot90(picture, 1)).save(ignored, quality=95)
+
+    up, side, wrong = Predictor(linear_model).predict([upright, sideways, ignored])
+    # PNG: the same pixels, the same outputs; JPEG: two lossy encodings of one picture
+    tolerance = {"age": 1e-4, "p_female": 1e-6} if suffix == ".png" else {"age": 0.1, "p_female": 0.01}
+    for key, tol in tolerance.items():
+        assert side[key] == pytest.approx(up[key], abs=tol)
+    # the test can fail: shown as stored, the picture gets other outputs
+    assert abs(wrong["age"] - up["age"]) > 5.0
+
+
+def test_all_eight_orientations_match_pillows_exif_transpose(tmp_path: Path) -> None:
+    from PIL import ImageOps
+
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}.png"
+        Image.fromarray(_picture()).save(path, exif=_exif(orientation))
+        with Image.open(path) as im:
+            want = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            assert im.mode == "RGB"
+        np.testing.assert_array_equal(read_image(path), want)
+        with Image.open(path) as im:  # an opened PIL image follows the same rules
+            np.testing.assert_array_equal(to_rgb(im), want)
+
+
+# ------------------------------------------------------------------------------------------------
+# modes
+
+
+def test_a_16_bit_png_predicts_like_its_8_bit_version(linear_model, tmp_path: Path) -> None:
+    gray8 = _picture()[..., 0]
+    deep = tmp_path / "deep.png"
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(deep)  # I;16, the same picture
+    with Image.open(deep) as im:
+        assert im.mode == "I;16"
+    shallow = tmp_path / "shallow.png"
+    Image.fromarray(gray8).save(shallow)
+    np.testing.assert_array_equal(read_image(deep), read_image(shallow))
+    a, b = Predictor(linear_model).predict([deep, shallow])
+    assert (a["age"], a["p_female"]) == (b["age"], b["p_female"])
+
+
+@pytest.mark.parametrize(
+    ("image", "want"),
+    [
+        (Image.new("RGBA", (4, 3), (10, 20, 30, 0)), [255, 255, 255]),  # transparent: white
+        (Image.new("RGBA", (4, 3), (10, 20, 30, 255)), [10, 20, 30]),
+        (Image.new("RGBA", (4, 3), (10, 20, 30, 128)), [132, 137, 142]),  # round((c a + 255 (255 - a)) / 255)
+        (Image.new("LA", (4, 3), (100, 128)), [177, 177, 177]),
+        (Image.new("CMYK", (4, 3), (255, 0, 0, 0)), [0, 255, 255]),  # cyan
+        (Image.new("CMYK", (4, 3), (0, 0, 0, 255)), [0, 0, 0]),
+        (Image.new("1", (4, 3), 1), [255, 255, 255]),
+        (Image.new("I;16", (4, 3), 0x8000), [128, 128, 128]),  # convert("RGB") gives 255
+    ],
+    ids=["rgba0", "rgba255", "rgba128", "la", "cmyk_cyan", "cmyk_black", "bilevel", "i16"],
+)
+def test_modes_convert_by_the_rules(image: Image.Image, want: list[int]) -> None:
+    rgb = to_rgb(image)
+    assert rgb.shape == (3, 4, 3) and rgb.dtype == np.uint8
+    assert (rgb == want).all(), rgb[0, 0]
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+
+
+def test_read_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        read_image(tmp_path / "missing.jpg")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(ImageReadError, match=r"notes\.jpg: cannot read image: Unidentified"):
+        read_image(text)
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(_picture()).save(whole)
+    cut = tmp_path / "cut.jpg"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 3 // 4])  # the header whole, the pixel data cut
+    with pytest.raises(ImageReadError, match=r"cut\.jpg: cannot decode image") as info:
+        read_image(cut)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ImageReadError, match="max_pixels"):
+        read_image(whole, max_pixels=79 * 60)
+    with pytest.raises(ValueError, match="Received: max_pixels=0"):
+        read_image(whole, max_pixels=0)
+
+
+def test_predict_returns_results_and_errors_together(linear_model, tmp_path: Path) -> None:
+    good = tmp_path / "good.png"
+    Image.fromarray(_picture()).save(good)
+    folder = tmp_path / "a_folder.jpg"
+    folder.mkdir()
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    inputs = [good, folder, tmp_path / "missing.png", text]
+    predictor = Predictor(linear_model)
+
+    with pytest.warns(UserWarning, match=r"3 input\(s\) gave no result.*a_folder\.jpg"):
+        results = predictor.predict(inputs)
+    assert isinstance(results, Predictions) and isinstance(results, list)
+    assert [r["file"] for r in results] == [str(good)]
+    assert [e["file"] for e in results.errors] == [str(p) for p in inputs[1:]]
+    assert all(e["reason"] and "\n" not in e["reason"] for e in results.errors)
+    assert results.errors == predictor.errors
+    # the tuple form is unchanged (and does not warn)
+    found, errors = predictor.predict(inputs, return_errors=True)
+    assert found == list(results) and errors == results.errors
+    # nothing readable at all: still the errors, never a bare []
+    with pytest.warns(UserWarning):
+        none = predictor.predict([text])
+    assert none == [] and none.errors == [{"file": str(text), "reason": none.errors[0]["reason"]}]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_an_unreadable_file_is_an_error_entry(linear_model, tmp_path: Path) -> None:
+    locked = tmp_path / "locked.png"
+    Image.fromarray(_picture()).save(locked)
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as a user whom chmod 000 does not stop (root)")
+        results = Predictor(linear_model).predict([locked], return_errors=True)
+        assert results[0] == [] and results[1][0]["file"] == str(locked)
+        assert "Permission" in results[1][0]["reason"]
+    finally:
+        locked.chmod(0o644)
+
+
+# ------------------------------------------------------------------------------------------------
+# models from elsewhere
+
+
+def _foreign(tmp_path: Path, name: str, model: keras.Model) -> Path:
+    path = tmp_path / f"{name}.keras"
+    model.save(path)  # keras itself: a valid .keras file
+    return path
+
+
+def test_a_foreign_keras_model_is_one_clear_line(tmp_path: Path) -> None:
+    inputs = keras.Input((32, 32, 3))
+    classifier = keras.Model(
+        inputs, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(inputs))
+    )
+    flexible_in = keras.Input((None, None, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(flexible_in)
+    flexible = keras.Model(
+        flexible_in,
+        {"gender": keras.layers.Dense(1, name="gender")(pooled),
+         "age": keras.layers.Dense(1, name="age")(pooled)},
+    )
+    cases = {
+        "classifier": (classifier, "no 'gender' and 'age' outputs"),
+        "flexible": (flexible, "input size is unknown"),
+    }
+    for name, (model, why) in cases.items():
+        path = _foreign(tmp_path, name, model)
+        for load in (load_model, Predictor):
+            with pytest.raises(ModelFileError) as info:
+                load(path)
+            message = str(info.value)
+            assert "\n" not in message and why in message and path.name in message
+            assert "not an age and gender model" in message
+        with pytest.raises(ValueError, match=why):  # the model itself, not a file
+            Predictor(model)
+
+
+def test_our_own_models_still_load(tmp_path: Path, tiny_models) -> None:
+    path = save_model(tiny_models("custom_cnn"), tmp_path / "ours.keras")
+    assert Predictor(path).input_size == (32, 32)

@@ -1,0 +1,201 @@
+"""Runtimes: Keras, TFLite, ONNX Runtime; "auto" picks the fastest that passed parity, once."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from agegender_models import Predictor, create_model
+from agegender_models import export as export_module
+from agegender_models import runtime as runtime_module
+from agegender_models.export import ExportFormatError, ExportParityError, generated_faces
+from agegender_models.runtime import (
+    RUNTIMES,
+    Runner,
+    clear_runtime_cache,
+    get_runner,
+    runtime_verdicts,
+)
+
+SIZE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(4)
+    return create_model("custom_cnn", input_shape=(*SIZE, 3))
+
+
+@pytest.fixture(scope="module")
+def artefacts(model):
+    """The model's float32 TFLite and ONNX files, converted once for the module."""
+    found = {"tflite": export_module.convert_model(model, "tflite")}
+    if runtime_module.onnx_available():
+        found["onnx"] = export_module.convert_model(model, "onnx")
+    return found
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture()
+def stubbed(artefacts, cache, monkeypatch):
+    """``auto`` with the converter replaced by the module's artefacts (an int8 candidate gets
+    the float32 file) and the timings by ``speeds`` (images/s per candidate name); ``calls``
+    counts the measurements."""
+    speeds: dict[str, float] = {}
+    calls = {"timed": 0, "converted": []}
+
+    def convert(model, format, *, quantize="none", calibration=None):
+        calls["converted"].append((format, quantize))
+        return artefacts[format]
+
+    def time_runners(runners, images, rounds=3):
+        calls["timed"] += 1
+        return ({name: speeds.get(name, 1.0) for name in runners},
+                {name: 1.0 for name in runners})
+
+    monkeypatch.setattr(export_module, "convert_model", convert)
+    monkeypatch.setattr(runtime_module, "_time_runners", time_runners)
+    monkeypatch.setattr(runtime_module, "onnx_available", lambda: "onnx" in artefacts)
+    return speeds, calls
+
+
+def _images(n: int = 6) -> np.ndarray:
+    return generated_faces(n, SIZE, seed=3)
+
+
+def test_keras_runtime_is_the_model_itself(model) -> None:
+    images = _images()
+    predictor = Predictor(model, runtime="keras")
+    assert predictor.runner.name == "keras" and predictor.runner.describe() == "keras (asked)"
+    rows = predictor.predict(images)
+    want = model(images, training=False)
+    assert [r["age"] for r in rows] == [float(a) for a in np.ravel(want["age"])]
+
+
+@pytest.mark.parametrize("runtime", ["tflite", "onnx"])
+def test_forced_runtime_matches_keras_and_is_converted_once(model, runtime, cache, monkeypatch) -> None:
+    if runtime == "onnx":
+        pytest.importorskip("tf2onnx")
+    images = _images()
+    runner = get_runner(model, runtime)
+    assert runner.name == runtime
+    got = runner(images)
+    want = model(images, training=False)
+    np.testing.assert_allclose(got[0], np.ravel(want["gender"]), atol=1e-4)
+    np.testing.assert_allclose(got[1], np.ravel(want["age"]), atol=1e-2)
+    # the next one loads the converted file from the cache
+    monkeypatch.setattr(export_module, "convert_model", lambda *a, **k: pytest.fail("converted"))
+    again = Predictor(model, runtime=runtime)
+    assert again.runner.name == runtime
+    np.testing.assert_allclose(again.runner(images)[1], got[1])
+
+
+def test_auto_picks_the_fastest_runtime_that_passed_parity(model, stubbed, monkeypatch) -> None:
+    speeds, calls = stubbed
+    speeds.update({"keras": 100, "tflite": 150, "onnx": 120, "tflite int8": 260, "onnx int8": 300})
+    real_check = export_module.check_parity
+
+    def check(model, runner, check=None, *, what="the export", reference=None):
+        if what == "onnx int8":  # the fastest, but it misses the Keras model's predictions
+            raise ExportParityError("onnx int8 fails the parity check on 256 generated images: ...")
+        return real_check(model, runner, check, what=what, reference=reference)
+
+    monkeypatch.setattr(export_module, "check_parity", check)
+    calibration = _images(16)
+    runner = get_runner(model, "auto", calibration=calibration)
+    assert runner.name == "tflite int8" and (runner.runtime, runner.quantize) == ("tflite", "int8")
+    verdict = runner.verdict
+    assert verdict["runtime"] == "tflite int8"
+    if runtime_module.onnx_available():
+        assert "onnx int8" in verdict["skipped"] and "onnx int8" not in verdict["throughput_ips"]
+        assert "not used: onnx int8: onnx int8 fails the parity check" in runner.describe()
+    assert runner.describe().startswith("tflite int8 (auto: images/s at batch 32: keras 100, tflite 150")
+    np.testing.assert_allclose(runner(_images())[1], np.ravel(model(_images())["age"]), atol=1e-2)
+
+
+def test_auto_keeps_keras_unless_clearly_faster(model, stubbed) -> None:
+    speeds, _ = stubbed
+    speeds.update({"keras": 100, "tflite": 103, "onnx": 101})  # within the noise
+    assert get_runner(model, "auto").name == "keras"
+    speeds.update({"keras": 100, "tflite": 90, "onnx": 80})
+    assert get_runner(model, "auto", cache=False).name == "keras"
+
+
+def test_int8_candidates_need_calibration_faces(model, stubbed) -> None:
+    _, calls = stubbed
+    get_runner(model, "auto")
+    assert all(quantize == "none" for _, quantize in calls["converted"])
+    calls["converted"].clear()
+    get_runner(model, "auto", calibration=_images(8))
+    assert ("tflite", "int8") in calls["converted"]
+
+
+def test_auto_verdict_is_cached_and_cleared(model, stubbed, cache) -> None:
+    speeds, calls = stubbed
+    speeds.update({"keras": 100, "tflite": 200, "onnx": 150})
+    first = get_runner(model, "auto")
+    assert first.name == "tflite" and first.verdict["fresh"] and calls["timed"] == 1
+    assert "measured now" in first.describe()
+    speeds.update({"tflite": 10})  # would lose if measured again
+    again = get_runner(model, "auto")
+    assert again.name == "tflite" and calls["timed"] == 1 and "measured 20" in again.describe()
+    np.testing.assert_allclose(again(_images())[1], first(_images())[1])
+    # only the winner's file is kept, with the verdict
+    [verdict] = runtime_verdicts()
+    assert verdict["runtime"] == "tflite"
+    assert sorted(p.name for p in (cache / "runtimes" / verdict["key"]).iterdir()) == [
+        "model.tflite", "verdict.json"]
+    # another model (other weights) is measured on its own
+    keras.utils.set_random_seed(5)
+    other = create_model("custom_cnn", input_shape=(*SIZE, 3))
+    get_runner(other, "auto")
+    assert calls["timed"] == 2 and len(runtime_verdicts()) == 2
+    assert clear_runtime_cache() == 2 and runtime_verdicts() == []
+    speeds.update({"onnx": 10})
+    assert get_runner(model, "auto").name == "keras" and calls["timed"] == 3
+
+
+def test_faces_given_as_functions_are_read_only_to_measure(model, stubbed) -> None:
+    read = []
+
+    def calibration():
+        read.append("calibration")
+        return _images(8)
+
+    get_runner(model, "auto", calibration=calibration)
+    get_runner(model, "auto", calibration=calibration)
+    assert read == ["calibration"]
+
+
+def test_runtime_default_from_the_environment_and_errors(model, artefacts, cache, monkeypatch) -> None:
+    monkeypatch.setenv("AGEGENDER_RUNTIME", "tflite")
+    assert Predictor(model).runner.name == "tflite"
+    monkeypatch.setenv("AGEGENDER_RUNTIME", "cuda")
+    with pytest.raises(ValueError, match=r"`runtime` must be one of \('auto', 'keras', 'tflite', "
+                       r"'onnx'\). Received: runtime='cuda'"):
+        Predictor(model)
+    assert RUNTIMES == ("auto", "keras", "tflite", "onnx")
+    monkeypatch.setattr(runtime_module, "onnx_available", lambda: False)
+    with pytest.raises(ExportFormatError, match=r"runtime 'onnx' needs tf2onnx and onnxruntime; "
+                       r"install the extra: pip install 'agegender-models\[onnx\]'"):
+        get_runner(model, "onnx")
+    # a Runner is used as given
+    runner = Runner("keras", lambda x: (np.zeros(len(x)), np.full(len(x), 42.0)))
+    assert Predictor(model, runtime=runner).predict(_images(2))[0]["age"] == 42.0
+
+
+def test_auto_measures_for_real(model, cache) -> None:
+    """No stubs: the candidates are converted, checked and timed, one is kept."""
+    runner = get_runner(model, "auto")
+    verdict = runner.verdict
+    expected = {"keras", "tflite"} | ({"onnx"} if runtime_module.onnx_available() else set())
+    assert set(verdict["throughput_ips"]) == expected and verdict["skipped"] == {}
+    assert runner.name in expected and all(v > 0 for v in verdict["latency_ms"].values())
+    got = runner(_images())
+    np.testing.assert_allclose(got[1], np.ravel(model(_images())["age"]), atol=1e-2)

@@ -1,0 +1,104 @@
+"""The model that ships: `agegender predict` works out of the box, offline; photos by default;
+`--annotate` draws readable boxes and labels."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegender import annotate as ann
+from agegender.cli import main
+from agegender_models import detect as det
+from agegender_models import list_pretrained, load_pretrained, pretrained_info
+from agegender_models import pretrained as pre
+from agegender_models.detect import Face
+from agegender_models.saving import ModelFileError
+
+
+def test_the_shipped_model_loads_offline_with_its_checksum() -> None:
+    info = pretrained_info()
+    assert list_pretrained()[0] == info["name"] == "mobilenet-v2-utkface"
+    path = pre.pretrained_path()
+    assert path.stat().st_size < 15e6  # at most 15 MB per model in the wheel
+    model = load_pretrained()
+    assert tuple(model.inputs[0].shape[1:]) == (info["input_size"], info["input_size"], 3)
+    assert set(model.output_names) == {"gender", "age"}
+    assert Path(info["card"]).is_file() and "non-commercial" in Path(info["card"]).read_text()
+    with pytest.raises(ValueError, match="no pretrained model 'nope'"):
+        load_pretrained("nope")
+
+
+def test_a_damaged_shipped_model_is_refused(tmp_path: Path, monkeypatch) -> None:
+    copy = tmp_path / "pretrained"
+    shutil.copytree(pre.PRETRAINED_DIR, copy)
+    target = copy / pretrained_info()["file"]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    monkeypatch.setattr(pre, "PRETRAINED_DIR", copy)
+    with pytest.raises(ModelFileError, match="is damaged .*reinstall agegender-models"):
+        load_pretrained()
+
+
+def _photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_predict_without_a_model_uses_the_shipped_one(tmp_path: Path, capsys) -> None:
+    chips = [_photo(tmp_path / f"chip{i}.jpg", 200, 200, seed=i) for i in range(2)]
+    assert main(["predict", "--detect", "none", "--json", *map(str, chips)]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert [r["file"] for r in rows] == [str(c) for c in chips]
+    assert all(r["gender"] in {"male", "female"} and 0 <= r["age"] <= 120 for r in rows)
+    # photos by default: faces are looked for, and noise has none
+    assert main(["predict", "--json", str(chips[0])]) == 1
+    assert json.loads(capsys.readouterr().out)["errors"] == [{"file": str(chips[0]), "reason": "no face found"}]
+
+
+class TwoFaces:
+    """A fake detector: two faces in every photo, placed by the photo's size."""
+
+    def __init__(self, **kwargs):
+        pass
+
+    def detect_faces(self, image):
+        h, w = image.shape[:2]
+        return [Face((w // 10, h // 4, w // 4, h // 3), 0.99), Face((w // 2, h // 4, w // 4, h // 3), 0.98)]
+
+
+@pytest.mark.parametrize(("width", "height"), [(320, 240), (2400, 1600)])
+def test_annotate_writes_each_photo_boxed_and_labelled(tmp_path: Path, monkeypatch, capsys,
+                                                        width: int, height: int) -> None:
+    monkeypatch.setitem(det._CLASSES, "mtcnn", TwoFaces)
+    photo = _photo(tmp_path / "group.png", width, height)
+    out = tmp_path / "annotated"
+    assert main(["predict", "--json", "--annotate", str(out), str(photo)]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(rows) == 2
+    written = Image.open(out / "group.jpg").convert("RGB")
+    assert written.size == (width, height)
+    pixels = np.asarray(written).astype(int)
+    for row in rows:
+        x, y, w, h = row["box"]
+        colour = np.array(ann.COLOURS[row["gender"]])
+        # the box's bottom edge is drawn in the gender's colour (JPEG: approximately)
+        edge = pixels[y + h - 1, x + w // 4: x + 3 * w // 4]
+        assert np.abs(edge - colour).mean() < 40
+    # the label is big enough to read: its font grows with the photo (at least 12 px)
+    assert ann.label(rows[0]) in {f"F {round(rows[0]['age'])}", f"M {round(rows[0]['age'])}"}
+
+
+def test_predictor_without_a_model_uses_the_shipped_one(tmp_path: Path) -> None:
+    from agegender_models import Predictor
+
+    chip = _photo(tmp_path / "chip.jpg", 200, 200)
+    default, named = Predictor(), Predictor("mobilenet-v2-utkface")
+    assert default.predict([chip])[0]["p_female"] == pytest.approx(named.predict([chip])[0]["p_female"])
+    assert tuple(default.model.inputs[0].shape[1:3]) == (192, 192)
