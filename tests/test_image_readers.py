@@ -303,7 +303,7 @@ def test_cli_predict_reads_a_sideways_phone_photo_upright(tmp_path: Path, capsys
     ignored = tmp_path / "ignored.png"  # the same stored pixels, shown as stored
     Image.fromarray(np.rot90(_picture(), 1)).save(ignored)
     files = [str(upright), str(sideways), str(ignored)]
-    code = main(["predict", "--model", str(model), "--json", *files])
+    code = main(["predict", "--detect", "none", "--model", str(model), "--json", *files])
     rows = json.loads(capsys.readouterr().out)["predictions"]
     assert code == 0 and [r["file"] for r in rows] == files
     assert (rows[1]["age"], rows[1]["p_female"]) == (rows[0]["age"], rows[0]["p_female"])

@@ -94,7 +94,9 @@ def test_predict_batch_writes_the_rows_of_predict_json_and_lists_bad_images(
         [[r["age"], r["p_female"]] for r in expected["predictions"]])
     # batches are cut differently (Ray's blocks): the same up to float rounding
     np.testing.assert_allclose(got, want, atol=0.11)
-    assert all(r["gender"] == ("female" if r["p_female"] > 0.5 else "male") for r in rows)
+    # p_female is rounded to 4 decimals in the rows: one at 0.5 may have been just above it
+    assert all(r["gender"] == ("female" if r["p_female"] > 0.5 else "male") or abs(r["p_female"] - 0.5) < 1e-4
+               for r in rows)
     assert errors == expected["errors"]
     assert {Path(e["file"]).name for e in errors} == {"corrupt.jpg", "truncated.png"}
 

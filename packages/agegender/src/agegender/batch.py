@@ -229,8 +229,11 @@ def _write_outputs(predicted, out: Path, *, detect: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     counts = {"predictions": 0, "errors": 0}
     pids: set[int] = set()
+    started, first = time.perf_counter(), None  # first: (seconds, rows) when the first rows came
     with (out / "predictions.jsonl").open("w") as good, (out / "errors.jsonl").open("w") as bad:
         for batch in predicted.iter_batches(batch_format="numpy", batch_size=None):
+            if first is None:
+                first = (time.perf_counter() - started, len(batch["result"]))
             pids.update(int(pid) for pid in batch["worker"])
             for result, failed in zip(batch["result"], batch["error"], strict=True):
                 row = json.loads(result)
@@ -239,7 +242,12 @@ def _write_outputs(predicted, out: Path, *, detect: bool) -> dict[str, Any]:
                 else:
                     good.write(json.dumps(_rows([row], detect)[0]) + "\n")
                 counts["errors" if failed else "predictions"] += 1
-    return {**counts, "workers": len(pids)}
+    seconds = time.perf_counter() - started
+    rows = counts["predictions"] + counts["errors"]
+    steady = (rows - first[1]) / (seconds - first[0]) if first and seconds > first[0] else None
+    # the pipeline's pace once results flow (start-up of Ray's workers and the model excluded)
+    return {**counts, "workers": len(pids), "first_rows_after_s": round(first[0], 2) if first else None,
+            "steady_rows_per_s": round(steady, 1) if steady else None}
 
 
 def _import_ray():
