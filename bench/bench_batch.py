@@ -76,7 +76,10 @@ def measure(model: str, files: list[str], detect: str, scratch: Path) -> list[di
         summary = json.loads((out / "summary.json").read_text())
         rows.append({"setup": f"predict-batch, {workers} worker{'s' * (workers > 1)}",
                      "detect": detect, "n": n, "end_to_end_s": round(seconds, 1),
-                     "steady_images_per_s": summary["steady_rows_per_s"],
+                     # a rate only when results flowed for most of the job: a small job's rows
+                     # may arrive in one burst at its end (too few blocks), which is no rate
+                     "steady_images_per_s": summary["steady_rows_per_s"]
+                     if summary["first_rows_after_s"] < 0.5 * summary["seconds"] else None,
                      "first_rows_after_s": summary["first_rows_after_s"],
                      "workers_used": summary["workers"]})
     for row in rows:
