@@ -162,11 +162,6 @@ def test_two_workers_write_one_run_folder_and_match_one_process(faces: Path, tmp
         assert ours[column].tolist() == pytest.approx(theirs[column].tolist(), rel=1e-4), column
 
 
-# Not in the default run yet: on a loaded 2-core machine worker 1 was once killed while Keras
-# wrote its BackupAndRestore file, and the restarted worker failed to read the half-written h5
-# ("bad object header version number"). Resuming from a damaged backup is still to be made safe;
-# until then this runs in `nox -s slow`.
-@pytest.mark.slow
 def test_a_killed_worker_restarted_resumes_the_cluster_from_its_backup(faces: Path, tmp_path: Path,
                                                                        launcher: Launcher) -> None:
     """Worker 1 is killed mid-run (SIGKILL, once the chief has logged two epochs) and started again

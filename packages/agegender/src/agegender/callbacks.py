@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,3 +142,90 @@ def make_ema_callbacks(backup_dir: Path):
                 swap._finalize_ema_values()
 
     return swap, KeepAveragesOnStop()
+
+
+def whole_file_callbacks():
+    """``(ModelCheckpoint, BackupAndRestore)`` classes whose files are replaced whole.
+
+    Keras writes ``best.weights.h5`` and the backup in place: a process killed while it writes
+    (on a cluster, any worker at an epoch's end) leaves half a file that the run cannot read
+    when it starts again ("truncated file", "bad object header version number"). These write a
+    file beside the target and rename it over the target (atomic on one file system), so the
+    target is always the previous state or the new one.
+    """
+    import keras
+
+    class WholeFileModelCheckpoint(keras.callbacks.ModelCheckpoint):
+        """``ModelCheckpoint`` to one fixed ``filepath`` (``*.weights.h5``), written whole."""
+
+        def __init__(self, filepath, **kwargs):
+            self.target = Path(filepath)
+            self.writing = self.target.with_name("writing-" + self.target.name)
+            self.writing.unlink(missing_ok=True)  # half written by a process killed earlier
+            super().__init__(str(self.writing), **kwargs)
+
+        def _save_model(self, epoch, batch, logs):
+            super()._save_model(epoch, batch, logs)
+            if self.writing.exists():  # written now (not kept: the best is still an earlier one)
+                os.replace(self.writing, self.target)
+
+    class WholeFileBackupAndRestore(keras.callbacks.BackupAndRestore):
+        """``BackupAndRestore`` whose weights and epoch files are each replaced whole.
+
+        The epoch file also names the weights it goes with (their SHA-256): a kill between the
+        two renames leaves the new weights with the old epoch, and a restart then goes back to
+        the epoch before (``double_checkpoint``, the pair it kept) instead of training on from
+        weights that are not the epoch's (on a cluster, other weights than the other workers').
+        """
+
+        def _save_model(self):
+            folder = Path(self.backup_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            weights, meta = Path(self._weights_path), Path(self._training_metadata_path)
+            if self.double_checkpoint:
+                for path, previous in ((weights, self._prev_weights_path),
+                                       (meta, self._prev_training_metadata_path)):
+                    if path.exists():
+                        _replace_with_copy(path, Path(previous))
+            writing = folder / "writing.weights.h5"
+            self.model.save_weights(str(writing), overwrite=True)
+            temporary = folder / "writing_metadata.json"
+            temporary.write_text(json.dumps({"epoch": self._current_epoch,
+                                             "batch": self._last_batch_seen,
+                                             "weights_sha256": _sha256(writing)}))
+            os.replace(writing, weights)
+            os.replace(temporary, meta)
+
+        def _load_model(self):
+            weights, meta = Path(self._weights_path), Path(self._training_metadata_path)
+            if weights.is_file() and meta.is_file():
+                expected = json.loads(meta.read_text()).get("weights_sha256")
+                if expected is not None and expected != _sha256(weights):
+                    if Path(self._prev_weights_path).is_file():
+                        # Keras' on_train_begin then restores the previous pair and loads it
+                        raise OSError(f"{weights} is not the epoch {meta.name} records "
+                                      "(killed between the two renames)")
+                    logging.getLogger("agegender").warning(
+                        "%s: newer than the epoch %s records (killed between the two renames); "
+                        "that epoch trains again from them", weights, meta.name)
+            super()._load_model()
+
+    return WholeFileModelCheckpoint, WholeFileBackupAndRestore
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _replace_with_copy(source: Path, target: Path) -> None:
+    import shutil
+
+    writing = target.with_name("writing-" + target.name)
+    shutil.copyfile(source, writing)
+    os.replace(writing, target)

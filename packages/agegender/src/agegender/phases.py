@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agegender.callbacks import backed_up_epochs, make_ema_callbacks, make_resume_callback
+from agegender.callbacks import (
+    backed_up_epochs,
+    make_ema_callbacks,
+    make_resume_callback,
+    whole_file_callbacks,
+)
 from agegender.config import MONITORS, TrainConfig
 
 log = logging.getLogger("agegender")
@@ -125,16 +130,17 @@ def callbacks_for(phase: Phase, ctx: FitContext, backup_dir: Path) -> list:
     import keras
 
     config = ctx.config
+    checkpoint, backup = whole_file_callbacks()  # a kill while they write leaves no half file
     early_stopping = plateau = replay = None
     if phase.validated:
         mode = MONITORS[config.monitor]
         early_stopping = keras.callbacks.EarlyStopping(
             monitor=config.monitor, mode=mode, patience=config.patience, restore_best_weights=False)
-        best = keras.callbacks.ModelCheckpoint(
+        best = checkpoint(
             ctx.best_weights, monitor=config.monitor, mode=mode, save_best_only=True,
             save_weights_only=True)
     else:  # the final fit: every epoch runs and the last one is kept
-        best = keras.callbacks.ModelCheckpoint(ctx.best_weights, save_weights_only=True)
+        best = checkpoint(ctx.best_weights, save_weights_only=True)
     if config.lr_schedule == "plateau":
         plateau = keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3), min_lr=1e-6)
@@ -149,7 +155,7 @@ def callbacks_for(phase: Phase, ctx: FitContext, backup_dir: Path) -> list:
                              plateau, config.monitor),
         keras.callbacks.CSVLogger(str(ctx.history_path), append=True),
         # several workers keep the epoch before too, to go back to one they all have
-        keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=ctx.agreement is not None),
+        backup(str(backup_dir), double_checkpoint=ctx.agreement is not None),
         *ctx.extra_callbacks,
         ema_last,
     ]
@@ -203,7 +209,9 @@ def run_fit_phases(model, phases: list[Phase], ctx: FitContext) -> None:
                   initial_epoch=phase.epochs[0], epochs=phase.epochs[1], shuffle=False,
                   verbose=ctx.verbose,
                   callbacks=callbacks_for(phase, ctx, backup_dir))
-        model.save_weights(done)
+        writing = done.with_name("writing-" + done.name)  # whole or not at all: a kill mid-write
+        model.save_weights(writing)                        # must not leave a phase "finished"
+        writing.replace(done)
 
 
 def load_weights(model, path: Path) -> None:

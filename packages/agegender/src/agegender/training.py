@@ -346,7 +346,9 @@ def _fit(run: RunFolder, config: TrainConfig, model, phases, strategy, fit_frame
         )
         run_fit_phases(model, phases, ctx)
         load_weights(model, ctx.best_weights)
-        save_model(model, trained, include_optimizer=False)
+        writing = trained.with_name("writing-" + trained.name)  # whole or not at all
+        save_model(model, writing, include_optimizer=False)
+        writing.replace(trained)
     # outside the strategy: the head refit and the evaluation run on one device
     return load_model(trained)
 
