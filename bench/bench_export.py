@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import cpu_name, default_data_dir  # bench/ is the script's folder
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,16 +31,6 @@ HERE = Path(__file__).resolve().parent
 def _size_mb(path: Path) -> float:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files) / 1e6
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_images(data_dir: Path, n: int, size: tuple[int, int]) -> np.ndarray:
@@ -134,7 +124,7 @@ def _parse_args(argv) -> argparse.Namespace:
     )
     parser.add_argument(
         "--data-dir",
-        default=os.environ.get("UTKFACE_DIR", "../shared/utkface/crop_part1_5000"),
+        default=default_data_dir(),
         help="folder of real UTKFace images (default: $UTKFACE_DIR)",
     )
     parser.add_argument(
@@ -350,7 +340,7 @@ def main(argv=None) -> int:
         "latency_reps": args.latency_reps,
         "rounds": args.rounds,
         "threads": args.threads,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "formats": {},

@@ -21,8 +21,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _common import cpu_name  # noqa: E402
 from bench_detect import DEFAULT_MODEL  # noqa: E402
-from bench_export import _cpu_name, load_images  # noqa: E402
+from bench_export import load_images  # noqa: E402
 from bench_models import inference  # noqa: E402
 
 
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
             rows[name]["ips_ratio"].append(ips / base_ips)
             rows[name]["ms_ratio"].append(ms / base_ms)
 
-    result = {"cpu": _cpu_name(), "models": args.model, "rounds": args.rounds,
+    result = {"cpu": cpu_name(), "models": args.model, "rounds": args.rounds,
               "batch_size": args.batch_size, "images": args.images,
               "variants": {name: {key: statistics.median(values) for key, values in row.items()}
                            | {f"{key}_all": values for key, values in row.items()}

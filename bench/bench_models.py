@@ -10,31 +10,16 @@ Figures are ratios within one run (shared, noisy 2-core machine). Prints a Markd
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import default_data_dir, matmul_peak  # bench/ is the script's folder
 
+MATMUL_REPS = 5  # matmul_peak: the best of 5 runs
 GFLOP_PER_IMAGE = 1.9  # Model A forward at 128x128 (3x3 'same' convs 64/128/256/512 + dense)
-
-
-def matmul_peak(dtype: str, n: int = 4096, reps: int = 5) -> float:
-    import tensorflow as tf
-
-    a = tf.random.normal((n, n), dtype="float32")
-    b = tf.random.normal((n, n), dtype="float32")
-    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
-    f = tf.function(lambda x, y: tf.matmul(x, y))
-    f(a, b).numpy()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, b).numpy()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def seed_baseline_model():
@@ -116,7 +101,7 @@ def inference(model, images: np.ndarray, batch_size: int, latency_reps: int):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("UTKFACE_DIR", "../shared/utkface/crop_part1_5000"))
+    parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--train-images", type=int, default=512)
     parser.add_argument("--infer-images", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs after one warm-up epoch")
@@ -146,8 +131,8 @@ def main(argv=None) -> int:
     jit = {"auto": "auto", "true": True, "false": False}[args.jit]
     rows = []
 
-    peak32 = matmul_peak("float32")
-    peak16 = matmul_peak("bfloat16")
+    peak32 = matmul_peak("float32", reps=MATMUL_REPS)
+    peak16 = matmul_peak("bfloat16", reps=MATMUL_REPS)
     print(f"matmul 4096^2: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s; "
           f"CPU native bf16: {bf16_supported()}", flush=True)
 

@@ -16,7 +16,8 @@ import argparse
 import time
 
 import numpy as np
-from bench_models import inference, matmul_peak, timed_fit  # bench/ is the script's folder
+from _common import matmul_peak  # bench/ is the script's folder
+from bench_models import MATMUL_REPS, inference, timed_fit
 
 # (backbone, input size, fine-tuned layers as in RESULTS.md's runs; None = all, from scratch)
 SETUPS = (
@@ -42,8 +43,9 @@ def main(argv=None) -> int:
     from agegender_models import bf16_supported, compile_model, create_model, set_trainable
 
     started = time.strftime("%Y-%m-%d %H:%M")
-    print(f"{started}; matmul 4096^2: fp32 {matmul_peak('float32'):.0f} GFLOP/s, bf16 "
-          f"{matmul_peak('bfloat16'):.0f} GFLOP/s; CPU native bf16: {bf16_supported()}", flush=True)
+    print(f"{started}; matmul 4096^2: fp32 {matmul_peak('float32', reps=MATMUL_REPS):.0f} GFLOP/s, "
+          f"bf16 {matmul_peak('bfloat16', reps=MATMUL_REPS):.0f} GFLOP/s; "
+          f"CPU native bf16: {bf16_supported()}", flush=True)
     rng = np.random.default_rng(0)
     rows = []
     for backbone, size, layers in SETUPS:

@@ -37,28 +37,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import default_data_dir, matmul_peak  # bench/ is the script's folder
 
 HERE = Path(__file__).resolve().parent
 SETUPS = (("Model A", "custom_cnn", 128), ("MobileNetV2", "mobilenet_v2", 192))
 POLICIES = ("float32", "mixed_bfloat16")
 RUNTIMES = (("tflite", "none"), ("tflite", "float16"), ("tflite", "int8"), ("onnx", "none"),
             ("onnx", "int8"))
-
-
-def matmul_peak(dtype: str, n: int = 4096, reps: int = 3) -> float:
-    """GFLOP/s of the best of ``reps`` n×n matmuls in ``dtype`` (after a warm-up one)."""
-    import tensorflow as tf
-
-    a = tf.cast(tf.random.normal((n, n)), dtype)
-    b = tf.cast(tf.random.normal((n, n)), dtype)
-    f = tf.function(lambda x, y: tf.matmul(x, y))
-    f(a, b).numpy()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        f(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def forward_gflop(model) -> float:
@@ -313,7 +298,7 @@ def _runtime_table(label: str, entry: dict) -> list[str]:
 
 def _parse(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("UTKFACE_DIR", "../shared/utkface/crop_part1_5000"))
+    parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--model-a", default=None, help="a trained Model A .keras (default: untrained)")
     parser.add_argument("--mobilenet", default=None,
                         help="a trained MobileNetV2 .keras (default: the shipped one, else untrained)")

@@ -59,3 +59,37 @@ def make_faces():
     """:func:`make_face_folder`, for a test that needs a folder of its own size (test modules
     cannot import conftest under ``--import-mode=importlib``)."""
     return make_face_folder
+
+
+class WidthDetector:
+    """A fake face detector: two faces in 300-px-wide photos, one in 250-px ones, none otherwise
+    (it takes, and ignores, a real detector's options)."""
+
+    def __init__(self, **kwargs):
+        pass
+
+    def detect_faces(self, image):
+        from agegender_models.detect import Face
+
+        faces = {
+            300: [Face((10, 20, 60, 60), 0.99), Face((150, 30, 80, 80), 0.98)],
+            250: [Face((40, 40, 100, 100), 0.97)],
+        }
+        return faces.get(image.shape[1], [])
+
+
+@pytest.fixture(scope="session")
+def width_detector() -> type[WidthDetector]:
+    """:class:`WidthDetector`, the class (test modules cannot import conftest)."""
+    return WidthDetector
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained Model A (``custom_cnn``, 32x32) saved as .keras, one per test module."""
+    from agegender_models import create_model, save_model
+
+    return save_model(
+        create_model("custom_cnn", input_shape=(32, 32, 3)),
+        tmp_path_factory.mktemp("model") / "tiny.keras",
+    )

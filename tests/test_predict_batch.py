@@ -16,42 +16,23 @@ import pytest
 from PIL import Image
 
 from agegender.cli import main
-from agegender_models import create_model, save_model
-from agegender_models.detect import Face
 
 ray = pytest.importorskip("ray", reason="the batch extra (Ray Data) is not installed")
 
 
-class WidthDetector:
-    """Two faces in 300-px-wide photos, one in 250-px ones, none otherwise (sent to the workers
-    by value: they cannot import this test module)."""
-
-    def detect_faces(self, image):
-        faces = {
-            300: [Face((10, 20, 60, 60), 0.99), Face((150, 30, 80, 80), 0.98)],
-            250: [Face((40, 40, 100, 100), 0.97)],
-        }
-        return faces.get(image.shape[1], [])
-
-
 @pytest.fixture(scope="module")
-def ray_session():
+def ray_session(width_detector):
     from ray import cloudpickle  # the pickler Ray sends the workers' arguments with
 
-    cloudpickle.register_pickle_by_value(sys.modules[WidthDetector.__module__])
+    # the fake detector goes to the workers by value: they cannot import the tests' conftest
+    cloudpickle.register_pickle_by_value(sys.modules[width_detector.__module__])
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     try:
         yield
     finally:
         ray.shutdown()
-        cloudpickle.unregister_pickle_by_value(sys.modules[WidthDetector.__module__])
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_model(create_model("custom_cnn", input_shape=(32, 32, 3)),
-                      tmp_path_factory.mktemp("model") / "tiny.keras")
+        cloudpickle.unregister_pickle_by_value(sys.modules[width_detector.__module__])
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +83,7 @@ def test_predict_batch_writes_the_rows_of_predict_json_and_lists_bad_images(
 
 
 def test_predict_batch_with_a_detector_gives_one_row_per_face(ray_session, model_path: Path,
+                                                              width_detector,
                                                               tmp_path: Path) -> None:
     from agegender.batch import list_inputs, predict_batch
 
@@ -114,7 +96,7 @@ def test_predict_batch_with_a_detector_gives_one_row_per_face(ray_session, model
         Image.fromarray(rng.integers(0, 256, (180, widths[kind], 3), dtype=np.uint8)).save(
             photos / f"{i:02d}_{kind}.jpg")
     summary = predict_batch(list_inputs(str(photos / "*.jpg")), tmp_path / "out",
-                            models=[model_path], detect=WidthDetector(), workers=1)
+                            models=[model_path], detect=width_detector(), workers=1)
     rows, errors = _jsonl(tmp_path / "out" / "predictions.jsonl"), _jsonl(tmp_path / "out" / "errors.jsonl")
     assert (summary["predictions"], summary["errors"]) == (12, 4)  # 4 x 2 faces + 4 x 1
     assert [(Path(r["file"]).name, r["face"]) for r in rows[:3]] == [

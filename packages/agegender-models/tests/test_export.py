@@ -17,28 +17,13 @@ ROOT = Path(__file__).resolve().parents[3]
 DATA = Path(os.environ.get("UTKFACE_DIR", ROOT.parent / "shared" / "utkface" / "crop_part1_5000"))
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    return create_model("custom_cnn", input_shape=(32, 32, 3))
-
-
-@pytest.fixture(scope="module")
-def images() -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3)).astype("uint8")
-
-
-def _reference(model, images):
-    out = model(images.astype("float32"), training=False)
-    return {k: np.ravel(np.asarray(out[k])) for k in ("gender", "age")}
-
-
-def test_savedmodel_matches_keras(tiny_model, images, tmp_path: Path) -> None:
+def test_savedmodel_matches_keras(tiny_model, images, run_keras, tmp_path: Path) -> None:
     import tensorflow as tf
 
     path = export_model(tiny_model, tmp_path / "sm", format="savedmodel")
     serve = tf.saved_model.load(str(path)).signatures["serve"]
     out = serve(image=tf.constant(images))
-    ref = _reference(tiny_model, images)
+    ref = run_keras(tiny_model, images)
     assert out["gender"].shape == (5,)
     np.testing.assert_allclose(out["gender"].numpy(), ref["gender"], atol=1e-5)
     np.testing.assert_allclose(out["age"].numpy(), ref["age"], atol=1e-3)
@@ -48,25 +33,18 @@ def test_savedmodel_matches_keras(tiny_model, images, tmp_path: Path) -> None:
     assert weights_bytes <= stored < 1.1 * weights_bytes
 
 
-def test_tflite_matches_keras(tiny_model, images, tmp_path: Path) -> None:
+def test_tflite_matches_keras(tiny_model, images, run_keras, tmp_path: Path) -> None:
     import tensorflow as tf
 
     path = export_model(tiny_model, tmp_path / "model.tflite", format="tflite")
     runner = tf.lite.Interpreter(str(path)).get_signature_runner("serve")
     out = runner(image=images)
-    ref = _reference(tiny_model, images)
+    ref = run_keras(tiny_model, images)
     np.testing.assert_allclose(out["gender"], ref["gender"], atol=1e-4)
     np.testing.assert_allclose(out["age"], ref["age"], atol=1e-2)
 
 
-def _run_onnx(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
-    ort = pytest.importorskip("onnxruntime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    gender, age = session.run(["gender", "age"], {"image": images})
-    return {"gender": gender, "age": age}
-
-
-def test_onnx_matches_keras(tiny_model, images, tmp_path: Path) -> None:
+def test_onnx_matches_keras(tiny_model, images, run_keras, run_onnx, tmp_path: Path) -> None:
     pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")
     path = export_model(tiny_model, tmp_path / "model.onnx", format="onnx")
@@ -79,12 +57,12 @@ def test_onnx_matches_keras(tiny_model, images, tmp_path: Path) -> None:
         ("gender", "tensor(float)", ("N",)),
         ("age", "tensor(float)", ("N",)),
     }
-    out = _run_onnx(path, images)
-    ref = _reference(tiny_model, images)
+    out = run_onnx(path, images)
+    ref = run_keras(tiny_model, images)
     assert out["gender"].shape == (5,)
     np.testing.assert_allclose(out["gender"], ref["gender"], atol=1e-5)
     np.testing.assert_allclose(out["age"], ref["age"], atol=1e-3)
-    one = _run_onnx(path, images[:1])  # any batch size, including 1
+    one = run_onnx(path, images[:1])  # any batch size, including 1
     np.testing.assert_allclose(one["age"], ref["age"][:1], atol=1e-3)
 
 
@@ -115,7 +93,8 @@ def test_export_never_replaces_an_unrelated_folder(tiny_model, tmp_path: Path) -
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"real UTKFace folder not found: {DATA}")
 @pytest.mark.parametrize("format", ["savedmodel", "tflite", "onnx"])
-def test_exports_match_keras_on_real_images(format: str, tmp_path: Path) -> None:
+def test_exports_match_keras_on_real_images(format: str, run_keras, run_onnx,
+                                            tmp_path: Path) -> None:
     """32 real face chips, resized as :class:`Predictor` resizes them, through each export."""
     import keras
     import tensorflow as tf
@@ -129,7 +108,7 @@ def test_exports_match_keras_on_real_images(format: str, tmp_path: Path) -> None
     keras.utils.set_random_seed(0)
     model = create_model("custom_cnn", input_shape=(64, 64, 3))
     images = np.stack([_to_rgb_array(Image.open(f), (64, 64)) for f in files])
-    ref = _reference(model, images)
+    ref = run_keras(model, images)
     path = export_model(model, tmp_path / f"model.{format}", format=format)
     if format == "savedmodel":
         serve = tf.saved_model.load(str(path)).signatures["serve"]
@@ -137,9 +116,9 @@ def test_exports_match_keras_on_real_images(format: str, tmp_path: Path) -> None
     elif format == "tflite":
         out = tf.lite.Interpreter(str(path)).get_signature_runner("serve")(image=images)
     else:
-        out = _run_onnx(path, images)
+        out = run_onnx(path, images)
     # the tolerance is far below what a wrong input scaling (0-1 instead of 0-255) changes
-    wrong = _reference(model, images / 255.0)
+    wrong = run_keras(model, images / 255.0)
     for key, atol in (("gender", 1e-4), ("age", 1e-3)):
         assert np.abs(wrong[key] - ref[key]).max() > 10 * atol
         diff = np.abs(out[key] - ref[key]).max()

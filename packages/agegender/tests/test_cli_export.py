@@ -14,29 +14,6 @@ from agegender.cli import main as cli_main
 from agegender_models import create_model, save_model
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    return create_model("custom_cnn", input_shape=(32, 32, 3))
-
-
-@pytest.fixture(scope="module")
-def images() -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3)).astype("uint8")
-
-
-def _reference(model, images):
-    out = model(images.astype("float32"), training=False)
-    return {k: np.ravel(np.asarray(out[k])) for k in ("gender", "age")}
-
-def _run_onnx(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
-    ort = pytest.importorskip("onnxruntime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    gender, age = session.run(["gender", "age"], {"image": images})
-    return {"gender": gender, "age": age}
-
-
-
-
 def test_missing_onnx_converter_is_one_line(tiny_model, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # `import tf2onnx` raises ImportError
     # the CLI: one line on stderr naming the extra, exit status 2, no traceback
@@ -79,7 +56,8 @@ def test_cli_export_from_a_keras_file(tiny_model, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("format", ["tflite", "onnx"])
-def test_cli_exports_an_ensemble_with_flip_tta(tiny_model, images, format: str, tmp_path: Path) -> None:
+def test_cli_exports_an_ensemble_with_flip_tta(tiny_model, images, run_keras, run_onnx,
+                                                format: str, tmp_path: Path) -> None:
     """`export --model A --model B --flip-tta`: the artefact is what evaluate/predict use."""
     import keras
     import tensorflow as tf
@@ -99,9 +77,9 @@ def test_cli_exports_an_ensemble_with_flip_tta(tiny_model, images, format: str, 
     if format == "tflite":
         got = tf.lite.Interpreter(str(out)).get_signature_runner("serve")(image=images)
     else:
-        got = _run_onnx(out, images)
-    ref = _reference(flip_tta(ensemble([tiny_model, small])), images)
-    plain = _reference(tiny_model, images)
+        got = run_onnx(out, images)
+    ref = run_keras(flip_tta(ensemble([tiny_model, small])), images)
+    plain = run_keras(tiny_model, images)
     assert np.abs(plain["age"] - ref["age"]).max() > 0.01  # the wrapping changes the predictions
     np.testing.assert_allclose(got["gender"], ref["gender"], atol=1e-4)
     np.testing.assert_allclose(got["age"], ref["age"], atol=1e-2)

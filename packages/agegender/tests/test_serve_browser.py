@@ -13,9 +13,6 @@ import io
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,19 +50,10 @@ class TwoFaces:
 
 
 @pytest.fixture(scope="module")
-def server_url():
+def server_url(live_server):
     app = serve.create_app(create_model("custom_cnn", input_shape=(32, 32, 3)), detector=TwoFaces())
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server, thread, port = live_server(app)
+    yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
 
