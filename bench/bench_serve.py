@@ -4,7 +4,7 @@
         [--photos ../shared/photos] [--megapixels 1.0] [--workers 1] [--model NAME_OR_PATH] \\
         [--max-seconds 900] [--out bench/bench_serve.json]
 
-Starts ``agegender serve`` (the shipped model unless ``--model``; MTCNN; ``--workers``) on a free
+Starts ``agegender serve`` (the shipped model unless ``--model``; its default detector; ``--workers``) on a free
 127.0.0.1 port in its own process and waits for ``/healthz``. The photos of ``--photos`` are
 read once, turned upright and resized (up or down, Lanczos) to about ``--megapixels`` each, and
 sent as JPEG (quality 90) from memory, one photo per request, by ``--clients`` threads that each
@@ -33,7 +33,6 @@ import io
 import itertools
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -46,6 +45,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from _common import cpu_name  # bench/ is the script's folder
 from PIL import Image, ImageOps
 
 HERE = Path(__file__).resolve().parent
@@ -247,16 +247,6 @@ def summarize(records: list[dict], wall: float) -> dict:
         "faces": sum(r.get("faces", 0) for r in good),
         "good_without_face": sum(1 for r in good if r.get("faces") == 0),
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ record, relative to the chip size:
 
 * MTCNN: the eye centre (x, y), the distance between the eyes, the eye-centre-to-mouth-centre
   distance, the eye-line angle, and the box;
-* OpenCV Haar (frontal face, default cascade): the box (centre and size).
+* OpenCV Haar (frontal face, default cascade): the box (centre and size);
+* YuNet (``agegender_models.detect.YuNetDetector``, its default settings): as MTCNN.
 
 Each chip is padded by 50 % on every side (edge-replicated) before detection, so boxes and
 landmarks near the chip border are not clipped; coordinates are mapped back to the chip. The
@@ -57,7 +58,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="chips to measure (random sample)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/chip_geometry.json")
+    parser.add_argument("--yunet-only", action="store_true",
+                        help="measure YuNet alone (written to --out; MTCNN's and Haar's are in "
+                        "bench/chip_geometry.json)")
     args = parser.parse_args()
+    if args.yunet_only:
+        return _measure_yunet(args)
 
     import cv2
     from mtcnn import MTCNN
@@ -171,6 +177,55 @@ def main() -> None:
             f"side from {name:>9}: p05-p95 [{s['p05']:.3f}, {s['p95']:.3f}]"
             f"  mean |log error| {s['abs_log_error_mean']:.4f}"
         )
+    print(f"written: {args.out}")
+
+
+def _measure_yunet(args) -> None:
+    from agegender_models.detect import YuNetDetector
+
+    index = index_folder(args.data_dir, progress=False)
+    frame = index.frame.sample(n=min(args.n, len(index.frame)), random_state=args.seed)
+    detector = YuNetDetector()
+    m = {k: [] for k in ("eye_cx", "eye_cy", "eye_dist", "eye_mouth", "angle_deg", "box_cx", "box_cy",
+                         "box_w", "box_h")}
+    groups = {g: {"n": 0, "yunet": 0} for g in AGE_GROUPS}
+    start = time.perf_counter()
+    for path, age in zip(frame["path"], frame["age"], strict=True):
+        chip = np.asarray(Image.open(Path(args.data_dir) / path).convert("RGB"))
+        size = chip.shape[0]
+        pad = int(round(PAD * size))
+        group = str(age_group(int(age)))
+        groups[group]["n"] += 1
+        faces = detector.detect_faces(np.pad(chip, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+        face = _largest(faces, key=lambda f: f.box[2] * f.box[3])
+        if face is None:
+            continue
+        groups[group]["yunet"] += 1
+        # as in agegender_models.detect: a landmark is a pixel index, its centre is +0.5
+        k = {name: np.asarray(p, dtype=np.float64) + 0.5 - pad for name, p in face.landmarks.items()}
+        eyes = (k["left_eye"] + k["right_eye"]) / 2
+        mouth = (k["mouth_left"] + k["mouth_right"]) / 2
+        dx, dy = k["right_eye"] - k["left_eye"]
+        x, y, w, hh = face.box
+        for key, value in (("eye_cx", eyes[0] / size), ("eye_cy", eyes[1] / size),
+                           ("eye_dist", float(np.hypot(dx, dy)) / size),
+                           ("eye_mouth", float(np.linalg.norm(mouth - eyes)) / size),
+                           ("angle_deg", float(np.degrees(np.arctan2(dy, dx)))),
+                           ("box_cx", (x - pad + w / 2) / size), ("box_cy", (y - pad + hh / 2) / size),
+                           ("box_w", w / size), ("box_h", hh / size)):
+            m[key].append(float(value))
+    n = len(frame)
+    result = {
+        "command": "python bench/measure_chip_geometry.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not False),
+        "n": n, "seconds": round(time.perf_counter() - start, 1),
+        "detection_rate": {"yunet": sum(g["yunet"] for g in groups.values()) / n},
+        "by_age_group": groups,
+        "yunet": {k: _stats(v) for k, v in m.items()},
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    for key, st in result["yunet"].items():
+        print(f"yunet {key:>9}: median {st['median']:.4f}  p05-p95 [{st['p05']:.4f}, {st['p95']:.4f}]")
     print(f"written: {args.out}")
 
 

@@ -2,7 +2,7 @@
 
     python examples/predict_batch.py --model runs/model_a/model.keras --images DIR --out results/
     python examples/predict_batch.py --model runs/model_a/model.keras --images 'photos/**/*.jpg' \\
-        --detect mtcnn --out results/
+        --detect auto --out results/
     ray start --head   # on a cluster's head node, `ray start --address HEAD:6379` on the others
     python examples/predict_batch.py --model runs/model_a/model.keras --images /shared/photos \\
         --out /shared/results --runner auto
@@ -60,8 +60,9 @@ if __name__ == "__main__":
     parser.add_argument("--model", required=True, help="a trained .keras model")
     parser.add_argument("--images", default=None,
                         help="a folder, a quoted glob or a CSV of image paths (default: generated)")
-    parser.add_argument("--detect", choices=("mtcnn", "haar", "none"), default="none",
-                        help="find faces in photos first (default: the inputs are face chips)")
+    parser.add_argument("--detect", choices=("auto", "yunet", "mtcnn", "haar", "none"), default="none",
+                        help="find faces in photos first, e.g. 'auto' as agegender predict does "
+                        "(default: none, the inputs are face chips)")
     parser.add_argument("--out", required=True, help="folder for the outputs")
     parser.add_argument("--runner", default="local", help="local, auto or ray://HOST:10001")
     parser.add_argument("--workers", type=int, default=None, help="model copies (default: CPUs)")

@@ -14,31 +14,7 @@ import pytest
 from PIL import Image
 
 from agegender.cli import main
-from agegender_models import create_model, save_model
 from agegender_models import detect as det
-from agegender_models.detect import Face
-
-
-class WidthDetector:
-    """Two faces in 300-px-wide photos, one in 250-px ones, none otherwise."""
-
-    def __init__(self, **kwargs):
-        pass
-
-    def detect_faces(self, image):
-        faces = {
-            300: [Face((10, 20, 60, 60), 0.99), Face((150, 30, 80, 80), 0.98)],
-            250: [Face((40, 40, 100, 100), 0.97)],
-        }
-        return faces.get(image.shape[1], [])
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_model(
-        create_model("custom_cnn", input_shape=(32, 32, 3)),
-        tmp_path_factory.mktemp("model") / "tiny.keras",
-    )
 
 
 @pytest.fixture
@@ -59,8 +35,10 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
-def test_predict_detect_json_one_row_per_face(monkeypatch, capsys, model_path, photos) -> None:
-    monkeypatch.setitem(det._CLASSES, "mtcnn", WidthDetector)
+def test_predict_detect_json_one_row_per_face(
+    monkeypatch, capsys, model_path, photos, width_detector
+) -> None:
+    monkeypatch.setitem(det._CLASSES, "mtcnn", width_detector)
     code = main(["predict", "--model", str(model_path), "--detect", "mtcnn", "--json", str(photos)])
     payload = json.loads(capsys.readouterr().out)
     assert code == 1  # a photo without a face and a corrupt one: some inputs failed
@@ -80,8 +58,10 @@ def test_predict_detect_json_one_row_per_face(monkeypatch, capsys, model_path, p
     assert "Traceback" not in errors["e_corrupt.jpg"]
 
 
-def test_predict_detect_csv_and_table_show_the_box(monkeypatch, capsys, model_path, photos) -> None:
-    monkeypatch.setitem(det._CLASSES, "haar", WidthDetector)
+def test_predict_detect_csv_and_table_show_the_box(
+    monkeypatch, capsys, model_path, photos, width_detector
+) -> None:
+    monkeypatch.setitem(det._CLASSES, "haar", width_detector)
     two = str(photos / "a_two.jpg")
     assert main(["predict", "--model", str(model_path), "--detect", "haar", "--csv", two]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -93,9 +73,9 @@ def test_predict_detect_csv_and_table_show_the_box(monkeypatch, capsys, model_pa
 
 
 def test_predict_detect_no_face_anywhere_exits_1_with_the_reasons(
-    monkeypatch, capsys, model_path, photos
+    monkeypatch, capsys, model_path, photos, width_detector
 ) -> None:
-    monkeypatch.setitem(det._CLASSES, "mtcnn", WidthDetector)
+    monkeypatch.setitem(det._CLASSES, "mtcnn", width_detector)
     code = main(
         [
             "predict",

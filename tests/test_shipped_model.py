@@ -76,7 +76,8 @@ class TwoFaces:
 @pytest.mark.parametrize(("width", "height"), [(320, 240), (2400, 1600)])
 def test_annotate_writes_each_photo_boxed_and_labelled(tmp_path: Path, monkeypatch, capsys,
                                                         width: int, height: int) -> None:
-    monkeypatch.setitem(det._CLASSES, "mtcnn", TwoFaces)
+    for name in ("yunet", "mtcnn"):  # what the default, --detect auto, may pick
+        monkeypatch.setitem(det._CLASSES, name, TwoFaces)
     photo = _photo(tmp_path / "group.png", width, height)
     out = tmp_path / "annotated"
     assert main(["predict", "--json", "--annotate", str(out), str(photo)]) == 0

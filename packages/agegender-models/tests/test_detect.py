@@ -25,7 +25,7 @@ from agegender_models.detect import (
     CHIP_BOX_WIDTH,
     CHIP_EYE_CENTER,
     CHIP_EYE_DISTANCE,
-    CHIP_EYE_MOUTH,
+    LANDMARK_GEOMETRY,
     Face,
     crop_face,
     get_detector,
@@ -33,6 +33,7 @@ from agegender_models.detect import (
 )
 
 SIZE = 200
+SHARED_PHOTOS = Path(__file__).resolve().parents[3].parent / "shared" / "photos"
 
 
 class FakeDetector:
@@ -50,8 +51,10 @@ class FakeDetector:
         return list(self.faces)
 
 
-def _face_from_eyes(eyes_center, eye_distance, angle_deg) -> Face:
-    """A face whose landmarks sit exactly where a chip's would, rotated by ``angle_deg``."""
+def _face_from_eyes(eyes_center, eye_distance, angle_deg, detector: str = "mtcnn") -> Face:
+    """A face whose landmarks sit exactly where a chip's would (by ``detector``'s measured
+    geometry), rotated by ``angle_deg``."""
+    _, chip_eye_distance, chip_eye_mouth = LANDMARK_GEOMETRY[detector]
     a = math.radians(angle_deg)
     u = np.array([math.cos(a), math.sin(a)])  # along the eye line
     # eyes on whole pixels, so that dots drawn there are centred on them
@@ -61,8 +64,8 @@ def _face_from_eyes(eyes_center, eye_distance, angle_deg) -> Face:
     eye_distance = float(np.linalg.norm(right - left))
     u = (right - left) / eye_distance
     n = np.array([-u[1], u[0]])  # down the face
-    mouth = np.array([ex, ey]) + eye_distance * (CHIP_EYE_MOUTH / CHIP_EYE_DISTANCE) * n
-    side = eye_distance / CHIP_EYE_DISTANCE
+    mouth = np.array([ex, ey]) + eye_distance * (chip_eye_mouth / chip_eye_distance) * n
+    side = eye_distance / chip_eye_distance
     return Face(
         (ex - side / 2, ey - side / 3, side, side),
         0.99,
@@ -72,6 +75,7 @@ def _face_from_eyes(eyes_center, eye_distance, angle_deg) -> Face:
             "mouth_left": tuple(mouth - 0.3 * side * u),
             "mouth_right": tuple(mouth + 0.3 * side * u),
         },
+        detector,
     )
 
 
@@ -126,10 +130,59 @@ def test_to_rgb_rejects_other_shapes() -> None:
 def test_get_detector_by_name_instance_and_unknown() -> None:
     fake = FakeDetector()
     assert get_detector(fake) is fake
-    with pytest.raises(ValueError, match=r"\['mtcnn', 'haar'\]. Received: detector='yolo'"):
+    with pytest.raises(ValueError, match=r"\['auto', 'yunet', 'mtcnn', 'haar'\]. Received: detector='yolo'"):
         get_detector("yolo")
     with pytest.raises(TypeError, match="detect_faces"):
         get_detector(object())
+
+
+def test_auto_is_yunet_where_its_wheel_is_installed_else_mtcnn(monkeypatch) -> None:
+    monkeypatch.setattr(det, "yunet_available", lambda: True)
+    assert det.resolve_detector_name("auto") == "yunet"
+    monkeypatch.setattr(det, "yunet_available", lambda: False)
+    assert det.resolve_detector_name("auto") == "mtcnn"
+    assert det.resolve_detector_name("haar") == "haar"
+    pytest.importorskip("mtcnn")
+    assert isinstance(get_detector(), det.MTCNNDetector)  # "auto" is the default
+
+
+def test_yunet_without_its_wheel_says_where_it_has_one(monkeypatch) -> None:
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    assert det.yunet_available() is False
+    with pytest.raises(ImportError, match=r"pip install 'yuface==2023.5.1'.*CPython 3.11 on x86-64 "
+                       r"Linux.*use 'mtcnn' elsewhere"):
+        get_detector("yunet")
+
+
+def _yunet_images():
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), np.zeros((64, 64, 3), np.uint8)]
+    for name in ("fr_obama.jpg", "fnp_multiface.jpg"):  # real faces, where the project has them
+        path = SHARED_PHOTOS / name
+        if path.is_file():
+            images.append(to_rgb(path))
+    return images
+
+
+def test_yunet_calls_libfacedetection_as_its_own_binding_does_without_leaking() -> None:
+    binding = pytest.importorskip("yuface.yuface")
+    call = det._import_yuface()
+    for rgb in _yunet_images():
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        assert np.array_equal(call(bgr)[:, :15], np.asarray(binding.detect(bgr))[:, :15])
+
+    def rss_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    image = np.zeros((96, 96, 3), np.uint8)
+    call(image)
+    before = rss_mb()
+    for _ in range(500):
+        call(image)
+    # yuface's own binding keeps 36 KB a call: 17.6 MB here
+    assert rss_mb() - before < 4.0
 
 
 @pytest.mark.parametrize("module, name", [("mtcnn", "mtcnn"), ("cv2", "haar")])
@@ -155,7 +208,7 @@ def test_the_detectors_are_imported_only_when_asked_for() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 top_level.add((path.name, node.module.split(".")[0]))
     assert ("detect.py", "numpy") in top_level  # the checker sees module-level imports
-    assert not {(f, m) for f, m in top_level if m in {"mtcnn", "cv2"}}
+    assert not {(f, m) for f, m in top_level if m in {"mtcnn", "cv2", "yuface"}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,6 +233,24 @@ def test_landmark_crop_levels_the_eyes_where_a_chip_has_them(
     assert lx == pytest.approx(cx - half, abs=1.0)
     assert rx == pytest.approx(cx + half, abs=1.0)
     assert (ly + ry) / 2 == pytest.approx(cy, abs=1.0)
+
+
+@pytest.mark.parametrize("angle", [0.0, 20.0])
+def test_yunet_landmarks_are_cropped_by_yunets_own_geometry(angle: float) -> None:
+    # YuNet puts its landmarks elsewhere on a face than MTCNN (bench/chip_geometry_yunet.json):
+    # cropped by MTCNN's numbers its chips would sit 2.5 px left and 2.7 % too small
+    image = np.zeros((1000, 1000, 3), np.uint8)
+    face = _face_from_eyes((500.0, 450.0), 80.0, angle, detector="yunet")
+    _dot(image, face.landmarks["left_eye"], (255, 0, 0))
+    _dot(image, face.landmarks["right_eye"], (0, 0, 255))
+    chip = crop_face(image, face, SIZE)
+    (lx, ly), (rx, ry) = _centroid(chip, (255, 0, 0)), _centroid(chip, (0, 0, 255))
+    (cx, cy), distance, _ = LANDMARK_GEOMETRY["yunet"]
+    assert abs(ly - ry) < 1.0
+    assert (lx + rx) / 2 == pytest.approx(cx * SIZE, abs=0.6)
+    assert (ly + ry) / 2 == pytest.approx(cy * SIZE, abs=0.6)
+    assert rx - lx == pytest.approx(distance * SIZE, abs=1.0)
+    assert abs(cx - CHIP_EYE_CENTER[0]) * SIZE > 2  # the two geometries do differ
 
 
 def test_box_crop_uses_the_measured_box_geometry() -> None:
@@ -368,13 +439,42 @@ def test_predict_without_a_detector_is_unchanged(model, tmp_path: Path) -> None:
     assert list(result[0]) == ["file", "age", "gender", "p_female"]
 
 
+def test_predict_reads_ahead_in_threads_keeps_the_order_and_reports_progress(
+    model, tmp_path: Path
+) -> None:
+    class SomeFaces:  # a face in every other photo, two in every third; called by two threads
+        def detect_faces(self, image):
+            n = int(image[0, 0, 0]) % 3
+            return [Face((5 + 40 * i, 5, 30, 30)) for i in range(n)]
+
+    photos = [_photo(tmp_path / f"p{i:02d}.png", seed=i) for i in range(23)]
+    photos.insert(7, tmp_path / "missing.jpg")
+    outcomes = {}
+    for workers in (1, 2):
+        calls = []
+        predictor = Predictor(model, detector=SomeFaces())
+        outcomes[workers] = predictor.predict(photos, batch_size=4, return_errors=True,
+                                              workers=workers, progress=calls.append)
+        assert calls == [1] * len(photos)  # once per input, the unreadable one too
+    assert outcomes[1] == outcomes[2]  # the same rows and errors, in the same order
+    results, errors = outcomes[2]
+    assert [(r["file"], r["face"]) for r in results] == sorted((r["file"], r["face"]) for r in results)
+    assert any(e["reason"] == "no face found" for e in errors)
+    assert {e["file"] for e in errors if e["reason"] != "no face found"} == {str(photos[7])}
+    with pytest.raises(ValueError, match="Received: workers=0"):
+        predictor.predict(photos, workers=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # the real detectors (the `detect` extra) on generated images
 
 
-@pytest.mark.parametrize("name", ["mtcnn", "haar"])
+MODULES = {"mtcnn": "mtcnn", "haar": "cv2", "yunet": "yuface"}
+
+
+@pytest.mark.parametrize("name", ["yunet", "mtcnn", "haar"])
 def test_real_detector_runs_on_generated_images(name: str) -> None:
-    pytest.importorskip("mtcnn" if name == "mtcnn" else "cv2")
+    pytest.importorskip(MODULES[name])
     detector = get_detector(name, max_side=512)
     rng = np.random.default_rng(0)
     for image in (
@@ -396,9 +496,9 @@ DATA = os.environ.get("UTKFACE_DIR")
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA or not Path(DATA).is_dir(), reason="set UTKFACE_DIR to a chip folder")
-@pytest.mark.parametrize("name", ["mtcnn", "haar"])
+@pytest.mark.parametrize("name", ["yunet", "mtcnn", "haar"])
 def test_real_chips_pasted_into_a_photo_are_found_and_recropped(name: str) -> None:
-    pytest.importorskip("mtcnn" if name == "mtcnn" else "cv2")
+    pytest.importorskip(MODULES[name])
     detector = get_detector(name)
     chips = sorted(p for p in Path(DATA).glob("*.chip.jpg"))[::500][:8]
     rng = np.random.default_rng(0)

@@ -255,21 +255,6 @@ def test_a_full_queue_is_503_with_retry_after(client, monkeypatch) -> None:
     assert "server busy" in response.json()["detail"]
 
 
-def _live(app):
-    """``app`` served by uvicorn on a free 127.0.0.1 port in a thread: (server, host, port)."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return server, thread, sock.getsockname()[1]
-
-
 def _post_raw(port: int, files: list[tuple[str, bytes]]) -> tuple[int, dict]:
     boundary = "agegenderboundary"
     body = multipart(files, boundary)
@@ -283,10 +268,10 @@ def _post_raw(port: int, files: list[tuple[str, bytes]]) -> tuple[int, dict]:
         connection.close()
 
 
-def test_concurrent_requests_run_the_model_in_one_thread_and_agree(app) -> None:
+def test_concurrent_requests_run_the_model_in_one_thread_and_agree(app, live_server) -> None:
     """16 requests from 8 threads at once against a live server: each answer equals the one the
     same photo gets alone, and every model/detector call ran in the single inference thread."""
-    server, thread, port = _live(app)
+    server, thread, port = live_server(app)
     try:
         photos = [(f"p{i}.jpg", photo(300 if i % 3 else 250, seed=i)) for i in range(16)]
         alone = [_post_raw(port, [p]) for p in photos]
@@ -388,7 +373,10 @@ def test_the_shipped_model_is_served_by_default(default_client) -> None:
     (model,) = default_client.get("/v1/models").json()["models"]
     info = pretrained_info(name)
     assert model["input_size"] == [info["input_size"]] * 2
-    assert model["figures"] == info["figures"] and model["detector"] == "mtcnn"
+    from agegender_models.detect import resolve_detector_name
+
+    assert model["figures"] == info["figures"]
+    assert model["detector"] == resolve_detector_name("auto")  # the name of the one that runs
     assert "card" not in model  # a path on the server
     response = post(default_client, ("noise.jpg", photo(320, 240)), BAD["corrupt"][:2])
     assert response.status_code == 200

@@ -46,9 +46,6 @@ BASE_CFG: dict[str, Any] = {
     # True for pretrained keras.applications backbones: every BatchNormalization stays in
     # inference mode (frozen statistics), also while fine-tuning
     "bn_inference": True,
-    # whether mixed bfloat16 pays on a CPU with native bf16 (AVX512_BF16/AMX): what
-    # precision "auto" picks there (bench/bench_precision.py measures it); a bf16 GPU always does
-    "cpu_bf16": True,
     # head: pooling ("flatten" | "avg" | "max"), dense widths, dropout after each dense
     "head": "avg",
     "dense": (256,),

@@ -85,9 +85,6 @@ MOBILENET_V2_CFG = {
     "head": "avg",
     "dense": (256,),
     "dropout": 0.3,
-    # depthwise convolutions: on a CPU with AMX bf16 trains no faster than float32 and infers
-    # slower (0.57-0.70x; bench/RESULTS.md), so precision 'auto' keeps float32 there
-    "cpu_bf16": False,
 }
 
 

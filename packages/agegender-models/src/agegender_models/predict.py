@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
@@ -109,7 +110,8 @@ class Predictor:
     input size) is refused at once with one line (``ValueError``; ``ModelFileError`` for a file).
 
     **Photos, not chips.** The models expect UTKFace-like chips (a face aligned and cropped
-    tightly). For ordinary photos pass ``detector="mtcnn"`` (or ``"haar"``, or any object with a
+    tightly). For ordinary photos pass ``detector="auto"`` (YuNet, else MTCNN; or ``"yunet"``,
+    ``"mtcnn"``, ``"haar"``, or any object with a
     ``detect_faces`` method; see :mod:`agegender_models.detect`, which needs
     ``pip install 'agegender-models[detect]'``). Each face found is cropped like a chip and
     predicted, giving one dict per face, in input order and left to right within an image::
@@ -160,6 +162,7 @@ class Predictor:
         self.input_size = tuple(int(d) for d in self.model.input_shape[1:3])
         self.errors: list[dict[str, str]] = []
         self.detector = None
+        self._detect_lock = threading.Lock()
         if detector is not None:
             from .detect import get_detector  # the detectors import the 'detect' extra lazily
 
@@ -181,55 +184,94 @@ class Predictor:
         )
 
     def predict(
-        self, images_or_paths: Any, *, batch_size: int = 32, return_errors: bool = False
+        self,
+        images_or_paths: Any,
+        *,
+        batch_size: int = 32,
+        return_errors: bool = False,
+        progress: Callable[[int], Any] | None = None,
+        workers: int | None = None,
     ) -> Predictions | tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """Predict. Returns :class:`Predictions` (the results, with ``.errors``); with
         ``return_errors=True`` the tuple ``(results, errors)``. Inputs that give no result are
-        in ``errors`` with their reason, never dropped silently (see the class docstring)."""
+        in ``errors`` with their reason, never dropped silently (see the class docstring).
+
+        Inputs are read (and their faces found and cropped) by ``workers`` threads (default:
+        up to 2, the CPUs there are), a few inputs ahead of the model, which runs a batch as soon
+        as ``batch_size`` faces are ready; results keep the input order. ``progress`` is called
+        with 1 after each input (e.g. a ``tqdm`` bar's ``update``)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(
                 f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
             )
-        self.errors = []
-        files: list[str | None] = []
-        arrays: list[np.ndarray] = []
-        extras: list[dict[str, Any]] = []  # per crop: face index, box, confidence (detector only)
-        for item in self._items(images_or_paths):
-            file = os.fspath(item) if isinstance(item, str | os.PathLike) else None
-            try:
-                if self.detector is not None:
-                    faces = self._faces(item, file)
-                    if not faces:
-                        self.errors.append({"file": file or "<array>", "reason": "no face found"})
-                    for extra, arr in faces:
-                        files.append(file)
-                        arrays.append(arr)
-                        extras.append(extra)
-                    continue
-                arr = _to_rgb_array(item, self.input_size, max_pixels=self.max_pixels)
-            except Exception as exc:
-                self.errors.append({"file": file or "<array>", "reason": _reason(exc)})
-                continue
-            files.append(file)
-            arrays.append(arr)
-            extras.append({})
-        results = Predictions(errors=self.errors)
-        if not arrays:
-            return self._returned(results, return_errors)
-        for start in range(0, len(arrays), batch_size):
-            batch = np.stack(arrays[start : start + batch_size])
-            p_female, age = self.runner(batch)
-            for j in range(len(batch)):
-                results.append(
-                    {
-                        "file": files[start + j],
-                        **extras[start + j],
-                        "age": float(age[j]),
-                        "gender": PREDICTED_GENDER_NAMES[int(p_female[j] > self.threshold)],
-                        "p_female": float(p_female[j]),
-                    }
-                )
+        if workers is None:
+            workers = max(1, min(2, os.cpu_count() or 1))
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"`workers` must be a positive int. Received: workers={workers!r}")
+        results = Predictions()
+        self.errors = results.errors  # the same list
+        pending: list[tuple[str | None, dict[str, Any], np.ndarray]] = []
+        for file, outcome in self._prepared(self._items(images_or_paths), workers):
+            if isinstance(outcome, BaseException):
+                self.errors.append({"file": file or "<array>", "reason": _reason(outcome)})
+            elif not outcome:
+                self.errors.append({"file": file or "<array>", "reason": "no face found"})
+            else:
+                pending.extend((file, extra, arr) for extra, arr in outcome)
+            while len(pending) >= batch_size:
+                self._run(pending[:batch_size], results)
+                del pending[:batch_size]
+            if progress is not None:
+                progress(1)
+        if pending:
+            self._run(pending, results)
         return self._returned(results, return_errors)
+
+    def _prepared(self, items: list[Any], workers: int):
+        """``(file, crops or the exception)`` per input, in order; read ``workers`` at a time,
+        a few inputs ahead (PIL's decoder and the model release the GIL)."""
+        def prepare(item):
+            try:
+                return self._prepare(item)
+            except Exception as exc:
+                return exc
+
+        files = [os.fspath(i) if isinstance(i, str | os.PathLike) else None for i in items]
+        if workers == 1 or len(items) < 2:
+            for file, item in zip(files, items, strict=True):
+                yield file, prepare(item)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        ahead = 4 * workers  # bounded: a folder of 100,000 photos is not read into memory at once
+        with ThreadPoolExecutor(workers, thread_name_prefix="agegender-read") as pool:
+            queue = [pool.submit(prepare, item) for item in items[:ahead]]
+            for i, file in enumerate(files):
+                outcome = queue[i].result()
+                queue[i] = None  # let the crops go once they are predicted
+                if i + ahead < len(items):
+                    queue.append(pool.submit(prepare, items[i + ahead]))
+                yield file, outcome
+
+    def _prepare(self, item: Any) -> list[tuple[dict[str, Any], np.ndarray]]:
+        """One input -> its model-sized crops: every face found (detector), else the image."""
+        if self.detector is not None:
+            return self._faces(item)
+        return [({}, _to_rgb_array(item, self.input_size, max_pixels=self.max_pixels))]
+
+    def _run(self, batch: list[tuple[str | None, dict[str, Any], np.ndarray]],
+             results: Predictions) -> None:
+        p_female, age = self.runner(np.stack([arr for _, _, arr in batch]))
+        for j, (file, extra, _) in enumerate(batch):
+            results.append(
+                {
+                    "file": file,
+                    **extra,
+                    "age": float(age[j]),
+                    "gender": PREDICTED_GENDER_NAMES[int(p_female[j] > self.threshold)],
+                    "p_female": float(p_female[j]),
+                }
+            )
 
     def _returned(
         self, results: Predictions, return_errors: bool
@@ -246,13 +288,14 @@ class Predictor:
             )
         return results
 
-    def _faces(self, item: Any, file: str | None) -> list[tuple[dict[str, Any], np.ndarray]]:
+    def _faces(self, item: Any) -> list[tuple[dict[str, Any], np.ndarray]]:
         """Detect the faces in one image and crop each like a UTKFace chip, at the model's size."""
         from .detect import CHIP_SIZE, crop_face
 
         rgb = to_rgb(item, max_pixels=self.max_pixels)  # a file: upright, by imageio's rules
         try:
-            faces = list(self.detector.detect_faces(rgb))
+            with self._detect_lock:  # one image at a time: detectors need not be thread-safe
+                faces = list(self.detector.detect_faces(rgb))
         except Exception as exc:
             raise _DetectionError(f"face detection failed: {_reason(exc)}") from None
         out = []

@@ -167,7 +167,7 @@ class ServedModel:
     predictor: Any
     summary: str | None = None
     figures: dict[str, Any] | None = None
-    detector: str = "mtcnn"
+    detector: str = "auto"
 
     def describe(self) -> dict[str, Any]:
         h, w = self.predictor.input_size
@@ -212,7 +212,7 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
                      "model file (.keras)")
 
 
-def load_served_model(model: Any = None, *, detector: Any = "mtcnn", runtime: Any = None,
+def load_served_model(model: Any = None, *, detector: Any = "auto", runtime: Any = None,
                       max_pixels: int | None = None) -> ServedModel:
     """Load the model to serve: ``None`` (the shipped default), a shipped name, a ``.keras`` path,
     or a ``keras.Model`` (tests). ``detector``: a name or an object with ``detect_faces``."""
@@ -232,7 +232,7 @@ def load_served_model(model: Any = None, *, detector: Any = "mtcnn", runtime: An
         source, name, keras_model = "object", str(getattr(model, "name", "model")), model
     predictor = Predictor(keras_model, detector=detector, runtime=runtime,
                           max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
-    detector_name = detector if isinstance(detector, str) else type(detector).__name__
+    detector_name = getattr(predictor.detector, "name", None) or type(predictor.detector).__name__
     return ServedModel(name=name, source=source, predictor=predictor, summary=summary,
                        figures=figures, detector=detector_name)
 
@@ -407,12 +407,13 @@ async def _read_form_files(request: Request, file_limit: int) -> tuple[list, lis
         await form.close()
 
 
-def create_app(model: Any = None, *, detector: Any = "mtcnn", runtime: Any = None,
+def create_app(model: Any = None, *, detector: Any = "auto", runtime: Any = None,
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int | None = None,
                served: ServedModel | None = None) -> FastAPI:
     """The FastAPI app serving ``model`` (``None``: the shipped default; a shipped name, a
-    ``.keras`` path or a ``keras.Model``), loaded now, once. ``detector``: ``"mtcnn"`` (what
-    ``agegender predict`` uses for photos), ``"haar"`` or an object with ``detect_faces``.
+    ``.keras`` path or a ``keras.Model``), loaded now, once. ``detector``: ``"auto"`` (what
+    ``agegender predict`` uses for photos: YuNet, or MTCNN where YuNet has no wheel), a detector
+    name or an object with ``detect_faces``.
     ``max_upload_mb``: the limit per file; ``max_pixels``: the library's pixel limit (default
     :data:`agegender_models.imageio.DEFAULT_MAX_PIXELS`)."""
     from agegender_models.imageio import DEFAULT_MAX_PIXELS

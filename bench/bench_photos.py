@@ -1,0 +1,126 @@
+"""The photo path end to end: read -> find the faces -> align and crop -> batch predict, in photos/s.
+
+    TF_CPP_MIN_LOG_LEVEL=3 python bench/bench_photos.py --photos ../shared/photos \
+        --detectors yunet mtcnn --out bench/bench_photos.json
+
+What ``agegender predict PHOTOS`` runs (``Predictor(model, detector=...).predict(files)``: the
+shipped model on its default runtime, photos read and their faces found and cropped by worker
+threads ahead of the model), timed from the first photo read to the last result, the model and
+detector loaded before. Two folders:
+
+* ``../shared/photos`` as it is (74 real photos: portraits, group photos, small and large);
+* a folder of a few hundred photos made from them: each photo as stored, mirrored, with its
+  longer side at 2,000 px and at 640 px, written as JPEG (quality 90) to a temporary folder.
+
+For each detector: photos/s, faces found and photos with a face, with 1 and 2 reading threads
+(``--workers``); best of ``--rounds`` rounds, after one untimed warm-up photo. The CPU's name and
+its bf16/AMX flags are written with the figures (this machine is shared: compare ratios measured
+in one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import cpu_name
+
+EXTENSIONS = {".jpg", ".jpeg", ".png"}
+
+
+def cpu_flags() -> dict[str, bool]:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        flags = []
+    return {"avx512_bf16": "avx512_bf16" in flags, "amx": any(f.startswith("amx") for f in flags)}
+
+
+def photos_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
+
+
+def make_variants(photos: list[Path], out: Path) -> list[Path]:
+    """Each photo as stored, mirrored, at 2,000 px and at 640 px on its longer side (JPEG 90)."""
+    from PIL import Image, ImageOps
+
+    written = []
+    for path in photos:
+        with Image.open(path) as im:
+            image = ImageOps.exif_transpose(im).convert("RGB")
+        w, h = image.size
+        variants = {
+            "asis": image,
+            "mirror": ImageOps.mirror(image),
+            "2000": image.resize((round(w * 2000 / max(w, h)), round(h * 2000 / max(w, h)))),
+            "640": image.resize((round(w * 640 / max(w, h)), round(h * 640 / max(w, h)))),
+        }
+        for name, variant in variants.items():
+            target = out / f"{path.stem}_{name}.jpg"
+            variant.save(target, quality=90)
+            written.append(target)
+    return written
+
+
+def measure(predictor, files: list[Path], workers: int, rounds: int) -> dict:
+    names = [str(f) for f in files]
+    predictor.predict(names[:1], return_errors=True)  # warm-up
+    best = None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        results, errors = predictor.predict(names, return_errors=True, workers=workers)
+        seconds = time.perf_counter() - start
+        if best is None or seconds < best["seconds"]:
+            best = {"seconds": round(seconds, 2), "photos_per_s": round(len(names) / seconds, 2),
+                    "faces": len(results), "photos_with_a_face": len({r["file"] for r in results}),
+                    "errors": len(errors)}
+    return best
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=Path, default=Path("../shared/photos"))
+    parser.add_argument("--detectors", nargs="+", default=["yunet", "mtcnn"])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--skip-slow", action="store_true",
+                        help="time MTCNN on the 74 photos only (it takes minutes on the larger folder)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures here (JSON)")
+    args = parser.parse_args(argv)
+
+    from agegender_models import Predictor, load_pretrained
+
+    model = load_pretrained()
+    photos = photos_in(args.photos)
+    result = {"command": "python bench/bench_photos.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "cpu": cpu_name(), **cpu_flags(), "folders": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {f"{args.photos.name} ({len(photos)} photos)": photos}
+        variants = make_variants(photos, Path(tmp))
+        folders[f"{len(variants)} photos made from them"] = variants
+        predictors = {}
+        for detector in args.detectors:
+            predictors[detector] = Predictor(model, detector=detector)
+        result["runtime"] = next(iter(predictors.values())).runner.describe()
+        for label, files in folders.items():
+            rows = result["folders"].setdefault(label, {})
+            for detector, predictor in predictors.items():
+                if detector == "mtcnn" and args.skip_slow and len(files) > len(photos):
+                    continue
+                for workers in (1, 2):
+                    rows[f"{detector}, {workers} thread(s)"] = row = measure(
+                        predictor, files, workers, args.rounds)
+                    print(f"{label}: {detector}, {workers} thread(s): {row}", flush=True)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
