@@ -125,3 +125,22 @@ def test_predict_detect_haar_for_real_on_faceless_photos(capsys, model_path, tmp
     assert payload["errors"] == [
         {"file": str(tmp_path / "gradient.png"), "reason": "no face found"}
     ]
+
+
+def test_predict_says_which_detector_ran_once_even_when_the_root_logger_prints(
+    monkeypatch, capsys, model_path, photos, width_detector
+) -> None:
+    import logging
+
+    monkeypatch.setitem(det._CLASSES, "mtcnn", width_detector)
+    monkeypatch.setattr(width_detector, "name", "mtcnn", raising=False)
+    # TensorFlow's converters call logging.basicConfig(): the root logger then prints too
+    root_handler = logging.StreamHandler()
+    logging.getLogger().addHandler(root_handler)
+    try:
+        main(["predict", "--model", str(model_path), "--detect", "mtcnn", str(photos / "a_two.jpg")])
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    err = capsys.readouterr().err
+    assert err.count("faces found by mtcnn") == 1, err
+    assert "INFO:agegender" not in err

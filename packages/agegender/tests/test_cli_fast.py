@@ -213,8 +213,13 @@ def run_until_data(tmp_path, monkeypatch):
 
     def run(config, caplog) -> list[str]:
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="agegender"), pytest.raises(_Stop):
-            training.train(config, verbose=0)
+        logger = logging.getLogger("agegender")  # the command's logger may not propagate (cli.setup)
+        logger.addHandler(caplog.handler)
+        try:
+            with caplog.at_level(logging.INFO, logger="agegender"), pytest.raises(_Stop):
+                training.train(config, verbose=0)
+        finally:
+            logger.removeHandler(caplog.handler)
         return [r.getMessage() for r in caplog.records]
 
     return run, measured

@@ -78,6 +78,8 @@ def setup(args: argparse.Namespace) -> None:
             handler.setFormatter(logging.Formatter("agegender: %(message)s"))
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
+            # shown once: TensorFlow's converters may give the root logger a handler of its own
+            logger.propagate = False
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -300,6 +302,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     # builds the detector before any image is read: a missing 'detect' extra is one clear line
     predictor = Predictor(model, detector=detector, runtime="keras")
     predictor.runner = _runner(args, model)
+    if predictor.detector is not None:
+        logging.getLogger("agegender").info(
+            "faces found by %s", getattr(predictor.detector, "name", "") or type(predictor.detector).__name__)
     predictions: list[dict[str, Any]] = []
     if files:
         from tqdm import tqdm
@@ -503,8 +508,8 @@ def _add_predict(commands) -> None:
                          help="how faces are found: each photo's faces are detected and cropped "
                          "like a UTKFace chip, one result per face with 'face', 'box' and "
                          "'confidence' (a photo with no face is listed in errors as 'no face "
-                         "found'). 'auto' (default): yunet where its wheel exists (CPython 3.11, "
-                         "x86-64 Linux/Windows), else mtcnn; 'mtcnn' is about 10x slower; 'haar' "
+                         "found'). 'auto' (default): yunet where its wheel exists (CPython 3.11 on "
+                         "x86-64 Linux), else mtcnn; 'mtcnn' is about 6x slower; 'haar' "
                          "is lighter and less accurate; 'none' takes every input as one "
                          "pre-cropped face (a UTKFace-style chip)")
     predict.add_argument("--annotate", default=None, metavar="DIR",
