@@ -204,7 +204,10 @@ def test_a_killed_worker_restarted_resumes_the_cluster_from_its_backup(faces: Pa
 
     assert exits["worker0"] == [3], exits  # the chief lost worker 1 once, and said so in one line
     lost = launcher.text("worker0", 0)
-    assert "agegender: error: the cluster lost worker 1" in lost and "Traceback" not in lost, lost
+    # TensorFlow words the loss several ways (the peer named by address or device path, or not
+    # at all); test_cluster.py checks the naming on the words seen so far
+    assert re.search(r"agegender: error: the cluster lost (worker 1|a task) \(", lost), lost
+    assert "Traceback" not in lost and lost.count("agegender: error:") == 1, lost
     # both resumed from the same backup of an epoch that had finished, not from the start
     resumed = [re.findall(r"resumes after epoch (\d+)", launcher.text(name)) for name in names]
     assert resumed[0] == resumed[1] and len(resumed[0]) == 1 and int(resumed[0][0]) in (1, 2), (

@@ -119,3 +119,30 @@ def test_a_phase_finished_on_one_worker_only_trains_again(tmp_path: Path, monkey
         path.write_text("end state")
     cluster.Agreement(None).phases(done)
     assert [path.is_file() for path in done] == [True, False, False]
+
+
+WORKERS = {"worker": ["127.0.0.1:5001", "127.0.0.1:5002"]}
+# INCARNATION: what TensorFlow 2.21 said on the chief in a CI run of the killed-worker test (the
+# restarted worker reconnected before the chief noticed the loss); COLLECTIVE: the device-path
+# line of the usual lost-peer report
+INCARNATION = ("Error reported from /job:worker/task:1: /job:worker/replica:0/task:1 unexpectedly "
+               "tried to connect with a different incarnation. It has likely restarted.")
+COLLECTIVE = ("Collective ops is aborted by: failed to connect to all addresses\n"
+              "Additional GRPC error information from remote target /job:worker/replica:0/task:1\n"
+              "/job:worker/replica:0/task:1\n")
+
+
+@pytest.mark.parametrize("message", [INCARNATION, COLLECTIVE, "unreachable: 127.0.0.1:5002"])
+def test_a_lost_peer_is_named_in_one_line_however_tensorflow_words_it(monkeypatch, message) -> None:
+    from agegender import training
+
+    class Lost(Exception):
+        pass
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": WORKERS, "task": {"type": "worker", "index": 0}}))
+    line = training._lost_task(Lost(message), None)
+    assert line.startswith("the cluster lost worker 1 (Lost: ") and "\n" not in line, line
+    # worker 1 reading the same words about worker 0 names worker 0, never itself
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": WORKERS, "task": {"type": "worker", "index": 1}}))
+    other = training._lost_task(Lost(message.replace("task:1", "task:0").replace(":5002", ":5001")), "kept")
+    assert other.startswith("the cluster lost worker 0 ") and other.endswith("is kept in kept)"), other

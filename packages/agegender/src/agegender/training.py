@@ -164,9 +164,12 @@ def _lost_task(exc, kept: str | None) -> str:
 
     text = getattr(exc, "message", str(exc))
     task = cluster.cluster_task()
+    # a peer is named by its address or its device path ("/job:worker/replica:0/task:1", or
+    # "/job:worker/task:1" when a restarted peer reconnects with a new incarnation); never itself
     lost = [f"{kind} {index}" for kind, addresses in (task.cluster.items() if task else ())
             for index, address in enumerate(addresses)
-            if address in text or re.search(rf"^/job:{kind}/replica:\d+/task:{index}$", text, re.M)]
+            if (kind, index) != (task.task_type, task.task_id)
+            and (address in text or re.search(rf"/job:{kind}(/replica:\d+)?/task:{index}(?!\d)", text))]
     found = re.search(r"Collective ops is aborted by: (.*)", text)
     reason = found.group(1) if found else (text.strip().splitlines() or [""])[-1]
     state = f" (this worker's resume state is kept in {kept})" if kept else ""
