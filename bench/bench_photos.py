@@ -27,18 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import cpu_name
-
 EXTENSIONS = {".jpg", ".jpeg", ".png"}
-
-
-def cpu_flags() -> dict[str, bool]:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        flags = []
-    return {"avx512_bf16": "avx512_bf16" in flags, "amx": any(f.startswith("amx") for f in flags)}
 
 
 def photos_in(folder: Path) -> list[Path]:
@@ -93,11 +82,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from agegender_models import Predictor, load_pretrained
+    from agegender_models._cache import cpu_description
 
     model = load_pretrained()
+    cpu = cpu_description()
     photos = photos_in(args.photos)
     result = {"command": "python bench/bench_photos.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "cpu": cpu_name(), **cpu_flags(), "folders": {}}
+              "cpu": cpu["model"], "avx512_bf16": cpu["avx512_bf16"], "amx": cpu["amx_bf16"],
+              "folders": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folders = {f"{args.photos.name} ({len(photos)} photos)": photos}
         variants = make_variants(photos, Path(tmp))

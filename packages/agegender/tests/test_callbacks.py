@@ -103,6 +103,16 @@ def _backed_up(folder: Path, epochs: int, double_checkpoint: bool):
     return backup, model, callback, by_epoch
 
 
+def _restarted(backup, folder: Path, double_checkpoint: bool):
+    """A new model (other initial weights) restored by a new backup callback, as a restarted
+    process's ``fit`` does at its start."""
+    restarted = _model(seed=2)
+    again = backup(str(folder), double_checkpoint=double_checkpoint)
+    again.set_model(restarted)
+    again.on_train_begin()
+    return restarted
+
+
 @pytest.mark.parametrize("double_checkpoint", [False, True])
 def test_backup_killed_while_writing_resumes_from_the_last_whole_backup(
         tmp_path: Path, monkeypatch, double_checkpoint: bool) -> None:
@@ -120,10 +130,7 @@ def test_backup_killed_while_writing_resumes_from_the_last_whole_backup(
         callback.on_epoch_end(2)
     monkeypatch.undo()
 
-    restarted = _model(seed=2)
-    again = backup(str(folder), double_checkpoint=double_checkpoint)
-    again.set_model(restarted)
-    again.on_train_begin()
+    restarted = _restarted(backup, folder, double_checkpoint)
     assert restarted._initial_epoch == 2
     assert _same(restarted.get_weights(), by_epoch[2])
 
@@ -137,9 +144,6 @@ def test_backup_killed_between_its_two_renames_goes_back_to_the_epoch_before(tmp
     backup, model, callback, by_epoch = _backed_up(folder, 3, True)
     shutil.copyfile(folder / "training_metadata.json.bkp", folder / "training_metadata.json")
 
-    restarted = _model(seed=2)
-    again = backup(str(folder), double_checkpoint=True)
-    again.set_model(restarted)
-    again.on_train_begin()
+    restarted = _restarted(backup, folder, True)
     assert restarted._initial_epoch == 2
     assert _same(restarted.get_weights(), by_epoch[2])

@@ -171,6 +171,14 @@ class Predictor:
 
         self.runner = get_runner(self.model, runtime)
 
+    @property
+    def detector_name(self) -> str | None:
+        """The detector's name (``"yunet"``, ``"mtcnn"``, ...; another object's class name), or
+        None when images are taken as chips."""
+        if self.detector is None:
+            return None
+        return getattr(self.detector, "name", "") or type(self.detector).__name__
+
     def _items(self, images_or_paths: Any) -> list[Any]:
         if isinstance(images_or_paths, str | os.PathLike | Image.Image):
             return [images_or_paths]

@@ -303,8 +303,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(model, detector=detector, runtime="keras")
     predictor.runner = _runner(args, model)
     if predictor.detector is not None:
-        logging.getLogger("agegender").info(
-            "faces found by %s", getattr(predictor.detector, "name", "") or type(predictor.detector).__name__)
+        logging.getLogger("agegender").info("faces found by %s", predictor.detector_name)
     predictions: list[dict[str, Any]] = []
     if files:
         from tqdm import tqdm

@@ -232,9 +232,8 @@ def load_served_model(model: Any = None, *, detector: Any = "auto", runtime: Any
         source, name, keras_model = "object", str(getattr(model, "name", "model")), model
     predictor = Predictor(keras_model, detector=detector, runtime=runtime,
                           max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
-    detector_name = getattr(predictor.detector, "name", None) or type(predictor.detector).__name__
     return ServedModel(name=name, source=source, predictor=predictor, summary=summary,
-                       figures=figures, detector=detector_name)
+                       figures=figures, detector=predictor.detector_name)
 
 
 class _Inference:
