@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,22 @@ from agegender_models.saving import ModelFileError
 
 def test_the_shipped_model_loads_offline_with_its_checksum() -> None:
     info = pretrained_info()
-    assert list_pretrained()[0] == info["name"] == "mobilenet-v2-utkface"
-    path = pre.pretrained_path()
-    assert path.stat().st_size < 15e6  # at most 15 MB per model in the wheel
-    model = load_pretrained()
-    assert tuple(model.inputs[0].shape[1:]) == (info["input_size"], info["input_size"], 3)
-    assert set(model.output_names) == {"gender", "age"}
+    assert list_pretrained() == ["mobilenet-v2-dlib-utkface", "mobilenet-v2-utkface"]
+    assert info["name"] == "mobilenet-v2-dlib-utkface"
+    models = {}
+    for name in list_pretrained():
+        # at most 15 MB per model in the wheel, which stores each file deflated (zip level 6)
+        data = pre.pretrained_path(name).read_bytes()
+        assert len(zlib.compress(data, 6)) < 15e6
+        models[name] = model = load_pretrained(name)
+        size = pretrained_info(name)["input_size"]
+        assert tuple(model.inputs[0].shape[1:]) == (size, size, 3)
+        assert set(model.output_names) == {"gender", "age"}
+    # the default holds dlib's face descriptor, its kernels int8, and its two read-outs
+    default = models[info["name"]]
+    assert {"face_descriptor", "descriptor_gender", "descriptor_age"} <= {layer.name for layer in default.layers}
+    kernels = [w for w in default.get_layer("face_descriptor").weights if w.name == "codes"]
+    assert len(kernels) == 29 and {w.dtype for w in kernels} == {"int8"}
     assert Path(info["card"]).is_file() and "non-commercial" in Path(info["card"]).read_text()
     with pytest.raises(ValueError, match="no pretrained model 'nope'"):
         load_pretrained("nope")
@@ -76,7 +87,7 @@ class TwoFaces:
 @pytest.mark.parametrize(("width", "height"), [(320, 240), (2400, 1600)])
 def test_annotate_writes_each_photo_boxed_and_labelled(tmp_path: Path, monkeypatch, capsys,
                                                         width: int, height: int) -> None:
-    for name in ("yunet", "mtcnn"):  # what the default, --detect auto, may pick
+    for name in ("yunet-onet", "mtcnn"):  # what the default, --detect auto, may pick
         monkeypatch.setitem(det._CLASSES, name, TwoFaces)
     photo = _photo(tmp_path / "group.png", width, height)
     out = tmp_path / "annotated"
@@ -100,6 +111,6 @@ def test_predictor_without_a_model_uses_the_shipped_one(tmp_path: Path) -> None:
     from agegender_models import Predictor
 
     chip = _photo(tmp_path / "chip.jpg", 200, 200)
-    default, named = Predictor(), Predictor("mobilenet-v2-utkface")
+    default, named = Predictor(), Predictor("mobilenet-v2-dlib-utkface")
     assert default.predict([chip])[0]["p_female"] == pytest.approx(named.predict([chip])[0]["p_female"])
     assert tuple(default.model.inputs[0].shape[1:3]) == (192, 192)

@@ -130,15 +130,15 @@ def test_to_rgb_rejects_other_shapes() -> None:
 def test_get_detector_by_name_instance_and_unknown() -> None:
     fake = FakeDetector()
     assert get_detector(fake) is fake
-    with pytest.raises(ValueError, match=r"\['auto', 'yunet', 'mtcnn', 'haar'\]. Received: detector='yolo'"):
+    with pytest.raises(ValueError, match=r"\['auto', 'yunet-onet', 'yunet', 'mtcnn', 'haar'\]. Received: detector='yolo'"):
         get_detector("yolo")
     with pytest.raises(TypeError, match="detect_faces"):
         get_detector(object())
 
 
-def test_auto_is_yunet_where_its_wheel_is_installed_else_mtcnn(monkeypatch) -> None:
+def test_auto_is_yunet_onet_where_its_wheel_is_installed_else_mtcnn(monkeypatch) -> None:
     monkeypatch.setattr(det, "yunet_available", lambda: True)
-    assert det.resolve_detector_name("auto") == "yunet"
+    assert det.resolve_detector_name("auto") == "yunet-onet"
     monkeypatch.setattr(det, "yunet_available", lambda: False)
     assert det.resolve_detector_name("auto") == "mtcnn"
     assert det.resolve_detector_name("haar") == "haar"
@@ -164,6 +164,48 @@ def _yunet_images():
         if path.is_file():
             images.append(to_rgb(path))
     return images
+
+
+def test_yunet_onet_keeps_yunets_faces_and_places_onets_landmarks_on_the_square(monkeypatch) -> None:
+    pytest.importorskip("yuface")
+    pytest.importorskip("mtcnn")
+    detector = get_detector("yunet-onet")
+    found = Face((100.0, 50.0, 40.0, 60.0), 0.9, {"left_eye": (0.0, 0.0)}, "yunet")
+    monkeypatch.setattr(det.YuNetDetector, "_detect", lambda self, rgb: [found])
+    seen = []
+
+    def onet(patches):  # every landmark at 1/4 of the square across, 3/4 down
+        seen.append(np.asarray(patches))
+        marks = np.concatenate([np.full((len(patches), 5), 0.25), np.full((len(patches), 5), 0.75)], 1)
+        return None, marks, None
+
+    detector._onet = onet
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[50:110, 100:140] = 255  # YuNet's box, white
+    (face,) = detector.detect_faces(image)
+    assert face.box == found.box and face.confidence == found.confidence
+    assert face.detector == "yunet-onet" and set(face.landmarks) == set(det.LANDMARKS)
+    # the square: 60 px around the box centre (120, 80), from (90, 50); x0 + f * (side + 1) - 1
+    assert face.landmarks["nose"] == pytest.approx((90 + 0.25 * 61 - 1, 50 + 0.75 * 61 - 1))
+    # ONet saw that square as 48x48, MTCNN-normalised: the box white (1.0), its sides black
+    patch = seen[0][0]
+    assert patch.shape == (48, 48, 3)
+    assert patch[24, 24, 0] == pytest.approx(127.5 / 128) and patch[24, 2, 0] == pytest.approx(-127.5 / 128)
+    assert LANDMARK_GEOMETRY["yunet-onet"] == LANDMARK_GEOMETRY["mtcnn"]
+
+
+@pytest.mark.skipif(not (SHARED_PHOTOS / "fr_obama.jpg").is_file(), reason="needs ../shared/photos")
+def test_yunet_onet_landmarks_are_mtcnns_on_a_real_face() -> None:
+    pytest.importorskip("yuface")
+    pytest.importorskip("mtcnn")
+    rgb = to_rgb(SHARED_PHOTOS / "fr_obama.jpg")
+    (hybrid,) = get_detector("yunet-onet").detect_faces(rgb)
+    (own,) = get_detector("yunet").detect_faces(rgb)
+    (mtcnn,) = get_detector("mtcnn").detect_faces(rgb)
+    assert hybrid.box == own.box
+    # measured: within 3 px of MTCNN's on this 100-px-wide face
+    for key in det.LANDMARKS:
+        assert np.hypot(*np.subtract(hybrid.landmarks[key], mtcnn.landmarks[key])) < 6, key
 
 
 def test_yunet_calls_libfacedetection_as_its_own_binding_does_without_leaking() -> None:
@@ -469,10 +511,10 @@ def test_predict_reads_ahead_in_threads_keeps_the_order_and_reports_progress(
 # the real detectors (the `detect` extra) on generated images
 
 
-MODULES = {"mtcnn": "mtcnn", "haar": "cv2", "yunet": "yuface"}
+MODULES = {"mtcnn": "mtcnn", "haar": "cv2", "yunet": "yuface", "yunet-onet": "yuface"}
 
 
-@pytest.mark.parametrize("name", ["yunet", "mtcnn", "haar"])
+@pytest.mark.parametrize("name", ["yunet-onet", "yunet", "mtcnn", "haar"])
 def test_real_detector_runs_on_generated_images(name: str) -> None:
     pytest.importorskip(MODULES[name])
     detector = get_detector(name, max_side=512)
@@ -496,7 +538,7 @@ DATA = os.environ.get("UTKFACE_DIR")
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA or not Path(DATA).is_dir(), reason="set UTKFACE_DIR to a chip folder")
-@pytest.mark.parametrize("name", ["yunet", "mtcnn", "haar"])
+@pytest.mark.parametrize("name", ["yunet-onet", "yunet", "mtcnn", "haar"])
 def test_real_chips_pasted_into_a_photo_are_found_and_recropped(name: str) -> None:
     pytest.importorskip(MODULES[name])
     detector = get_detector(name)

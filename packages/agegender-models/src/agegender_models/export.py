@@ -29,7 +29,10 @@ converter, and ``onnxruntime`` to check the result); without it :func:`export_mo
 
 **Any model exports, whatever precision it computes in**: a model trained in ``mixed_bfloat16``
 (whose bfloat16 convolutions neither TFLite nor ONNX Runtime's CPU provider can run) is exported
-as its float32 copy (:func:`agegender_models.precision.float32_copy`: the same weights).
+as its float32 copy (:func:`agegender_models.precision.float32_copy`: the same weights), and
+int8-stored kernels (:class:`agegender_models.layers.QuantizedConv2D`, the shipped default's face
+descriptor) as float32 ones (:func:`agegender_models.layers.dequantized_copy`), which the
+converters fold into constants and TFLite runs on its accelerated kernels.
 
 **Quantization** (``quantize=``, TFLite and ONNX): ``"float16"`` stores the weights in float16
 (half the file); ``"int8"`` is post-training static quantization calibrated on ``calibration``
@@ -62,6 +65,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from .layers import dequantized_copy
 from .precision import float32_copy
 from .runtime import Runner, artefact_runner, keras_runner, savedmodel_runner
 from .saving import load_model
@@ -372,7 +376,7 @@ def convert_model(model: keras.Model, format: str, *, quantize: str = "none",
     _check_options(format, quantize)
     if format == "savedmodel":
         raise ExportFormatError("a SavedModel is a folder: use export_model")
-    model = float32_copy(model)
+    model = dequantized_copy(float32_copy(model))
     what = f"{format}" + ("" if quantize == "none" else f" {quantize}")
     data = _calibration(model, calibration) if quantize == "int8" else None
     with _converting(what):
@@ -432,7 +436,8 @@ def export_model(
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             with _converting("savedmodel"):
-                _serving_archive(float32_copy(model)).write_out(str(staging / "sm"), verbose=False)
+                _serving_archive(dequantized_copy(float32_copy(model))).write_out(
+                    str(staging / "sm"), verbose=False)
             if check is not False:
                 with _converting(f"running {what}"):
                     parity = check_parity(model, savedmodel_runner(staging / "sm"), check, what=what)

@@ -105,3 +105,81 @@ class BoundedAge(keras.layers.Layer):
         config.pop("dtype", None)
         config.update(min_age=self.min_age, max_age=self.max_age)
         return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantizedConv2D(keras.layers.Layer):
+    """A 2-D convolution whose kernel is kept as int8 codes with a scale and an offset per output
+    channel (``kernel = codes * scale + offset``), dequantized when called: a quarter of a
+    float32 kernel's size in a saved model. For pretrained weights stored that way (see
+    :mod:`agegender_models.face_descriptor`); not trainable.
+    """
+
+    def __init__(self, filters: int, kernel_size: int, strides: int = 1, padding: str = "same",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides = int(filters), int(kernel_size), int(strides)
+        if padding not in ("same", "valid"):
+            raise ValueError(f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}")
+        self.padding = padding
+        self.trainable = False
+
+    def build(self, input_shape):
+        shape = (self.kernel_size, self.kernel_size, int(input_shape[-1]), self.filters)
+        self.codes = self.add_weight(name="codes", shape=shape, dtype="int8", initializer="zeros",
+                                     trainable=False)
+        self.scale = self.add_weight(name="scale", shape=(self.filters,), initializer="ones",
+                                     trainable=False)
+        self.offset = self.add_weight(name="offset", shape=(self.filters,), initializer="zeros",
+                                      trainable=False)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros",
+                                    trainable=False)
+
+    def call(self, inputs):
+        kernel = ops.cast(self.codes, self.compute_dtype) * ops.cast(self.scale, self.compute_dtype)
+        kernel = kernel + ops.cast(self.offset, self.compute_dtype)
+        y = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding)
+        return y + ops.cast(self.bias, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        def side(n):
+            if n is None:
+                return None
+            return -(-n // self.strides) if self.padding == "same" else (n - self.kernel_size) // self.strides + 1
+        return (input_shape[0], side(input_shape[1]), side(input_shape[2]), self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
+                      padding=self.padding)
+        return config
+
+
+def dequantized_copy(model: keras.Model) -> keras.Model:
+    """``model`` itself if it has no :class:`QuantizedConv2D`; else a copy where each is a plain
+    ``Conv2D`` holding its float32 kernel (the same outputs). What converters get: TFLite does not
+    fold the dequantization of large kernels, and runs convolutions whose kernels are computed at
+    run time without its accelerated (XNNPACK) kernels, about 3x slower."""
+    import numpy as np
+
+    def leaves(m: keras.Model) -> list:
+        return [layer for layer in m._flatten_layers(include_self=False, recursive=True)
+                if not isinstance(layer, keras.Model)]
+
+    if not any(isinstance(layer, QuantizedConv2D) for layer in leaves(model)):
+        return model
+
+    def plain(layer):
+        if isinstance(layer, QuantizedConv2D):
+            return keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
+                                       padding=layer.padding, name=layer.name, trainable=False)
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=plain, recursive=True)
+    for source, target in zip(leaves(model), leaves(copy), strict=True):
+        if isinstance(source, QuantizedConv2D):
+            codes, scale, offset, bias = source.get_weights()
+            target.set_weights([codes.astype(np.float32) * scale + offset, bias])
+        elif source.weights:
+            target.set_weights(source.get_weights())
+    return copy

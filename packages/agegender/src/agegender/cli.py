@@ -5,6 +5,8 @@
     agegender predict --model runs/model_a/model.keras face1.jpg faces/ --json
     agegender predict-batch faces/ --model runs/model_a/model.keras --out results/   # on Ray
     agegender export --model runs/model_a/model.keras --format tflite --out model.tflite
+    agegender fit-readouts --model runs/mnv2/model.keras --face-api DIR --data-dir DIR \
+        --splits runs/mnv2/splits --out runs/mnv2_readouts     # + dlib's face descriptor
 
 ``--help`` answers without importing TensorFlow; TensorFlow is loaded (quietly, unless
 ``--verbose``) only by the command that needs it.
@@ -26,11 +28,12 @@ from typing import Any
 
 from agegender.cluster import ClusterError, cluster_task
 from agegender.config import add_train_options, list_recipes, resolve_config
+from agegender.readouts import DEFAULTS as READOUT_DEFAULTS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # agegender_models.detect.DETECTORS and agegender_models.export.FORMATS, repeated here so that
 # --help need not import the library (and TensorFlow with it); a test checks that they agree.
-DETECTORS = ("auto", "yunet", "mtcnn", "haar")
+DETECTORS = ("auto", "yunet-onet", "yunet", "mtcnn", "haar")
 EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "int8")  # agegender_models.export.QUANTIZATIONS
 RUNTIMES = ("auto", "keras", "tflite", "onnx")  # agegender_models.runtime.RUNTIMES
@@ -507,8 +510,10 @@ def _add_predict(commands) -> None:
                          help="how faces are found: each photo's faces are detected and cropped "
                          "like a UTKFace chip, one result per face with 'face', 'box' and "
                          "'confidence' (a photo with no face is listed in errors as 'no face "
-                         "found'). 'auto' (default): yunet where its wheel exists (CPython 3.11 on "
-                         "x86-64 Linux), else mtcnn; 'mtcnn' is about 6x slower; 'haar' "
+                         "found'). 'auto' (default): yunet-onet where YuNet's wheel exists (CPython "
+                         "3.11 on x86-64 Linux), else mtcnn; 'yunet-onet' is YuNet's faces with "
+                         "MTCNN's landmarks (its last stage), 'yunet' YuNet's own landmarks (crops "
+                         "the models read less well); 'mtcnn' is about 5x slower; 'haar' "
                          "is lighter and less accurate; 'none' takes every input as one "
                          "pre-cropped face (a UTKFace-style chip)")
     predict.add_argument("--annotate", default=None, metavar="DIR",
@@ -542,7 +547,7 @@ def _add_predict_batch(commands) -> None:
     batch.add_argument("--detect", choices=(*DETECTORS, "none"), default="auto",
                        help="as predict's: faces found and cropped like chips, one row per face "
                        "(a photo without one is an error, 'no face found'); 'none' takes every "
-                       "input as one pre-cropped chip. Default: auto (yunet, else mtcnn)")
+                       "input as one pre-cropped chip. Default: auto (yunet-onet, else mtcnn)")
     batch.add_argument("--runner", default="local", metavar="local|auto|ADDRESS",
                        help="'local' (default): Ray on this machine; 'auto': the Ray cluster started "
                        "here with 'ray start'; 'ray://HOST:10001': a cluster elsewhere")
@@ -596,6 +601,72 @@ def _add_cache(commands) -> None:
     cache.add_argument("--clear", action="store_true", help="forget every verdict and artefact")
 
 
+def _cmd_fit_readouts(args: argparse.Namespace) -> int:
+    shipped = _shipped_models()
+    model = Path(args.model)
+    if not model.is_file() and args.model not in shipped.get("models", {}):
+        raise CLIError(f"model file not found: {args.model} (not a file, nor a shipped model"
+                       f"{_shipped_names_text()})")
+    for label, folder in (("--face-api", args.face_api), ("--data-dir", args.data_dir),
+                          ("--splits", args.splits)):
+        if not folder or not Path(folder).is_dir():
+            raise CLIError(f"{label}: folder not found: {folder}")
+    setup(args)
+    from agegender.evaluation import format_summary
+    from agegender.readouts import run_fit_readouts
+    from agegender_models.pretrained import pretrained_path
+
+    if not model.is_file():
+        model = pretrained_path(args.model)
+    options = {key: getattr(args, key) for key in ("gender_c", "age_alpha", "gate_age",
+                                                   "gate_width", "age_weight")}
+    metrics = run_fit_readouts(model_path=model, face_api=Path(args.face_api),
+                               data_dir=Path(args.data_dir), splits=Path(args.splits),
+                               out=Path(args.out), fit_on=args.fit_on, **options)
+    print(format_summary({"test": metrics["test"]}) if "test" in metrics else "no test split")
+    print(f"model: {Path(args.out) / 'model.keras'}")
+    return 0
+
+
+def _add_fit_readouts(commands) -> None:
+    from_defaults = "(default: %(default)s, chosen on our validation split)"
+    fit = _subcommand(
+        commands, "fit-readouts",
+        help="blend a trained model with read-outs of dlib's face descriptor (the shipped model's "
+        "last step)",
+        description="Fit a logistic (gender) and a ridge (age) read-out of dlib's face recognition "
+        "network's features on the training images, blend them into the model's outputs and write "
+        "OUT/model.keras, OUT/config.json, OUT/metrics.json and, when SPLITS has test.csv, the "
+        "blended model's test report (OUT/report/). Needs face-api.js' face recognition weights "
+        "(npm package @vladmandic/face-api, folder model/: face_recognition_model-weights_manifest"
+        ".json and face_recognition_model.bin). About a minute on 2 CPU cores.",
+        func=_cmd_fit_readouts,
+    )
+    fit.add_argument("--model", required=True, metavar="NAME_OR_PATH",
+                     help="the trained model (.keras) or a shipped model's name")
+    fit.add_argument("--face-api", required=True, metavar="DIR",
+                     help="folder holding face-api.js' face recognition model files")
+    fit.add_argument("--data-dir", default=os.environ.get("UTKFACE_DIR"),
+                     help="folder of UTKFace images (default: $UTKFACE_DIR)")
+    fit.add_argument("--splits", required=True, metavar="DIR",
+                     help="folder of split CSVs (train.csv, val.csv, test.csv), e.g. a run's splits/")
+    fit.add_argument("--fit-on", default="train+val", choices=("train", "train+val"),
+                     help="the images the read-outs are fitted on (default: train+val)")
+    fit.add_argument("--out", required=True, help="folder to write")
+    fit.add_argument("--gender-c", type=float, default=READOUT_DEFAULTS["gender_c"],
+                     help=f"inverse L2 strength of the gender read-out {from_defaults}")
+    fit.add_argument("--age-alpha", type=float, default=READOUT_DEFAULTS["age_alpha"],
+                     help=f"L2 strength of the age read-out {from_defaults}")
+    fit.add_argument("--gate-age", type=float, default=READOUT_DEFAULTS["gate_age"],
+                     help=f"predicted age (years) at which the descriptor's gender gets half the "
+                     f"weight {from_defaults}")
+    fit.add_argument("--gate-width", type=float, default=READOUT_DEFAULTS["gate_width"],
+                     help=f"how fast that weight grows with age: 27 %% at gate-age minus this, 73 %% "
+                     f"at gate-age plus this {from_defaults}")
+    fit.add_argument("--age-weight", type=float, default=READOUT_DEFAULTS["age_weight"],
+                     help=f"weight of the descriptor's age {from_defaults}")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     # the serve extra (FastAPI, uvicorn) loads only here, before TensorFlow: a missing one says so
     from agegender.serve import serve_from_args
@@ -640,7 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow's own start-up and log lines")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_predict, _add_predict_batch, _add_export, _add_cache, _add_serve):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_predict_batch, _add_export,
+                _add_fit_readouts, _add_cache, _add_serve):
         add(commands)
     return parser
 

@@ -1,0 +1,136 @@
+"""Blend a trained model with linear read-outs of dlib's face descriptor (``agegender fit-readouts``).
+
+The last step of the shipped default model: the trained MobileNetV2 stays as it is; dlib's face
+recognition network (:mod:`agegender_models.face_descriptor`) turns each training image into 256
+features; a logistic regression reads gender from them and a ridge regression age; the two are
+blended into the model's outputs (:func:`agegender_models.face_descriptor.with_descriptor_readouts`).
+Nothing is trained by gradient descent, so the step takes a minute on 2 CPU cores.
+
+scikit-learn fits the read-outs (features standardised, then ``LogisticRegression(C)`` and
+``Ridge(alpha)``); the standardisation is folded into each read-out's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# chosen on the validation split with a MobileNetV2 trained on the training split alone
+# (results/NOTEBOOK.md, "A face descriptor for gender and age"); the command's defaults
+DEFAULTS = {"gender_c": 0.01, "age_alpha": 10.0, "gate_age": 10.0, "gate_width": 4.0,
+            "age_weight": 0.2}
+SPLITS = ("train", "val", "test")
+
+
+class ReadoutError(ValueError):
+    """The read-outs cannot be fitted as asked (missing split, too few images of a gender)."""
+
+
+def descriptor_features(descriptor, frame, root: Path, *, image_size: int,
+                        batch_size: int = 64) -> np.ndarray:
+    """The descriptor's features of every row of a split frame, read at ``image_size`` exactly as
+    evaluation reads them and resized inside as the blended model resizes them."""
+    import keras
+
+    import utkface_data
+    from agegender_models.face_descriptor import DESCRIPTOR_INPUT
+
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    if image_size != DESCRIPTOR_INPUT:
+        x = keras.ops.image.resize(x, (DESCRIPTOR_INPUT, DESCRIPTOR_INPUT), interpolation="bilinear")
+    features = keras.Model(inputs, descriptor(x))
+    dataset = utkface_data.make_dataset(frame, root=root, image_size=(image_size, image_size),
+                                        batch_size=batch_size, scaling="uint8")
+    return np.asarray(features.predict(dataset, verbose=0), dtype="float64")
+
+
+def fit_readouts(features: np.ndarray, gender: np.ndarray, age: np.ndarray, *,
+                 gender_c: float = DEFAULTS["gender_c"],
+                 age_alpha: float = DEFAULTS["age_alpha"]) -> dict[str, tuple[np.ndarray, float]]:
+    """``{"gender": (coef, intercept), "age": (coef, intercept)}`` on raw features: a logistic
+    regression of gender (1 = female) and a ridge regression of age (years), each fitted on
+    standardised features with the standardisation folded back in."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    gender = np.asarray(gender).astype(int)
+    counts = np.bincount(gender, minlength=2)
+    if len(counts) > 2 or counts.min() < 2:
+        raise ReadoutError(f"gender must hold 0 (male) and 1 (female), at least 2 images each. "
+                           f"Received counts {counts.tolist()}")
+    scaler = StandardScaler().fit(features)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    z = (features - scaler.mean_) / scale
+    out = {}
+    for key, fitted in (
+        ("gender", LogisticRegression(C=gender_c, max_iter=5000).fit(z, gender)),
+        ("age", Ridge(alpha=age_alpha).fit(z, np.asarray(age, dtype="float64"))),
+    ):
+        coef = np.ravel(fitted.coef_) / scale
+        intercept = float(np.ravel(fitted.intercept_)[0]) - float(np.sum(coef * scaler.mean_))
+        out[key] = (coef, intercept)
+    return out
+
+
+def _split_frames(splits: Path, root: Path, names: list[str]) -> dict[str, Any]:
+    import utkface_data
+
+    frames = {}
+    for name in names:
+        path = splits / f"{name}.csv"
+        if not path.is_file():
+            raise ReadoutError(f"split file not found: {path}")
+        frames[name] = utkface_data.load_split_file(path, root=root)
+    return frames
+
+
+def run_fit_readouts(*, model_path: Path, face_api: Path, data_dir: Path, splits: Path, out: Path,
+                     fit_on: str = "train+val", **options: float) -> dict[str, Any]:
+    """Fit the read-outs on ``fit_on`` (``train`` or ``train+val``) of ``splits``, blend them into
+    the model at ``model_path`` and write ``out/model.keras`` (no optimizer state),
+    ``out/config.json`` and, when ``splits`` has a test split, ``out/metrics.json`` and the
+    evaluation report of the blended model on it (``out/report/``). Returns the metrics."""
+    from agegender.evaluation import write_evaluation
+    from agegender_models import load_model, save_model
+    from agegender_models.face_descriptor import face_descriptor_model, with_descriptor_readouts
+
+    settings = {**DEFAULTS, **options}
+    fit_names = fit_on.split("+")
+    if not fit_names or set(fit_names) - {"train", "val"}:
+        raise ReadoutError(f"--fit-on must be 'train' or 'train+val'. Received: {fit_on!r}")
+    started = time.perf_counter()
+    descriptor = face_descriptor_model(face_api)
+    has_test = (splits / "test.csv").is_file()
+    frames = _split_frames(splits, data_dir, fit_names + (["test"] if has_test else []))
+    base = load_model(model_path)
+    size = int(base.inputs[0].shape[1])
+    fit = [frames[name] for name in fit_names]
+    features = np.concatenate([descriptor_features(descriptor, f, data_dir, image_size=size)
+                               for f in fit])
+    readouts = fit_readouts(
+        features, np.concatenate([f["gender"].to_numpy() for f in fit]),
+        np.concatenate([f["age"].to_numpy() for f in fit]),
+        gender_c=settings["gender_c"], age_alpha=settings["age_alpha"])
+    model = with_descriptor_readouts(
+        base, descriptor, gender=readouts["gender"], age=readouts["age"],
+        gate_age=settings["gate_age"], gate_width=settings["gate_width"],
+        age_weight=settings["age_weight"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, out / "model.keras", include_optimizer=False)
+    config = {"model": str(model_path), "face_api": str(face_api), "data_dir": str(data_dir),
+              "splits": str(splits), "fit_on": fit_on, "images": int(len(features)), **settings}
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    metrics: dict[str, Any] = {"config": config}
+    if has_test:
+        result = write_evaluation(model, frames["test"], data_dir, out / "report", image_size=size,
+                                  title=f"{model_path} blended with dlib face descriptor read-outs",
+                                  extra=config)
+        metrics["test"] = result.to_dict()
+    metrics["wall_s"] = round(time.perf_counter() - started, 1)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics

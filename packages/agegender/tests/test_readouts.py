@@ -1,0 +1,111 @@
+"""`agegender fit-readouts`: read-outs of dlib's face descriptor fitted and blended into a model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegender.cli import main as cli_main
+from agegender.readouts import ReadoutError, fit_readouts
+from agegender_models import create_model, load_model, save_model
+
+
+def test_fit_readouts_recovers_a_linear_signal_on_raw_features() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(5.0, [1.0, 3.0, 0.5, 2.0], (400, 4))  # offsets and scales differ
+    gender = (features[:, 0] - 5.0 + 0.3 * rng.normal(size=400) > 0).astype(int)
+    age = 30 + 4 * (features[:, 1] - 5.0) + rng.normal(0, 0.5, 400)
+    out = fit_readouts(features, gender, age, gender_c=10.0, age_alpha=0.1)
+    coef, intercept = out["gender"]
+    accuracy = ((features @ coef + intercept > 0) == gender).mean()
+    assert accuracy > 0.9 and abs(coef[0]) > 5 * abs(coef[2])
+    coef, intercept = out["age"]
+    assert np.abs(features @ coef + intercept - age).mean() < 0.6
+    assert coef[1] == pytest.approx(4.0, rel=0.05)
+
+
+def test_fit_readouts_needs_both_genders() -> None:
+    with pytest.raises(ReadoutError, match=r"at least 2 images each. Received counts \[5, 0\]"):
+        fit_readouts(np.zeros((5, 3)), np.zeros(5), np.arange(5.0))
+
+
+def _data(folder: Path, n: int = 36) -> tuple[Path, Path]:
+    rng = np.random.default_rng(1)
+    images, splits = folder / "faces", folder / "splits"
+    images.mkdir(parents=True)
+    splits.mkdir()
+    rows = []
+    for i in range(n):
+        age, gender, race = int(rng.integers(1, 80)), i % 2, int(rng.integers(0, 5))
+        name = f"{age}_{gender}_{race}_2017011{i:010d}.jpg.chip.jpg"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / name)
+        rows.append({"path": name, "age": age, "gender": gender, "race": race,
+                     "datetime": f"2017011{i:010d}"})
+    for split, part in (("train", rows[:20]), ("val", rows[20:28]), ("test", rows[28:])):
+        with (splits / f"{split}.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(part)
+    return images, splits
+
+
+@pytest.fixture(scope="module")
+def base_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = create_model("custom_cnn", input_shape=(32, 32, 3))
+    return save_model(model, tmp_path_factory.mktemp("base") / "base.keras", include_optimizer=False)
+
+
+def test_cli_fits_blends_and_evaluates(base_model_file: Path, fake_face_api: Path, tmp_path: Path,
+                                       capsys) -> None:
+    images, splits = _data(tmp_path)
+    out = tmp_path / "run"
+    status = cli_main(["fit-readouts", "--model", str(base_model_file), "--face-api",
+                       str(fake_face_api), "--data-dir", str(images), "--splits", str(splits),
+                       "--fit-on", "train+val", "--out", str(out)])
+    assert status == 0, capsys.readouterr().err
+    assert "test: gender accuracy" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["images"] == 28 and config["fit_on"] == "train+val" and config["gate_age"] == 10.0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 8 and (out / "report" / "predictions.csv").is_file()
+    # the blended model: the base's input and outputs, both networks inside
+    model = load_model(out / "model.keras")
+    assert tuple(model.inputs[0].shape[1:]) == (32, 32, 3)
+    assert {layer.name for layer in model.layers} >= {"face_descriptor", "descriptor_gender"}
+    chip = next(images.iterdir())
+    assert cli_main(["predict", "--model", str(out / "model.keras"), "--detect", "none",
+                     "--json", str(chip)]) == 0
+    row = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert 0 <= row["p_female"] <= 1 and 0 <= row["age"] <= 120
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no face-api folder", "--face-api: folder not found"),
+    ("empty face-api folder", "face_recognition_model-weights_manifest.json: not found; place"),
+    ("no train split", "split file not found: "),
+    ("missing model", "model file not found: nope.keras"),
+])
+def test_cli_bad_input_is_one_line(case: str, message: str, base_model_file: Path,
+                                   fake_face_api: Path, tmp_path: Path, capsys) -> None:
+    images, splits = _data(tmp_path, n=6)
+    face_api, model = fake_face_api, str(base_model_file)
+    if case == "no face-api folder":
+        face_api = tmp_path / "nowhere"
+    elif case == "empty face-api folder":
+        face_api = tmp_path / "empty"
+        face_api.mkdir()
+    elif case == "no train split":
+        (splits / "train.csv").unlink()
+    else:
+        model = "nope.keras"
+    status = cli_main(["fit-readouts", "--model", model, "--face-api", str(face_api), "--data-dir",
+                       str(images), "--splits", str(splits), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run" / "model.keras").exists()
