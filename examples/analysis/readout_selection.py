@@ -8,9 +8,10 @@ read-outs that never saw it.
         --splits results/model_a/splits > results/mobilenet_v2_192_ema_rerun_s0_readouts/selection.json
 
 Read-outs of dlib's face descriptor fitted on the training split (gender: logistic regression with
-C in GENDER_C; age: ridge with alpha in AGE_ALPHA), blended with the model's own predictions on
-the validation split for every (gate age, gate width) and age weight of the grids; writes every
-candidate's validation figures and the best (gender accuracy first, then age MAE), as JSON.
+C in GENDER_C; age: a one-hidden-layer network of AGE_HIDDEN units, 0 = ridge, with L2 alpha in
+AGE_ALPHA), blended with the model's own predictions on the validation split for every (gate age,
+gate width) and age weight of the grids; writes every candidate's validation figures and the best
+(gender accuracy; age MAE), as JSON.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import numpy as np
 GENDER_C = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 GATE_AGE = (6, 8, 10, 12, 14, 16, 18, 20)
 GATE_WIDTH = (1, 2, 4, 6, 8)
-AGE_ALPHA = (1.0, 10.0, 100.0, 1000.0)
-AGE_WEIGHT = (0.0, 0.1, 0.2, 0.3, 0.5)
+AGE_HIDDEN = (0, 64, 256)
+AGE_ALPHA = (0.3, 1.0, 3.0, 10.0, 100.0)
+AGE_WEIGHT = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def main(argv=None) -> int:
@@ -66,12 +68,18 @@ def main(argv=None) -> int:
             rows.append({"gender_c": c, "gate_age": gate_age, "gate_width": gate_width,
                          "gender_accuracy": round(float(((p > 0.5) == gender).mean()), 4)})
     ages = []
-    for alpha in AGE_ALPHA:
-        coef, intercept = fit_readouts(features["train"], train_gender, train_age, age_alpha=alpha)["age"]
-        age_descriptor = features["val"] @ coef + intercept
+    for hidden, alpha in itertools.product(AGE_HIDDEN, AGE_ALPHA):
+        stack = fit_readouts(features["train"], train_gender, train_age, age_hidden=hidden,
+                             age_alpha=alpha)["age"]
+        age_descriptor = features["val"]
+        for i, (kernel, bias) in enumerate(stack):
+            age_descriptor = age_descriptor @ kernel + bias
+            if i < len(stack) - 1:
+                age_descriptor = np.maximum(age_descriptor, 0)
+        age_descriptor = age_descriptor.ravel()
         for weight in AGE_WEIGHT:
             blended = np.clip(own["age"] + weight * (age_descriptor - own["age"]), 0, 120)
-            ages.append({"age_alpha": alpha, "age_weight": weight,
+            ages.append({"age_hidden": hidden, "age_alpha": alpha, "age_weight": weight,
                          "age_mae": round(float(np.abs(blended - age).mean()), 3)})
     best_gender = max(rows, key=lambda r: r["gender_accuracy"])
     best_age = min(ages, key=lambda r: r["age_mae"])

@@ -111,7 +111,7 @@ def blended_parts(fake_face_api: Path):
     descriptor = face_descriptor_model(fake_face_api)
     rng = np.random.default_rng(2)
     gender = (rng.normal(0, 0.5, FEATURES), 0.3)
-    age = (rng.normal(0, 2.0, FEATURES), 30.0)
+    age = [(rng.normal(0, 0.2, (FEATURES, 8)), rng.normal(0, 1, 8)), (rng.normal(0, 3, (8, 1)), [30.0])]
     model = with_descriptor_readouts(base, descriptor, gender=gender, age=age, gate_age=10,
                                      gate_width=4, age_weight=0.2)
     return base, descriptor, gender, age, model
@@ -126,7 +126,9 @@ def test_the_blend_is_the_documented_formula(blended_parts, tmp_path: Path) -> N
     p_descriptor = 1 / (1 + np.exp(-(features @ gender[0] + gender[1])))
     trust = 1 / (1 + np.exp(-(own["age"].ravel() - 10) / 4))
     want_gender = own["gender"].ravel() + trust * (p_descriptor - own["gender"].ravel())
-    want_age = np.clip(own["age"].ravel() + 0.2 * (features @ age[0] + age[1] - own["age"].ravel()), 0, 120)
+    hidden = np.maximum(features @ age[0][0] + age[0][1], 0)
+    age_descriptor = (hidden @ age[1][0]).ravel() + age[1][1][0]
+    want_age = np.clip(own["age"].ravel() + 0.2 * (age_descriptor - own["age"].ravel()), 0, 120)
     np.testing.assert_allclose(out["gender"].ravel(), want_gender, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out["age"].ravel(), want_age, rtol=1e-4, atol=1e-3)
     # saved and loaded as one .keras file, the same predictions
@@ -170,6 +172,10 @@ def test_bad_blend_settings_are_refused(blended_parts) -> None:
     base, descriptor, gender, age, _ = blended_parts
     with pytest.raises(ValueError, match="`gender` must hold 256 coefficients. Received: 3"):
         with_descriptor_readouts(base, descriptor, gender=([1, 2, 3], 0), age=age)
+    with pytest.raises(ValueError, match=r"`age` layer 1 must map 8 inputs .* kernel \(7, 1\)"):
+        with_descriptor_readouts(base, descriptor, gender=gender, age=[age[0], (np.zeros((7, 1)), [0])])
+    with pytest.raises(ValueError, match="`age` must end in one output. Received: 8"):
+        with_descriptor_readouts(base, descriptor, gender=gender, age=age[:1])
     with pytest.raises(ValueError, match="`gate_width` must be > 0"):
         with_descriptor_readouts(base, descriptor, gender=gender, age=age, gate_width=0)
     with pytest.raises(ValueError, match=r"`age_weight` must be in \[0, 1\]"):

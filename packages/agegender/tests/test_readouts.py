@@ -20,13 +20,34 @@ def test_fit_readouts_recovers_a_linear_signal_on_raw_features() -> None:
     features = rng.normal(5.0, [1.0, 3.0, 0.5, 2.0], (400, 4))  # offsets and scales differ
     gender = (features[:, 0] - 5.0 + 0.3 * rng.normal(size=400) > 0).astype(int)
     age = 30 + 4 * (features[:, 1] - 5.0) + rng.normal(0, 0.5, 400)
-    out = fit_readouts(features, gender, age, gender_c=10.0, age_alpha=0.1)
+    out = fit_readouts(features, gender, age, gender_c=10.0, age_hidden=0, age_alpha=0.1)
     coef, intercept = out["gender"]
     accuracy = ((features @ coef + intercept > 0) == gender).mean()
     assert accuracy > 0.9 and abs(coef[0]) > 5 * abs(coef[2])
-    coef, intercept = out["age"]
-    assert np.abs(features @ coef + intercept - age).mean() < 0.6
-    assert coef[1] == pytest.approx(4.0, rel=0.05)
+    ((kernel, bias),) = out["age"]  # age_hidden=0: one linear layer
+    assert np.abs(features @ kernel.ravel() + bias[0] - age).mean() < 0.6
+    assert kernel[1, 0] == pytest.approx(4.0, rel=0.05)
+
+
+def _forward(stack, x: np.ndarray) -> np.ndarray:
+    for i, (kernel, bias) in enumerate(stack):
+        x = x @ kernel + bias
+        if i < len(stack) - 1:
+            x = np.maximum(x, 0)
+    return x.ravel()
+
+
+def test_the_mlp_age_readout_works_on_raw_features_and_beats_a_line_on_a_curve() -> None:
+    rng = np.random.default_rng(1)
+    features = rng.normal(50.0, [10.0, 0.1, 3.0], (1500, 3))  # far from standardised
+    age = 20 + 3 * np.abs(features[:, 0] - 50.0) + rng.normal(0, 1, 1500)
+    gender = (rng.random(1500) > 0.5).astype(int)
+    mlp = fit_readouts(features, gender, age, age_hidden=32, age_alpha=0.01)["age"]
+    line = fit_readouts(features, gender, age, age_hidden=0, age_alpha=0.01)["age"]
+    assert [k.shape for k, _ in mlp] == [(3, 32), (32, 1)]
+    mlp_mae = np.abs(_forward(mlp, features) - age).mean()
+    line_mae = np.abs(_forward(line, features) - age).mean()
+    assert mlp_mae < 0.5 * line_mae and mlp_mae < 4
 
 
 def test_fit_readouts_needs_both_genders() -> None:
@@ -71,6 +92,7 @@ def test_cli_fits_blends_and_evaluates(base_model_file: Path, fake_face_api: Pat
     assert "test: gender accuracy" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["images"] == 28 and config["fit_on"] == "train+val" and config["gate_age"] == 10.0
+    assert config["age_hidden"] == 256 and config["age_weight"] == 0.4
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["n"] == 8 and (out / "report" / "predictions.csv").is_file()
     # the blended model: the base's input and outputs, both networks inside

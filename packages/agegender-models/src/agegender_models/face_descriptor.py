@@ -1,12 +1,12 @@
-"""dlib's face descriptor network in Keras, and a model that reads gender from its features.
+"""dlib's face descriptor network in Keras, and a model blended with read-outs of its features.
 
 Our backbones learn faces from 4,250 UTKFace chips. dlib's face recognition network (Davis King;
 "a version of ResNet-34 with a few layers removed and half the filters", 150x150 input, 99.38 %
 on LFW) learned them from about 3 million faces of 7,485 people, to tell people apart. A linear
 read-out of its pooled features tells gender apart too, and holds up on photos unlike UTKFace's
-far better than our own networks do (results/NOTEBOOK.md, "A face descriptor for gender"). The
+far better than our own networks do (results/NOTEBOOK.md, "A face descriptor for gender and age"). The
 shipped default model averages the two, trusting the descriptor more as the predicted age grows
-(:func:`with_descriptor_gender`).
+(:func:`with_descriptor_readouts`, which also blends in an age read-out).
 
 The weights are those of face-api.js, which ported dlib's model to TensorFlow.js and stores each
 tensor as uint8 codes with a scale and an offset; ``@vladmandic/face-api`` (MIT; npm) carries the
@@ -168,29 +168,40 @@ def face_descriptor_model(weights_dir: str | Path, *, name: str = "face_descript
 
 
 def with_descriptor_readouts(model: keras.Model, descriptor: keras.Model, *,
-                             gender: tuple[Sequence[float], float], age: tuple[Sequence[float], float],
-                             gate_age: float = 10.0, gate_width: float = 4.0, age_weight: float = 0.2,
+                             gender: tuple[Sequence[float], float],
+                             age: Sequence[tuple[np.ndarray, np.ndarray]],
+                             gate_age: float = 10.0, gate_width: float = 4.0, age_weight: float = 0.4,
                              name: str | None = None) -> keras.Model:
-    """``model`` blended with linear read-outs of ``descriptor``'s features: same input and
-    outputs (``gender``, ``age``), both networks run on each face.
+    """``model`` blended with read-outs of ``descriptor``'s features: same input and outputs
+    (``gender``, ``age``), both networks run on each face.
 
     * gender: ``p = p_model + trust * (p_descriptor - p_model)``, ``p_descriptor =
-      sigmoid(features . coef + intercept)`` (``gender=(coef, intercept)``) and ``trust =
-      sigmoid((age_model - gate_age) / gate_width)``: dlib's network learned adults' faces, and
-      young children's gender is read better by ``model``;
-    * age: ``age_model + age_weight * (features . coef + intercept - age_model)`` (``age=(coef,
-      intercept)``), clipped to 0-120 years.
+      sigmoid(features . coef + intercept)`` (``gender=(coef, intercept)``: a logistic read-out)
+      and ``trust = sigmoid((age_model - gate_age) / gate_width)``: dlib's network learned
+      adults' faces, and young children's gender is read better by ``model``;
+    * age: ``age_model + age_weight * (age_descriptor - age_model)``, clipped to 0-120 years;
+      ``age_descriptor`` is a small dense network on the features, given as its layers' ``(kernel,
+      bias)`` pairs (ReLU between them, the last one linear with one output; one pair: linear).
 
     The read-outs are fitted on the descriptor's features of the training images (``agegender
     fit-readouts``); the defaults are the values chosen on our validation split.
     """
     width = descriptor.output_shape[-1]
-    readouts = {}
-    for key, (coef, intercept) in {"gender": gender, "age": age}.items():
-        coef = np.asarray(coef, np.float32).reshape(-1, 1)
-        if coef.shape[0] != width:
-            raise ValueError(f"`{key}` must hold {width} coefficients. Received: {coef.shape[0]}")
-        readouts[key] = (coef, np.asarray([intercept], np.float32).reshape(1))
+    coef = np.asarray(gender[0], np.float32).reshape(-1, 1)
+    if coef.shape[0] != width:
+        raise ValueError(f"`gender` must hold {width} coefficients. Received: {coef.shape[0]}")
+    stack, fan_in = [], width
+    for kernel, bias in age:
+        kernel, bias = np.asarray(kernel, np.float32), np.asarray(bias, np.float32).reshape(-1)
+        if kernel.ndim == 1:
+            kernel = kernel.reshape(-1, 1)
+        if kernel.shape[0] != fan_in or kernel.shape[1] != bias.shape[0]:
+            raise ValueError(f"`age` layer {len(stack)} must map {fan_in} inputs with a bias per "
+                             f"output. Received: kernel {kernel.shape}, bias {bias.shape}")
+        stack.append((kernel, bias))
+        fan_in = kernel.shape[1]
+    if not stack or fan_in != 1:
+        raise ValueError(f"`age` must end in one output. Received: {fan_in if stack else 'no layers'}")
     if not gate_width > 0:
         raise ValueError(f"`gate_width` must be > 0. Received: gate_width={gate_width!r}")
     if not 0 <= age_weight <= 1:
@@ -202,18 +213,24 @@ def with_descriptor_readouts(model: keras.Model, descriptor: keras.Model, *,
         # ops, not keras.layers.Resizing (whose call passes training=True on; see ensemble())
         x = keras.ops.image.resize(x, (DESCRIPTOR_INPUT, DESCRIPTOR_INPUT), interpolation="bilinear")
     features = descriptor(x)
-    fixed = {
-        "descriptor_gender": (layers.Dense(1, activation="sigmoid", name="descriptor_gender"),
-                              readouts["gender"]),
-        "descriptor_age": (layers.Dense(1, name="descriptor_age"), readouts["age"]),
-        "descriptor_trust": (layers.Dense(1, activation="sigmoid", name="descriptor_trust"),
-                             (np.asarray([[1 / gate_width]], np.float32),
-                              np.asarray([-gate_age / gate_width], np.float32))),
-    }
-    p_descriptor = fixed["descriptor_gender"][0](features)
-    age_descriptor = fixed["descriptor_age"][0](features)
-    trust = fixed["descriptor_trust"][0](base["age"])
-    for layer, values in fixed.values():
+    fixed = []
+
+    def dense(units: int, values, activation=None, name=None):
+        layer = layers.Dense(units, activation=activation, name=name)
+        fixed.append((layer, values))
+        return layer
+
+    p_descriptor = dense(1, (coef, np.asarray([gender[1]], np.float32).reshape(1)), "sigmoid",
+                         "descriptor_gender")(features)
+    age_descriptor = features
+    for k, (kernel, bias) in enumerate(stack):
+        last = k == len(stack) - 1
+        age_descriptor = dense(kernel.shape[1], (kernel, bias), None if last else "relu",
+                               "descriptor_age" if last else f"descriptor_age_hidden{k}")(age_descriptor)
+    trust = dense(1, (np.asarray([[1 / gate_width]], np.float32),
+                      np.asarray([-gate_age / gate_width], np.float32)),
+                  "sigmoid", "descriptor_trust")(base["age"])
+    for layer, values in fixed:
         layer.set_weights(list(values))
         layer.trainable = False
     gender_out = layers.Add(name="gender", dtype="float32")([

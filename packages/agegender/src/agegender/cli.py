@@ -618,8 +618,8 @@ def _cmd_fit_readouts(args: argparse.Namespace) -> int:
 
     if not model.is_file():
         model = pretrained_path(args.model)
-    options = {key: getattr(args, key) for key in ("gender_c", "age_alpha", "gate_age",
-                                                   "gate_width", "age_weight")}
+    options = {key: getattr(args, key) for key in ("gender_c", "age_hidden", "age_alpha",
+                                                   "gate_age", "gate_width", "age_weight")}
     metrics = run_fit_readouts(model_path=model, face_api=Path(args.face_api),
                                data_dir=Path(args.data_dir), splits=Path(args.splits),
                                out=Path(args.out), fit_on=args.fit_on, **options)
@@ -634,12 +634,12 @@ def _add_fit_readouts(commands) -> None:
         commands, "fit-readouts",
         help="blend a trained model with read-outs of dlib's face descriptor (the shipped model's "
         "last step)",
-        description="Fit a logistic (gender) and a ridge (age) read-out of dlib's face recognition "
+        description="Fit a logistic (gender) and a small neural-network (age) read-out of dlib's face recognition "
         "network's features on the training images, blend them into the model's outputs and write "
         "OUT/model.keras, OUT/config.json, OUT/metrics.json and, when SPLITS has test.csv, the "
         "blended model's test report (OUT/report/). Needs face-api.js' face recognition weights "
         "(npm package @vladmandic/face-api, folder model/: face_recognition_model-weights_manifest"
-        ".json and face_recognition_model.bin). About a minute on 2 CPU cores.",
+        ".json and face_recognition_model.bin). A minute or two on 2 CPU cores.",
         func=_cmd_fit_readouts,
     )
     fit.add_argument("--model", required=True, metavar="NAME_OR_PATH",
@@ -655,6 +655,9 @@ def _add_fit_readouts(commands) -> None:
     fit.add_argument("--out", required=True, help="folder to write")
     fit.add_argument("--gender-c", type=float, default=READOUT_DEFAULTS["gender_c"],
                      help=f"inverse L2 strength of the gender read-out {from_defaults}")
+    fit.add_argument("--age-hidden", type=int, default=READOUT_DEFAULTS["age_hidden"],
+                     help=f"hidden ReLU units of the age read-out; 0: a linear (ridge) read-out "
+                     f"{from_defaults}")
     fit.add_argument("--age-alpha", type=float, default=READOUT_DEFAULTS["age_alpha"],
                      help=f"L2 strength of the age read-out {from_defaults}")
     fit.add_argument("--gate-age", type=float, default=READOUT_DEFAULTS["gate_age"],
