@@ -60,7 +60,7 @@ if __name__ == "__main__":
     parser.add_argument("--model", required=True, help="a trained .keras model")
     parser.add_argument("--images", default=None,
                         help="a folder, a quoted glob or a CSV of image paths (default: generated)")
-    parser.add_argument("--detect", choices=("auto", "yunet", "mtcnn", "haar", "none"), default="none",
+    parser.add_argument("--detect", choices=("auto", "yunet-onet", "yunet", "mtcnn", "haar", "none"), default="none",
                         help="find faces in photos first, e.g. 'auto' as agegender predict does "
                         "(default: none, the inputs are face chips)")
     parser.add_argument("--out", required=True, help="folder for the outputs")

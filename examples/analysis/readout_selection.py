@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     import utkface_data
     from agegender.evaluation import predict_frame
-    from agegender.readouts import descriptor_features, fit_readouts
+    from agegender.readouts import age_readout, descriptor_features, fit_readouts
     from agegender_models import load_model
     from agegender_models.face_descriptor import face_descriptor_model
 
@@ -71,12 +71,7 @@ def main(argv=None) -> int:
     for hidden, alpha in itertools.product(AGE_HIDDEN, AGE_ALPHA):
         stack = fit_readouts(features["train"], train_gender, train_age, age_hidden=hidden,
                              age_alpha=alpha)["age"]
-        age_descriptor = features["val"]
-        for i, (kernel, bias) in enumerate(stack):
-            age_descriptor = age_descriptor @ kernel + bias
-            if i < len(stack) - 1:
-                age_descriptor = np.maximum(age_descriptor, 0)
-        age_descriptor = age_descriptor.ravel()
+        age_descriptor = age_readout(stack, features["val"])
         for weight in AGE_WEIGHT:
             blended = np.clip(own["age"] + weight * (age_descriptor - own["age"]), 0, 120)
             ages.append({"age_hidden": hidden, "age_alpha": alpha, "age_weight": weight,

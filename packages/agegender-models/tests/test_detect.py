@@ -139,6 +139,13 @@ def test_get_detector_by_name_instance_and_unknown() -> None:
 def test_auto_is_yunet_onet_where_its_wheel_is_installed_else_mtcnn(monkeypatch) -> None:
     monkeypatch.setattr(det, "yunet_available", lambda: True)
     assert det.resolve_detector_name("auto") == "yunet-onet"
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mtcnn" else real_find_spec(name, *a))
+    assert det.resolve_detector_name("auto") == "yunet"  # YuNet without mtcnn: its own landmarks
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
     monkeypatch.setattr(det, "yunet_available", lambda: False)
     assert det.resolve_detector_name("auto") == "mtcnn"
     assert det.resolve_detector_name("haar") == "haar"
@@ -203,9 +210,9 @@ def test_yunet_onet_landmarks_are_mtcnns_on_a_real_face() -> None:
     (own,) = get_detector("yunet").detect_faces(rgb)
     (mtcnn,) = get_detector("mtcnn").detect_faces(rgb)
     assert hybrid.box == own.box
-    # measured: within 3 px of MTCNN's on this 100-px-wide face
+    # measured: at most 3.1 px from MTCNN's on this 100-px-wide face (YuNet's own: up to 11 px)
     for key in det.LANDMARKS:
-        assert np.hypot(*np.subtract(hybrid.landmarks[key], mtcnn.landmarks[key])) < 6, key
+        assert np.hypot(*np.subtract(hybrid.landmarks[key], mtcnn.landmarks[key])) < 4.5, key
 
 
 def test_yunet_calls_libfacedetection_as_its_own_binding_does_without_leaking() -> None:

@@ -50,7 +50,7 @@ def test_the_descriptor_reads_face_api_weights_exactly(fake_face_api: Path) -> N
     assert descriptor.output_shape == (None, FEATURES)
     assert not descriptor.trainable_weights
     # the first convolution, by hand from the file: ((x - mean) / 255) * kernel + bias, then the
-    # per-channel scale and ReLU, at the top-left output pixel (7x7, stride 2, 'valid')
+    # per-channel scale, at the top-left output pixel (7x7, stride 2, 'valid'; before its ReLU)
     tensors = read_face_api_weights(fake_face_api)
 
     def value(name):
@@ -72,6 +72,48 @@ def test_the_descriptor_reads_face_api_weights_exactly(fake_face_api: Path) -> N
     q, scale, offset, _ = layer.get_weights()
     folded = codes * value("conv64_1/conv1/scale/weights")
     assert np.abs(q.astype(np.float64) * scale + offset - folded).max() <= scale.max() / 2 + 1e-6
+
+
+def _reference_features(tensors, x: np.ndarray) -> np.ndarray:
+    """The network written out plainly from face-api.js' description (float weights, the scale
+    layer applied after each convolution): an independent check of the Keras wiring."""
+    import tensorflow as tf
+
+    def value(name):
+        codes, scale, base = tensors[name]
+        return tf.constant(codes.astype(np.float32) * np.float32(scale) + np.float32(base))
+
+    def conv(x, name, stride, padding="SAME", relu=True):
+        y = tf.nn.conv2d(x, value(f"{name}/conv/filters"), stride, padding) + value(f"{name}/conv/bias")
+        y = y * value(f"{name}/scale/weights") + value(f"{name}/scale/biases")
+        return tf.nn.relu(y) if relu else y
+
+    def block(x, name, down):
+        y = conv(conv(x, f"{name}/conv1", 2 if down else 1, "VALID" if down else "SAME"),
+                 f"{name}/conv2", 1, relu=False)
+        if down:
+            x = tf.nn.avg_pool2d(x, 2, 2, "VALID")
+            if x.shape[1] != y.shape[1]:
+                y = tf.pad(y, [[0, 0], [0, 1], [0, 1], [0, 0]])
+            if x.shape[-1] != y.shape[-1]:
+                x = tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, y.shape[-1] - x.shape[-1]]])
+        return tf.nn.relu(x + y)
+
+    x = (tf.constant(x) - np.array([122.782, 117.001, 104.298], np.float32)) / 255
+    x = tf.nn.max_pool2d(conv(x, "conv32_down", 2, "VALID"), 3, 2, "VALID")
+    for name in ["conv32_1", "conv32_2", "conv32_3", "conv64_down", "conv64_1", "conv64_2",
+                 "conv64_3", "conv128_down", "conv128_1", "conv128_2", "conv256_down",
+                 "conv256_1", "conv256_2", "conv256_down_out"]:
+        x = block(x, name, name.endswith(("down", "down_out")))
+    return tf.reduce_mean(x, axis=[1, 2]).numpy()
+
+
+def test_the_whole_network_matches_a_plain_reference(fake_face_api: Path) -> None:
+    x = np.random.default_rng(6).integers(0, 256, (2, 150, 150, 3)).astype(np.float32)
+    got = face_descriptor_model(fake_face_api).predict(x, verbose=0)
+    want = _reference_features(read_face_api_weights(fake_face_api), x)
+    # the float32-stored tensors are requantized to 8 bits: a small difference, not a wiring one
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.02
 
 
 def _copy(src: Path, dst: Path) -> Path:

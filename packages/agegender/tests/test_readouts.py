@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from agegender.cli import main as cli_main
-from agegender.readouts import ReadoutError, fit_readouts
+from agegender.readouts import MIN_IMAGES, ReadoutError, age_readout, fit_readouts
 from agegender_models import create_model, load_model, save_model
 
 
@@ -29,14 +29,6 @@ def test_fit_readouts_recovers_a_linear_signal_on_raw_features() -> None:
     assert kernel[1, 0] == pytest.approx(4.0, rel=0.05)
 
 
-def _forward(stack, x: np.ndarray) -> np.ndarray:
-    for i, (kernel, bias) in enumerate(stack):
-        x = x @ kernel + bias
-        if i < len(stack) - 1:
-            x = np.maximum(x, 0)
-    return x.ravel()
-
-
 def test_the_mlp_age_readout_works_on_raw_features_and_beats_a_line_on_a_curve() -> None:
     rng = np.random.default_rng(1)
     features = rng.normal(50.0, [10.0, 0.1, 3.0], (1500, 3))  # far from standardised
@@ -45,14 +37,16 @@ def test_the_mlp_age_readout_works_on_raw_features_and_beats_a_line_on_a_curve()
     mlp = fit_readouts(features, gender, age, age_hidden=32, age_alpha=0.01)["age"]
     line = fit_readouts(features, gender, age, age_hidden=0, age_alpha=0.01)["age"]
     assert [k.shape for k, _ in mlp] == [(3, 32), (32, 1)]
-    mlp_mae = np.abs(_forward(mlp, features) - age).mean()
-    line_mae = np.abs(_forward(line, features) - age).mean()
+    mlp_mae = np.abs(age_readout(mlp, features) - age).mean()
+    line_mae = np.abs(age_readout(line, features) - age).mean()
     assert mlp_mae < 0.5 * line_mae and mlp_mae < 4
 
 
-def test_fit_readouts_needs_both_genders() -> None:
-    with pytest.raises(ReadoutError, match=r"at least 2 images each. Received counts \[5, 0\]"):
-        fit_readouts(np.zeros((5, 3)), np.zeros(5), np.arange(5.0))
+def test_fit_readouts_needs_both_genders_and_enough_images() -> None:
+    with pytest.raises(ReadoutError, match=r"at least 2 images each. Received counts \[25, 0\]"):
+        fit_readouts(np.zeros((25, 3)), np.zeros(25), np.arange(25.0))
+    with pytest.raises(ReadoutError, match=f"at least {MIN_IMAGES} images to fit on. Received: 9"):
+        fit_readouts(np.zeros((9, 3)), np.arange(9) % 2, np.arange(9.0))
 
 
 def _data(folder: Path, n: int = 36) -> tuple[Path, Path]:
@@ -108,6 +102,10 @@ def test_cli_fits_blends_and_evaluates(base_model_file: Path, fake_face_api: Pat
 
 @pytest.mark.parametrize("case,message", [
     ("no face-api folder", "--face-api: folder not found"),
+    ("out is a file", "exists and is not a folder"),
+    ("bad gate width", "--gate-width must be > 0. Received: 0.0"),
+    ("bad age weight", "--age-weight must be in [0, 1]. Received: 1.5"),
+    ("too few images", "the read-outs need at least 20 images to fit on. Received: 5"),
     ("empty face-api folder", "face_recognition_model-weights_manifest.json: not found; place"),
     ("no train split", "split file not found: "),
     ("missing model", "model file not found: nope.keras"),
@@ -115,8 +113,20 @@ def test_cli_fits_blends_and_evaluates(base_model_file: Path, fake_face_api: Pat
 def test_cli_bad_input_is_one_line(case: str, message: str, base_model_file: Path,
                                    fake_face_api: Path, tmp_path: Path, capsys) -> None:
     images, splits = _data(tmp_path, n=6)
-    face_api, model = fake_face_api, str(base_model_file)
-    if case == "no face-api folder":
+    face_api, model, extra = fake_face_api, str(base_model_file), []
+    out = tmp_path / "run"
+    if case == "out is a file":
+        out.write_text("not a folder")
+    elif case == "bad gate width":
+        extra = ["--gate-width", "0"]
+    elif case == "bad age weight":
+        extra = ["--age-weight", "1.5"]
+    elif case == "too few images":
+        images, splits = _data(tmp_path / "more")
+        train = splits / "train.csv"
+        train.write_text("".join(train.read_text().splitlines(keepends=True)[:6]))  # 5 rows
+        extra = ["--fit-on", "train"]
+    elif case == "no face-api folder":
         face_api = tmp_path / "nowhere"
     elif case == "empty face-api folder":
         face_api = tmp_path / "empty"
@@ -126,8 +136,21 @@ def test_cli_bad_input_is_one_line(case: str, message: str, base_model_file: Pat
     else:
         model = "nope.keras"
     status = cli_main(["fit-readouts", "--model", model, "--face-api", str(face_api), "--data-dir",
-                       str(images), "--splits", str(splits), "--out", str(tmp_path / "run")])
+                       str(images), "--splits", str(splits), "--out", str(out), *extra])
     err = capsys.readouterr().err
     assert status == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_a_blended_model_is_not_blended_again(base_model_file: Path, fake_face_api: Path,
+                                              tmp_path: Path, capsys) -> None:
+    images, splits = _data(tmp_path)
+    args = ["fit-readouts", "--face-api", str(fake_face_api), "--data-dir", str(images),
+            "--splits", str(splits)]
+    assert cli_main([*args, "--model", str(base_model_file), "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    again = tmp_path / "a" / "model.keras"
+    assert cli_main([*args, "--model", str(again), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "already holds dlib's face descriptor" in err and err.count("\n") == 1

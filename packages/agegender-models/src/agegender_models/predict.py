@@ -110,8 +110,8 @@ class Predictor:
     input size) is refused at once with one line (``ValueError``; ``ModelFileError`` for a file).
 
     **Photos, not chips.** The models expect UTKFace-like chips (a face aligned and cropped
-    tightly). For ordinary photos pass ``detector="auto"`` (YuNet, else MTCNN; or ``"yunet"``,
-    ``"mtcnn"``, ``"haar"``, or any object with a
+    tightly). For ordinary photos pass ``detector="auto"`` (YuNet with MTCNN's landmarks, else
+    MTCNN; or ``"yunet-onet"``, ``"yunet"``, ``"mtcnn"``, ``"haar"``, or any object with a
     ``detect_faces`` method; see :mod:`agegender_models.detect`, which needs
     ``pip install 'agegender-models[detect]'``). Each face found is cropped like a chip and
     predicted, giving one dict per face, in input order and left to right within an image::
@@ -173,7 +173,7 @@ class Predictor:
 
     @property
     def detector_name(self) -> str | None:
-        """The detector's name (``"yunet"``, ``"mtcnn"``, ...; another object's class name), or
+        """The detector's name (``"yunet-onet"``, ``"mtcnn"``, ...; another object's class name), or
         None when images are taken as chips."""
         if self.detector is None:
             return None

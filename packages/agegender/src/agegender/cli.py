@@ -191,19 +191,29 @@ def _shipped_names_text() -> str:
     return f" ({', '.join(names)})" if names else ""
 
 
-def _load_for_inference(args: argparse.Namespace):
-    shipped = _shipped_models()
-    refs = args.model or [shipped.get("default", "")]
-    for ref in refs:  # every model before loading any: a typo is reported at once
-        if not Path(ref).is_file() and ref not in shipped.get("models", {}):
-            raise CLIError(f"model file not found: {ref} (not a file, nor a shipped model"
-                           f"{_shipped_names_text()})")
-    setup(args)
-    from agegender_models import ensemble, flip_tta, load_model
+def _check_model_ref(ref: str) -> None:
+    """A ``--model`` value must be a file or a shipped model's name (checked without TensorFlow)."""
+    if not Path(ref).is_file() and ref not in _shipped_models().get("models", {}):
+        raise CLIError(f"model file not found: {ref} (not a file, nor a shipped model"
+                       f"{_shipped_names_text()})")
+
+
+def _model_path(ref: str) -> Path:
+    """A checked ``--model`` value as a file: a shipped name becomes its file (checksum verified)."""
     from agegender_models.pretrained import pretrained_path
 
-    # a shipped name becomes its file (checksum verified); later steps see paths only
-    args.model = [str(ref) if Path(ref).is_file() else str(pretrained_path(ref)) for ref in refs]
+    return Path(ref) if Path(ref).is_file() else pretrained_path(ref)
+
+
+def _load_for_inference(args: argparse.Namespace):
+    refs = args.model or [_shipped_models().get("default", "")]
+    for ref in refs:  # every model before loading any: a typo is reported at once
+        _check_model_ref(ref)
+    setup(args)
+    from agegender_models import ensemble, flip_tta, load_model
+
+    # later steps see paths only
+    args.model = [str(_model_path(ref)) for ref in refs]
     paths = [Path(path) for path in args.model]
     models = [load_model(path) for path in paths]
     model = models[0] if len(models) == 1 else ensemble(models)
@@ -602,22 +612,27 @@ def _add_cache(commands) -> None:
 
 
 def _cmd_fit_readouts(args: argparse.Namespace) -> int:
-    shipped = _shipped_models()
-    model = Path(args.model)
-    if not model.is_file() and args.model not in shipped.get("models", {}):
-        raise CLIError(f"model file not found: {args.model} (not a file, nor a shipped model"
-                       f"{_shipped_names_text()})")
+    _check_model_ref(args.model)
     for label, folder in (("--face-api", args.face_api), ("--data-dir", args.data_dir),
                           ("--splits", args.splits)):
         if not folder or not Path(folder).is_dir():
             raise CLIError(f"{label}: folder not found: {folder}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CLIError(f"--out: {args.out} exists and is not a folder")
+    for flag, value, ok, rule in (
+        ("--gender-c", args.gender_c, args.gender_c > 0, "> 0"),
+        ("--age-hidden", args.age_hidden, args.age_hidden >= 0, ">= 0"),
+        ("--age-alpha", args.age_alpha, args.age_alpha >= 0, ">= 0"),
+        ("--gate-width", args.gate_width, args.gate_width > 0, "> 0"),
+        ("--age-weight", args.age_weight, 0 <= args.age_weight <= 1, "in [0, 1]"),
+    ):
+        if not ok:
+            raise CLIError(f"{flag} must be {rule}. Received: {value}")
     setup(args)
     from agegender.evaluation import format_summary
     from agegender.readouts import run_fit_readouts
-    from agegender_models.pretrained import pretrained_path
 
-    if not model.is_file():
-        model = pretrained_path(args.model)
+    model = _model_path(args.model)
     options = {key: getattr(args, key) for key in ("gender_c", "age_hidden", "age_alpha",
                                                    "gate_age", "gate_width", "age_weight")}
     metrics = run_fit_readouts(model_path=model, face_api=Path(args.face_api),
