@@ -69,3 +69,24 @@ def test_help_answers_fast_without_tensorflow_or_ray() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--runner" in result.stdout and "exit status:" in result.stdout
     assert time.perf_counter() - started < 5
+
+
+def test_predict_batch_takes_a_shipped_model_by_name_or_by_default(tree: Path, tmp_path: Path,
+                                                                   monkeypatch, capsys) -> None:
+    import agegender.batch as batch
+    from agegender_models import pretrained_info
+    from agegender_models.pretrained import pretrained_path
+
+    seen = []
+
+    def fake_predict_batch(files, out, *, models, **options):
+        seen.append(models)
+        return {"inputs": len(files), "predictions": 0, "errors": 0, "workers": 1, "images_per_s": 0}
+
+    monkeypatch.setattr(batch, "predict_batch", fake_predict_batch)
+    assert main(["predict-batch", str(tree), "--out", str(tmp_path / "o")]) == 0
+    assert main(["predict-batch", str(tree), "--model", "mobilenet-v2-utkface",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert seen == [[str(pretrained_path(pretrained_info()["name"]))],
+                    [str(pretrained_path("mobilenet-v2-utkface"))]]
+    capsys.readouterr()

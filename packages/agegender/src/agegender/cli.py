@@ -355,9 +355,9 @@ def _annotate(out_dir: str, predictions, files: list[str], errors: list[dict[str
 
 
 def _cmd_predict_batch(args: argparse.Namespace) -> int:
-    for path in args.model:
-        if not Path(path).is_file():
-            raise CLIError(f"model file not found: {path}")
+    refs = args.model or [_shipped_models().get("default", "")]
+    for ref in refs:
+        _check_model_ref(ref)
     for name in ("workers", "cpus_per_worker", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be a positive integer. "
@@ -365,7 +365,10 @@ def _cmd_predict_batch(args: argparse.Namespace) -> int:
     from agegender.batch import list_inputs, predict_batch  # Ray is imported only by the job
 
     files = list_inputs(args.input, root=args.root)
-    summary = predict_batch(files, args.out, models=args.model, flip_tta=args.flip_tta,
+    if not all(Path(ref).is_file() for ref in refs):
+        setup(args)  # a shipped name: the library finds (and checks) its file, quietly
+    models = [ref if Path(ref).is_file() else str(_model_path(ref)) for ref in refs]
+    summary = predict_batch(files, args.out, models=models, flip_tta=args.flip_tta,
                             detect=None if args.detect == "none" else args.detect,
                             runner=args.runner, workers=args.workers,
                             cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size,
@@ -546,7 +549,7 @@ def _add_predict_batch(commands) -> None:
         "face, or per image with --detect none), OUT/errors.jsonl (file, reason: unreadable images, no face "
         "found; never fatal to the job) and OUT/summary.json. On a cluster only --runner changes. "
         "Needs the batch extra: pip install './packages/agegender[batch]'.",
-        func=_cmd_predict_batch, model=True,
+        func=_cmd_predict_batch, model=False,
     )
     batch.add_argument("input", metavar="INPUT",
                        help="a folder (its images, at any depth), a quoted glob ('photos/**/*.jpg') "
