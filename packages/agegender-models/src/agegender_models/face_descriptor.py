@@ -41,11 +41,11 @@ FEATURES = 256
 MEAN_RGB = (122.782, 117.001, 104.298)
 # (block name, filters, downsampling) in the order the network runs them
 _BLOCKS = (
-    [("conv32_1", 32, False), ("conv32_2", 32, False), ("conv32_3", 32, False),
-     ("conv64_down", 64, True), ("conv64_1", 64, False), ("conv64_2", 64, False),
-     ("conv64_3", 64, False), ("conv128_down", 128, True), ("conv128_1", 128, False),
-     ("conv128_2", 128, False), ("conv256_down", 256, True), ("conv256_1", 256, False),
-     ("conv256_2", 256, False), ("conv256_down_out", 256, True)]
+    ("conv32_1", 32, False), ("conv32_2", 32, False), ("conv32_3", 32, False),
+    ("conv64_down", 64, True), ("conv64_1", 64, False), ("conv64_2", 64, False),
+    ("conv64_3", 64, False), ("conv128_down", 128, True), ("conv128_1", 128, False),
+    ("conv128_2", 128, False), ("conv256_down", 256, True), ("conv256_1", 256, False),
+    ("conv256_2", 256, False), ("conv256_down_out", 256, True),
 )
 
 

@@ -652,12 +652,13 @@ def _add_fit_readouts(commands) -> None:
         commands, "fit-readouts",
         help="blend a trained model with read-outs of dlib's face descriptor (the shipped model's "
         "last step)",
-        description="Fit a logistic (gender) and a small neural-network (age) read-out of dlib's face recognition "
-        "network's features on the training images, blend them into the model's outputs and write "
+        description="Fit a logistic (gender) and a small neural-network (age) read-out of dlib's "
+        "face recognition network's features on the training images, blend them into the model's "
+        "outputs and write "
         "OUT/model.keras, OUT/config.json, OUT/metrics.json and, when SPLITS has test.csv, the "
         "blended model's test report (OUT/report/). Needs face-api.js' face recognition weights "
         "(npm package @vladmandic/face-api, folder model/: face_recognition_model-weights_manifest"
-        ".json and face_recognition_model.bin). A minute or two on 2 CPU cores.",
+        ".json and face_recognition_model.bin). About a minute on 2 CPU cores.",
         func=_cmd_fit_readouts,
     )
     fit.add_argument("--model", required=True, metavar="NAME_OR_PATH",

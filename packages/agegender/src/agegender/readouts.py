@@ -25,7 +25,6 @@ import numpy as np
 # (results/NOTEBOOK.md, "A face descriptor for gender and age"); the command's defaults
 DEFAULTS = {"gender_c": 0.01, "age_hidden": 256, "age_alpha": 3.0, "gate_age": 10.0,
             "gate_width": 4.0, "age_weight": 0.4}
-SPLITS = ("train", "val", "test")
 # the age network stops early on 10 % of the images: below this there is too little to hold out
 MIN_IMAGES = 20
 
