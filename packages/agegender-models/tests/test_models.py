@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -109,6 +111,20 @@ def test_save_load_round_trip(name, tiny_models, tiny_batch, tmp_path):
     got = loaded(tiny_batch[0], training=False)
     for key in ("gender", "age"):
         np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), rtol=1e-6, atol=1e-6)
+
+
+def test_save_model_compress_deflates_and_loads_the_same(tiny_models, tiny_batch, tmp_path):
+    model = tiny_models("custom_cnn")
+    stored = save_model(model, tmp_path / "stored.keras", include_optimizer=False)
+    deflated = save_model(model, tmp_path / "deflated.keras", include_optimizer=False, compress=True)
+    with zipfile.ZipFile(deflated) as archive:
+        assert {m.compress_type for m in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+        assert {m.filename for m in archive.infolist()} == set(zipfile.ZipFile(stored).namelist())
+    assert deflated.stat().st_size < stored.stat().st_size
+    assert not list(tmp_path.glob("*.deflating"))
+    want, got = load_model(stored)(tiny_batch[0]), load_model(deflated)(tiny_batch[0])
+    for key in ("gender", "age"):
+        np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
 
 
 def test_resnet50_last_30_layers(tiny_models):

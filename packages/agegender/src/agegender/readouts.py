@@ -154,7 +154,7 @@ def run_fit_readouts(*, model_path: Path, face_api: Path, data_dir: Path, splits
         gate_age=settings["gate_age"], gate_width=settings["gate_width"],
         age_weight=settings["age_weight"])
     out.mkdir(parents=True, exist_ok=True)
-    save_model(model, out / "model.keras", include_optimizer=False)
+    save_model(model, out / "model.keras", include_optimizer=False, compress=True)
     config = {"model": str(model_path), "face_api": str(face_api), "data_dir": str(data_dir),
               "splits": str(splits), "fit_on": fit_on, "images": int(len(features)), **settings}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
