@@ -15,7 +15,7 @@ detector loaded before. Two folders:
 For each detector: photos/s, faces found and photos with a face, with 1 and 2 reading threads
 (``--workers``); best of ``--rounds`` rounds, after one untimed warm-up photo. The CPU's name and
 its bf16/AMX flags are written with the figures (this machine is shared: compare ratios measured
-in one run).
+in one run; ``--models A B`` times several models in one run).
 """
 
 from __future__ import annotations
@@ -75,16 +75,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=Path("../shared/photos"))
     parser.add_argument("--detectors", nargs="+", default=["yunet", "mtcnn"])
+    parser.add_argument("--models", nargs="+", default=[None], metavar="NAME_OR_PATH",
+                        help="shipped model names or .keras files, each timed in the same run "
+                        "(default: the shipped default)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-slow", action="store_true",
                         help="time MTCNN on the 74 photos only (it takes minutes on the larger folder)")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here (JSON)")
     args = parser.parse_args(argv)
 
-    from agegender_models import Predictor, load_pretrained
+    from agegender_models import Predictor, load_model, load_pretrained
     from agegender_models._cache import cpu_description
 
-    model = load_pretrained()
+    models = {ref or "default": load_model(ref) if ref and Path(ref).is_file() else load_pretrained(ref)
+              for ref in args.models}
     cpu = cpu_description()
     photos = photos_in(args.photos)
     result = {"command": "python bench/bench_photos.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -95,18 +99,20 @@ def main(argv=None) -> int:
         variants = make_variants(photos, Path(tmp))
         folders[f"{len(variants)} photos made from them"] = variants
         predictors = {}
-        for detector in args.detectors:
-            predictors[detector] = Predictor(model, detector=detector)
-        result["runtime"] = next(iter(predictors.values())).runner.describe()
+        for name, model in models.items():
+            prefix = f"{name}, " if len(models) > 1 else ""
+            for detector in args.detectors:
+                predictors[f"{prefix}{detector}"] = predictor = Predictor(model, detector=detector)
+            result.setdefault("runtime", {})[name] = predictor.runner.describe()
         for label, files in folders.items():
             rows = result["folders"].setdefault(label, {})
-            for detector, predictor in predictors.items():
-                if detector == "mtcnn" and args.skip_slow and len(files) > len(photos):
+            for key, predictor in predictors.items():
+                if key.endswith("mtcnn") and args.skip_slow and len(files) > len(photos):
                     continue
                 for workers in (1, 2):
-                    rows[f"{detector}, {workers} thread(s)"] = row = measure(
+                    rows[f"{key}, {workers} thread(s)"] = row = measure(
                         predictor, files, workers, args.rounds)
-                    print(f"{label}: {detector}, {workers} thread(s): {row}", flush=True)
+                    print(f"{label}: {key}, {workers} thread(s): {row}", flush=True)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,23 @@ def test_cli_fits_blends_and_evaluates(base_model_file: Path, fake_face_api: Pat
                      "--json", str(chip)]) == 0
     row = json.loads(capsys.readouterr().out)["predictions"][0]
     assert 0 <= row["p_female"] <= 1 and 0 <= row["age"] <= 120
+
+
+def test_cli_blends_an_ensemble_with_int8_kernels(base_model_file: Path, fake_face_api: Path,
+                                                  tmp_path: Path, capsys) -> None:
+    images, splits = _data(tmp_path)
+    out = tmp_path / "run"
+    status = cli_main(["fit-readouts", "--model", str(base_model_file), "--model",
+                       str(base_model_file), "--int8-kernels", "--face-api", str(fake_face_api),
+                       "--data-dir", str(images), "--splits", str(splits), "--out", str(out)])
+    assert status == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == f"{base_model_file} + {base_model_file}" and config["int8_kernels"]
+    model = load_model(out / "model.keras")
+    leaves = {type(la).__name__ for la in model._flatten_layers(recursive=True)}
+    assert "QuantizedDense" in leaves and "Dense" in leaves  # the read-outs stay float32
+    with zipfile.ZipFile(out / "model.keras") as archive:  # written deflated
+        assert {m.compress_type for m in archive.infolist()} == {zipfile.ZIP_DEFLATED}
 
 
 @pytest.mark.parametrize("case,message", [

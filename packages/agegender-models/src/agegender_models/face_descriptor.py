@@ -32,7 +32,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from .layers import BoundedAge, QuantizedConv2D
+from .layers import BoundedAge, QuantizedConv2D, quantize_kernel
 
 MANIFEST = "face_recognition_model-weights_manifest.json"
 DESCRIPTOR_INPUT = 150
@@ -104,15 +104,6 @@ def _value(tensors, name: str) -> np.ndarray:
     return codes.astype(np.float32) * np.float32(scale) + np.float32(base)
 
 
-def _quantize(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """int8 codes, scale and offset per output channel (last axis) spanning each channel's range."""
-    flat = kernel.reshape(-1, kernel.shape[-1])
-    low, high = flat.min(axis=0), flat.max(axis=0)
-    scale = np.maximum(high - low, 1e-12) / 255
-    codes = np.clip(np.round((kernel - low) / scale), 0, 255) - 128
-    return codes.astype(np.int8), scale, low + 128 * scale
-
-
 def face_descriptor_model(weights_dir: str | Path, *, name: str = "face_descriptor") -> keras.Model:
     """dlib's network with face-api.js' weights: raw 0-255 RGB faces of 150x150 (aligned like a
     dlib or UTKFace chip) in, the 256 pooled features before its 128-D descriptor out."""
@@ -133,7 +124,7 @@ def face_descriptor_model(weights_dir: str | Path, *, name: str = "face_descript
             quantized = ((codes.astype(np.int16) - 128).astype(np.int8), k_scale * s,
                          (k_base + 128 * k_scale) * s)
         else:  # a few tensors are stored as float32: 256 levels per output channel here too
-            quantized = _quantize(codes * s)
+            quantized = quantize_kernel(codes * s)
         layer = QuantizedConv2D(codes.shape[-1], codes.shape[0], strides=stride, padding=padding,
                                 name=block.replace("/", "_"))
         y = layer(x)

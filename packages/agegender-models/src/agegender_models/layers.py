@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 PACKAGE = "agegender_models"
@@ -155,29 +156,134 @@ class QuantizedConv2D(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantizedDense(keras.layers.Layer):
+    """A dense layer whose kernel is kept as int8 codes with a scale and an offset per output
+    unit, like :class:`QuantizedConv2D` (made by :func:`quantized_copy`); not trainable."""
+
+    def __init__(self, units: int, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.activation = keras.activations.get(activation)
+        self.trainable = False
+
+    def build(self, input_shape):
+        shape = (int(input_shape[-1]), self.units)
+        self.codes = self.add_weight(name="codes", shape=shape, dtype="int8", initializer="zeros",
+                                     trainable=False)
+        self.scale = self.add_weight(name="scale", shape=(self.units,), initializer="ones",
+                                     trainable=False)
+        self.offset = self.add_weight(name="offset", shape=(self.units,), initializer="zeros",
+                                      trainable=False)
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros",
+                                    trainable=False)
+
+    def call(self, inputs):
+        kernel = ops.cast(self.codes, self.compute_dtype) * ops.cast(self.scale, self.compute_dtype)
+        kernel = kernel + ops.cast(self.offset, self.compute_dtype)
+        return self.activation(ops.matmul(inputs, kernel) + ops.cast(self.bias, self.compute_dtype))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, activation=keras.activations.serialize(self.activation))
+        return config
+
+
+QUANTIZED = (QuantizedConv2D, QuantizedDense)
+
+
+def quantize_kernel(kernel):
+    """int8 codes, scale and offset per output channel (last axis) spanning each channel's range:
+    ``kernel ~= codes * scale + offset``, within half a step (``scale / 2``)."""
+    flat = kernel.reshape(-1, kernel.shape[-1])
+    low, high = flat.min(axis=0), flat.max(axis=0)
+    scale = np.maximum(high - low, 1e-12) / 255
+    codes = np.clip(np.round((kernel - low) / scale), 0, 255) - 128
+    return codes.astype(np.int8), scale.astype(np.float32), (low + 128 * scale).astype(np.float32)
+
+
+def _leaves(model: keras.Model) -> list:
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if not isinstance(layer, keras.Model)]
+
+
+def _quantizable(layer, min_weights: int) -> bool:
+    """A plain Dense, or a plain Conv2D that :class:`QuantizedConv2D` computes the same (square
+    kernel, equal strides, no dilation or groups, no activation, channels last), with a kernel of
+    at least ``min_weights`` weights."""
+    if type(layer) not in (keras.layers.Dense, keras.layers.Conv2D):
+        return False
+    if int(np.prod(layer.kernel.shape)) < min_weights:
+        return False
+    if type(layer) is keras.layers.Dense:
+        return True
+    config = layer.get_config()
+    kernel, strides = tuple(config["kernel_size"]), tuple(config["strides"])
+    return (kernel[0] == kernel[1] and strides[0] == strides[1]
+            and tuple(config["dilation_rate"]) == (1, 1) and config.get("groups", 1) == 1
+            and config["activation"] == "linear" and config["padding"] in ("same", "valid")
+            and config.get("data_format", "channels_last") == "channels_last")
+
+
+def quantized_copy(model: keras.Model, *, min_weights: int = 16384) -> keras.Model:
+    """A copy of ``model`` whose plain ``Conv2D`` and ``Dense`` layers are :class:`QuantizedConv2D`
+    and :class:`QuantizedDense` (int8 kernels, a scale and an offset per output channel): a
+    quarter of their float32 size in a saved model, for a model to ship (they hold 97 % of a
+    MobileNetV2 model's weights). Kernels of fewer than ``min_weights`` weights stay float32:
+    in MobileNetV2 the first blocks' small kernels cause most of the rounding's effect (with the
+    default, 3 % of its kernel weights stay float32 and the mean change of the predicted age on
+    300 faces falls from 0.28 to 0.08 years, of P(female) from 0.011 to 0.004).
+    Outputs change by the rounding (check them on real images before shipping); the copy is
+    frozen (``trainable = False``). Other layers are copied unchanged; :func:`dequantized_copy`
+    undoes the storage."""
+
+    def compact(layer):
+        if not _quantizable(layer, min_weights):
+            return layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, keras.layers.Dense):
+            return QuantizedDense(layer.units, layer.activation, name=layer.name,
+                                  dtype=layer.dtype_policy)
+        return QuantizedConv2D(layer.filters, layer.kernel_size[0], strides=layer.strides[0],
+                               padding=layer.padding, name=layer.name, dtype=layer.dtype_policy)
+
+    copy = keras.models.clone_model(model, clone_function=compact, recursive=True)
+    for source, target in zip(_leaves(model), _leaves(copy), strict=True):
+        if isinstance(target, QUANTIZED) and not isinstance(source, QUANTIZED):
+            kernel = keras.ops.convert_to_numpy(source.kernel)
+            bias = (keras.ops.convert_to_numpy(source.bias) if source.use_bias
+                    else np.zeros(kernel.shape[-1], np.float32))
+            target.set_weights([*quantize_kernel(kernel), bias])
+        elif source.weights:
+            target.set_weights(source.get_weights())
+    copy.trainable = False
+    return copy
+
+
 def dequantized_copy(model: keras.Model) -> keras.Model:
-    """``model`` itself if it has no :class:`QuantizedConv2D`; else a copy where each is a plain
-    ``Conv2D`` holding its float32 kernel (the same outputs). What converters get: TFLite does not
+    """``model`` itself if it has no :class:`QuantizedConv2D` or :class:`QuantizedDense`; else a
+    copy where each is a plain ``Conv2D`` or ``Dense`` holding its float32 kernel (the same
+    outputs). What converters get: TFLite does not
     fold the dequantization of large kernels, and runs convolutions whose kernels are computed at
     run time without its accelerated (XNNPACK) kernels, about 3x slower."""
-    import numpy as np
-
-    def leaves(m: keras.Model) -> list:
-        return [layer for layer in m._flatten_layers(include_self=False, recursive=True)
-                if not isinstance(layer, keras.Model)]
-
-    if not any(isinstance(layer, QuantizedConv2D) for layer in leaves(model)):
+    if not any(isinstance(layer, QUANTIZED) for layer in _leaves(model)):
         return model
 
     def plain(layer):
         if isinstance(layer, QuantizedConv2D):
             return keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
-                                       padding=layer.padding, name=layer.name, trainable=False)
+                                       padding=layer.padding, name=layer.name, trainable=False,
+                                       dtype=layer.dtype_policy)
+        if isinstance(layer, QuantizedDense):
+            return keras.layers.Dense(layer.units, layer.activation, name=layer.name,
+                                      trainable=False, dtype=layer.dtype_policy)
         return layer.__class__.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=plain, recursive=True)
-    for source, target in zip(leaves(model), leaves(copy), strict=True):
-        if isinstance(source, QuantizedConv2D):
+    for source, target in zip(_leaves(model), _leaves(copy), strict=True):
+        if isinstance(source, QUANTIZED):
             codes, scale, offset, bias = source.get_weights()
             target.set_weights([codes.astype(np.float32) * scale + offset, bias])
         elif source.weights:

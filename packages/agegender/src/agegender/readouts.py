@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,16 +118,21 @@ def _split_frames(splits: Path, root: Path, names: list[str]) -> dict[str, Any]:
     return frames
 
 
-def run_fit_readouts(*, model_path: Path, face_api: Path, data_dir: Path, splits: Path, out: Path,
-                     fit_on: str = "train+val", **options: float) -> dict[str, Any]:
+def run_fit_readouts(*, model_paths: Sequence[Path], face_api: Path, data_dir: Path, splits: Path,
+                     out: Path, fit_on: str = "train+val", int8_kernels: bool = False,
+                     **options: float) -> dict[str, Any]:
     """Fit the read-outs on ``fit_on`` (``train`` or ``train+val``) of ``splits``, blend them into
-    the model at ``model_path`` and write ``out/model.keras`` (no optimizer state),
-    ``out/config.json``, ``out/metrics.json`` (the config, the time taken and, when ``splits`` has
-    a test split, the blended model's figures on it) and then that test report (``out/report/``).
-    Returns the metrics. A model that already holds a face descriptor is refused."""
+    the model at ``model_paths`` (several: their ensemble, outputs averaged) and write
+    ``out/model.keras`` (no optimizer state, deflated), ``out/config.json``, ``out/metrics.json``
+    (the config, the time taken and, when ``splits`` has a test split, the blended model's
+    figures on it) and then that test report (``out/report/``). ``int8_kernels``: the model's
+    large convolution and dense kernels are stored as int8 codes
+    (:func:`agegender_models.layers.quantized_copy`; the descriptor's always are). Returns the
+    metrics. A model that already holds a face descriptor is refused."""
     from agegender.evaluation import write_evaluation
-    from agegender_models import load_model, save_model
+    from agegender_models import ensemble, load_model, save_model
     from agegender_models.face_descriptor import face_descriptor_model, with_descriptor_readouts
+    from agegender_models.layers import quantized_copy
 
     settings = {**DEFAULTS, **options}
     fit_names = fit_on.split("+")
@@ -136,10 +142,14 @@ def run_fit_readouts(*, model_path: Path, face_api: Path, data_dir: Path, splits
     descriptor = face_descriptor_model(face_api)
     has_test = (splits / "test.csv").is_file()
     frames = _split_frames(splits, data_dir, fit_names + (["test"] if has_test else []))
-    base = load_model(model_path)
-    if any(layer.name == "face_descriptor" for layer in base.layers):
-        raise ReadoutError(f"{model_path} already holds dlib's face descriptor (it was blended "
-                           "before); pass the model it was made from")
+    members = [load_model(path) for path in model_paths]
+    for path, member in zip(model_paths, members, strict=True):
+        if any(layer.name == "face_descriptor" for layer in member.layers):
+            raise ReadoutError(f"{path} already holds dlib's face descriptor (it was blended "
+                               "before); pass the model it was made from")
+    base = members[0] if len(members) == 1 else ensemble(members)
+    if int8_kernels:
+        base = quantized_copy(base)
     size = int(base.inputs[0].shape[1])
     fit = [frames[name] for name in fit_names]
     features = np.concatenate([descriptor_features(descriptor, f, data_dir, image_size=size)
@@ -155,13 +165,14 @@ def run_fit_readouts(*, model_path: Path, face_api: Path, data_dir: Path, splits
         age_weight=settings["age_weight"])
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, out / "model.keras", include_optimizer=False, compress=True)
-    config = {"model": str(model_path), "face_api": str(face_api), "data_dir": str(data_dir),
-              "splits": str(splits), "fit_on": fit_on, "images": int(len(features)), **settings}
+    config = {"model": " + ".join(map(str, model_paths)), "int8_kernels": int8_kernels,
+              "face_api": str(face_api), "data_dir": str(data_dir), "splits": str(splits),
+              "fit_on": fit_on, "images": int(len(features)), **settings}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     metrics: dict[str, Any] = {"config": config}
     if has_test:
         result = write_evaluation(model, frames["test"], data_dir, out / "report", image_size=size,
-                                  title=f"{model_path} blended with dlib face descriptor read-outs",
+                                  title=f"{config['model']} blended with dlib face descriptor read-outs",
                                   extra=config)
         metrics["test"] = result.to_dict()
     metrics["wall_s"] = round(time.perf_counter() - started, 1)

@@ -1,0 +1,84 @@
+"""quantized_copy: a model's large kernels stored as int8 codes, and dequantized_copy undoing it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from agegender_models import ensemble, load_model, save_model
+from agegender_models.layers import (
+    QuantizedConv2D,
+    QuantizedDense,
+    dequantized_copy,
+    quantize_kernel,
+    quantized_copy,
+)
+
+
+def _leaves(model: keras.Model) -> list:
+    return [la for la in model._flatten_layers(include_self=False, recursive=True)
+            if not isinstance(la, keras.Model)]
+
+
+def test_quantize_kernel_is_within_half_a_step_per_channel() -> None:
+    kernel = np.random.default_rng(0).normal(0, 1, (3, 3, 8, 4)).astype(np.float32)
+    kernel[..., 2] *= 100  # each output channel gets its own scale
+    codes, scale, offset = quantize_kernel(kernel)
+    assert codes.dtype == np.int8 and codes.shape == kernel.shape and scale.shape == (4,)
+    error = np.abs(codes.astype(np.float32) * scale + offset - kernel)
+    assert np.all(error <= scale / 2 + 1e-6 * np.abs(kernel).max())
+
+
+def test_a_mobilenet_keeps_its_outputs_and_saves_smaller(tiny_models, tiny_batch, tmp_path: Path) -> None:
+    model = tiny_models("mobilenet_v2")
+    compact = quantized_copy(model, min_weights=4096)
+    kinds = {type(la) for la in _leaves(compact)}
+    assert {QuantizedConv2D, QuantizedDense} <= kinds
+    # small kernels (the first layers': most of the rounding's effect) stay float32, large ones do not
+    for source, target in zip(_leaves(model), _leaves(compact), strict=True):
+        if type(source) in (keras.layers.Conv2D, keras.layers.Dense):
+            size = int(np.prod(source.kernel.shape))
+            assert isinstance(target, (QuantizedConv2D, QuantizedDense)) == (size >= 4096), source.name
+    assert not compact.trainable_weights
+    want, got = model(tiny_batch[0]), compact(tiny_batch[0])
+    np.testing.assert_allclose(np.asarray(got["gender"]), np.asarray(want["gender"]), atol=0.05)
+    np.testing.assert_allclose(np.asarray(got["age"]), np.asarray(want["age"]), atol=2.0)
+    plain = save_model(model, tmp_path / "plain.keras", include_optimizer=False)
+    small = save_model(compact, tmp_path / "small.keras", include_optimizer=False)
+    assert small.stat().st_size < 0.5 * plain.stat().st_size
+    again = load_model(small)
+    np.testing.assert_array_equal(np.asarray(again(tiny_batch[0])["age"]), np.asarray(got["age"]))
+    # converters get float32 kernels back: plain layers, the quantized model's outputs
+    restored = dequantized_copy(again)
+    assert not {QuantizedConv2D, QuantizedDense} & {type(la) for la in _leaves(restored)}
+    np.testing.assert_allclose(np.asarray(restored(tiny_batch[0])["age"]), np.asarray(got["age"]),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_an_ensemble_is_quantized_member_by_member(tiny_models, tiny_batch) -> None:
+    both = ensemble([tiny_models("mobilenet_v2"), tiny_models("custom_cnn")])
+    compact = quantized_copy(both, min_weights=0)
+    left = [la for la in _leaves(compact) if type(la) in (keras.layers.Conv2D, keras.layers.Dense)]
+    # what stays float32: the custom CNN's convolutions with their ReLU inside (QuantizedConv2D has none)
+    assert left and {la.get_config()["activation"] for la in left} == {"relu"}
+    assert sum(isinstance(la, (QuantizedConv2D, QuantizedDense)) for la in _leaves(compact)) > 30
+    np.testing.assert_allclose(np.asarray(compact(tiny_batch[0])["gender"]),
+                               np.asarray(both(tiny_batch[0])["gender"]), atol=0.05)
+
+
+@pytest.mark.parametrize("layer", [
+    keras.layers.Conv2D(4, 3, dilation_rate=2, name="dilated"),
+    keras.layers.Conv2D(4, 3, activation="relu", name="activated"),
+    keras.layers.Conv2D(4, (1, 3), name="oblong"),
+    keras.layers.DepthwiseConv2D(3, name="depthwise"),
+])
+def test_what_a_quantized_layer_cannot_compute_stays_as_it_is(layer) -> None:
+    inputs = keras.Input((9, 9, 4))
+    model = keras.Model(inputs, layer(inputs))
+    compact = quantized_copy(model, min_weights=0)
+    assert type(compact.layers[-1]) is type(layer)
+    x = np.random.default_rng(0).normal(0, 1, (2, 9, 9, 4)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(compact(x)), np.asarray(model(x)))
