@@ -86,7 +86,13 @@ def main(argv=None) -> int:
 
     from agegender_models import Predictor, load_model, load_pretrained
     from agegender_models._cache import cpu_description
+    from agegender_models.pretrained import list_pretrained
 
+    for ref in args.models:
+        if ref and not Path(ref).is_file() and ref not in list_pretrained():
+            parser.error(f"--models: {ref} is neither a file nor a shipped model ({', '.join(list_pretrained())})")
+    if len(set(args.models)) != len(args.models):
+        parser.error("--models: a model is given twice")
     models = {ref or "default": load_model(ref) if ref and Path(ref).is_file() else load_pretrained(ref)
               for ref in args.models}
     cpu = cpu_description()
@@ -103,7 +109,8 @@ def main(argv=None) -> int:
             prefix = f"{name}, " if len(models) > 1 else ""
             for detector in args.detectors:
                 predictors[f"{prefix}{detector}"] = predictor = Predictor(model, detector=detector)
-            result.setdefault("runtime", {})[name] = predictor.runner.describe()
+            described = predictor.runner.describe()
+            result["runtime"] = {**result.get("runtime", {}), name: described} if len(models) > 1 else described
         for label, files in folders.items():
             rows = result["folders"].setdefault(label, {})
             for key, predictor in predictors.items():

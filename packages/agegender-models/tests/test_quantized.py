@@ -12,15 +12,11 @@ from agegender_models import ensemble, load_model, save_model
 from agegender_models.layers import (
     QuantizedConv2D,
     QuantizedDense,
+    _leaves,
     dequantized_copy,
     quantize_kernel,
     quantized_copy,
 )
-
-
-def _leaves(model: keras.Model) -> list:
-    return [la for la in model._flatten_layers(include_self=False, recursive=True)
-            if not isinstance(la, keras.Model)]
 
 
 def test_quantize_kernel_is_within_half_a_step_per_channel() -> None:
@@ -67,6 +63,24 @@ def test_an_ensemble_is_quantized_member_by_member(tiny_models, tiny_batch) -> N
     assert sum(isinstance(la, (QuantizedConv2D, QuantizedDense)) for la in _leaves(compact)) > 30
     np.testing.assert_allclose(np.asarray(compact(tiny_batch[0])["gender"]),
                                np.asarray(both(tiny_batch[0])["gender"]), atol=0.05)
+
+
+def test_a_dense_layer_without_bias_on_sequences_and_in_bfloat16() -> None:
+    inputs = keras.Input((5, 64))
+    layer = keras.layers.Dense(32, use_bias=False, activation="tanh", name="d")
+    model = keras.Model(inputs, layer(inputs))
+    x = np.random.default_rng(0).normal(0, 1, (2, 5, 64)).astype(np.float32)
+    compact = quantized_copy(model, min_weights=0)
+    assert isinstance(compact.get_layer("d"), QuantizedDense) and compact.output_shape == (None, 5, 32)
+    np.testing.assert_allclose(np.asarray(compact(x)), np.asarray(model(x)), atol=0.02)
+    # under mixed_bfloat16 the kernel is computed in float32 and rounded once (not its parts)
+    halves = keras.layers.Dense(32, use_bias=False, name="d", dtype="mixed_bfloat16")
+    mixed = quantized_copy(keras.Model(inputs, halves(inputs)), min_weights=0).get_layer("d")
+    assert mixed.compute_dtype == "bfloat16"
+    codes, scale, offset, _ = mixed.get_weights()
+    want = keras.ops.cast(codes.astype(np.float32) * scale + offset, "bfloat16")
+    np.testing.assert_array_equal(np.asarray(keras.ops.cast(mixed._kernel(), "float32")),
+                                  np.asarray(keras.ops.cast(want, "float32")))
 
 
 @pytest.mark.parametrize("layer", [

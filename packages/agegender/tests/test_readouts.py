@@ -112,8 +112,10 @@ def test_cli_blends_an_ensemble_with_int8_kernels(base_model_file: Path, fake_fa
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == f"{base_model_file} + {base_model_file}" and config["int8_kernels"]
     model = load_model(out / "model.keras")
-    leaves = {type(la).__name__ for la in model._flatten_layers(recursive=True)}
-    assert "QuantizedDense" in leaves and "Dense" in leaves  # the read-outs stay float32
+    names = {la.name: type(la).__name__ for la in model._flatten_layers(recursive=True)}
+    assert {"member0", "member1"} <= set(names)  # the ensemble of the two, inside the blend
+    assert "QuantizedDense" in names.values()
+    assert names["descriptor_gender"] == names["descriptor_age"] == "Dense"  # read-outs: float32
     with zipfile.ZipFile(out / "model.keras") as archive:  # written deflated
         assert {m.compress_type for m in archive.infolist()} == {zipfile.ZIP_DEFLATED}
 

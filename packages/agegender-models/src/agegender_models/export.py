@@ -30,8 +30,8 @@ converter, and ``onnxruntime`` to check the result); without it :func:`export_mo
 **Any model exports, whatever precision it computes in**: a model trained in ``mixed_bfloat16``
 (whose bfloat16 convolutions neither TFLite nor ONNX Runtime's CPU provider can run) is exported
 as its float32 copy (:func:`agegender_models.precision.float32_copy`: the same weights), and
-int8-stored kernels (:class:`agegender_models.layers.QuantizedConv2D` and ``QuantizedDense``,
-in the shipped default) as float32 ones (:func:`agegender_models.layers.dequantized_copy`), which the
+int8-stored kernels (:class:`agegender_models.layers.QuantizedConv2D`, in the shipped default's
+face descriptor, and ``QuantizedDense``, from ``quantized_copy``) as float32 ones (:func:`agegender_models.layers.dequantized_copy`), which the
 converters fold into constants and TFLite runs on its accelerated kernels.
 
 **Quantization** (``quantize=``, TFLite and ONNX): ``"float16"`` stores the weights in float16

@@ -108,8 +108,17 @@ class BoundedAge(keras.layers.Layer):
         return config
 
 
+class _Dequantizing:
+    """The kernel ``codes * scale + offset``, computed in float32 (in bfloat16 the offset and the
+    sum would round by about one code step), then cast once to the layer's compute dtype."""
+
+    def _kernel(self):
+        kernel = ops.cast(self.codes, "float32") * ops.cast(self.scale, "float32")
+        return ops.cast(kernel + ops.cast(self.offset, "float32"), self.compute_dtype)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class QuantizedConv2D(keras.layers.Layer):
+class QuantizedConv2D(_Dequantizing, keras.layers.Layer):
     """A 2-D convolution whose kernel is kept as int8 codes with a scale and an offset per output
     channel (``kernel = codes * scale + offset``), dequantized when called: a quarter of a
     float32 kernel's size in a saved model. For pretrained weights stored that way (see
@@ -137,8 +146,7 @@ class QuantizedConv2D(keras.layers.Layer):
                                     trainable=False)
 
     def call(self, inputs):
-        kernel = ops.cast(self.codes, self.compute_dtype) * ops.cast(self.scale, self.compute_dtype)
-        kernel = kernel + ops.cast(self.offset, self.compute_dtype)
+        kernel = self._kernel()
         y = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding)
         return y + ops.cast(self.bias, self.compute_dtype)
 
@@ -157,7 +165,7 @@ class QuantizedConv2D(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class QuantizedDense(keras.layers.Layer):
+class QuantizedDense(_Dequantizing, keras.layers.Layer):
     """A dense layer whose kernel is kept as int8 codes with a scale and an offset per output
     unit, like :class:`QuantizedConv2D` (made by :func:`quantized_copy`); not trainable."""
 
@@ -179,8 +187,7 @@ class QuantizedDense(keras.layers.Layer):
                                     trainable=False)
 
     def call(self, inputs):
-        kernel = ops.cast(self.codes, self.compute_dtype) * ops.cast(self.scale, self.compute_dtype)
-        kernel = kernel + ops.cast(self.offset, self.compute_dtype)
+        kernel = self._kernel()
         return self.activation(ops.matmul(inputs, kernel) + ops.cast(self.bias, self.compute_dtype))
 
     def compute_output_shape(self, input_shape):

@@ -76,12 +76,15 @@ def save_model(
 def _deflate(path: Path) -> None:
     """Rewrite the zip archive at ``path`` with every member deflated (replaced atomically)."""
     writing = path.with_name(path.name + ".deflating")
-    with zipfile.ZipFile(path) as stored, zipfile.ZipFile(
-        writing, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9
-    ) as deflated:
-        for member in stored.infolist():
-            deflated.writestr(member, stored.read(member), compress_type=zipfile.ZIP_DEFLATED)
-    os.replace(writing, path)
+    try:
+        with zipfile.ZipFile(path) as stored, zipfile.ZipFile(
+            writing, "w", compression=zipfile.ZIP_DEFLATED
+        ) as deflated:
+            for member in stored.infolist():
+                deflated.writestr(member, stored.read(member), compress_type=zipfile.ZIP_DEFLATED)
+        os.replace(writing, path)
+    finally:
+        writing.unlink(missing_ok=True)
 
 
 def load_model(

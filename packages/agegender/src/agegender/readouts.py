@@ -144,7 +144,7 @@ def run_fit_readouts(*, model_paths: Sequence[Path], face_api: Path, data_dir: P
     frames = _split_frames(splits, data_dir, fit_names + (["test"] if has_test else []))
     members = [load_model(path) for path in model_paths]
     for path, member in zip(model_paths, members, strict=True):
-        if any(layer.name == "face_descriptor" for layer in member.layers):
+        if any(layer.name == "face_descriptor" for layer in member._flatten_layers(recursive=True)):
             raise ReadoutError(f"{path} already holds dlib's face descriptor (it was blended "
                                "before); pass the model it was made from")
     base = members[0] if len(members) == 1 else ensemble(members)
