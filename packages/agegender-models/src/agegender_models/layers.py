@@ -109,8 +109,21 @@ class BoundedAge(keras.layers.Layer):
 
 
 class _Dequantizing:
-    """The kernel ``codes * scale + offset``, computed in float32 (in bfloat16 the offset and the
-    sum would round by about one code step), then cast once to the layer's compute dtype."""
+    """What the int8-kernel layers share: their weights (codes, a scale and an offset per output
+    channel, a bias) and the kernel ``codes * scale + offset``, computed in float32 (in bfloat16
+    the offset and the sum would round by about one code step), then cast once to the layer's
+    compute dtype."""
+
+    def _add_quantized_weights(self, shape: tuple[int, ...]) -> None:
+        channels = (shape[-1],)
+        self.codes = self.add_weight(name="codes", shape=shape, dtype="int8", initializer="zeros",
+                                     trainable=False)
+        self.scale = self.add_weight(name="scale", shape=channels, initializer="ones",
+                                     trainable=False)
+        self.offset = self.add_weight(name="offset", shape=channels, initializer="zeros",
+                                      trainable=False)
+        self.bias = self.add_weight(name="bias", shape=channels, initializer="zeros",
+                                    trainable=False)
 
     def _kernel(self):
         kernel = ops.cast(self.codes, "float32") * ops.cast(self.scale, "float32")
@@ -135,15 +148,8 @@ class QuantizedConv2D(_Dequantizing, keras.layers.Layer):
         self.trainable = False
 
     def build(self, input_shape):
-        shape = (self.kernel_size, self.kernel_size, int(input_shape[-1]), self.filters)
-        self.codes = self.add_weight(name="codes", shape=shape, dtype="int8", initializer="zeros",
-                                     trainable=False)
-        self.scale = self.add_weight(name="scale", shape=(self.filters,), initializer="ones",
-                                     trainable=False)
-        self.offset = self.add_weight(name="offset", shape=(self.filters,), initializer="zeros",
-                                      trainable=False)
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros",
-                                    trainable=False)
+        self._add_quantized_weights((self.kernel_size, self.kernel_size, int(input_shape[-1]),
+                                     self.filters))
 
     def call(self, inputs):
         kernel = self._kernel()
@@ -176,15 +182,7 @@ class QuantizedDense(_Dequantizing, keras.layers.Layer):
         self.trainable = False
 
     def build(self, input_shape):
-        shape = (int(input_shape[-1]), self.units)
-        self.codes = self.add_weight(name="codes", shape=shape, dtype="int8", initializer="zeros",
-                                     trainable=False)
-        self.scale = self.add_weight(name="scale", shape=(self.units,), initializer="ones",
-                                     trainable=False)
-        self.offset = self.add_weight(name="offset", shape=(self.units,), initializer="zeros",
-                                      trainable=False)
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros",
-                                    trainable=False)
+        self._add_quantized_weights((int(input_shape[-1]), self.units))
 
     def call(self, inputs):
         kernel = self._kernel()
