@@ -25,8 +25,10 @@ from agegender_models.detect import (
     CHIP_BOX_WIDTH,
     CHIP_EYE_CENTER,
     CHIP_EYE_DISTANCE,
+    CHIP_MISMATCH,
     LANDMARK_GEOMETRY,
     Face,
+    chip_mismatch,
     crop_face,
     get_detector,
     to_rgb,
@@ -34,6 +36,7 @@ from agegender_models.detect import (
 
 SIZE = 200
 SHARED_PHOTOS = Path(__file__).resolve().parents[3].parent / "shared" / "photos"
+SHARED_UTKFACE = SHARED_PHOTOS.parent / "utkface" / "crop_part1_5000"
 
 
 class FakeDetector:
@@ -284,6 +287,46 @@ def test_landmark_crop_levels_the_eyes_where_a_chip_has_them(
     assert (ly + ry) / 2 == pytest.approx(cy, abs=1.0)
 
 
+def _chip_face(side: float, angle: float = 0.0, shift=(0.0, 0.0)) -> Face:
+    """A face placed in a ``side``-pixel square image where a chip's face sits."""
+    cx, cy = CHIP_EYE_CENTER
+    # _face_from_eyes takes pixel indices; the chip frame works on pixel centres (+0.5)
+    return _face_from_eyes((cx * side - 0.5 + shift[0], cy * side - 0.5 + shift[1]),
+                           CHIP_EYE_DISTANCE * side, angle)
+
+
+@pytest.mark.parametrize("side", [200, 64, 500])
+def test_chip_mismatch_is_near_zero_for_a_chip_and_large_for_a_face_in_a_photo(side: int) -> None:
+    assert chip_mismatch(_chip_face(side), side, side) < 0.02
+    assert chip_mismatch(_chip_face(side, angle=8.0), side, side) < 0.05
+    # the same face in a wider photo, in a smaller or larger square, or moved off centre
+    assert chip_mismatch(_chip_face(side), 2 * side, side) > CHIP_MISMATCH
+    assert chip_mismatch(_chip_face(side), side * 3 // 2, side * 3 // 2) > CHIP_MISMATCH
+    assert chip_mismatch(_chip_face(side), side // 2, side // 2) > CHIP_MISMATCH
+    assert chip_mismatch(_chip_face(side, shift=(0.3 * side, 0)), side, side) > CHIP_MISMATCH
+    with pytest.raises(ValueError, match="must be positive"):
+        chip_mismatch(_chip_face(side), 0, side)
+
+
+@pytest.mark.skipif(not (SHARED_UTKFACE.is_dir() and SHARED_PHOTOS.is_dir()),
+                    reason="needs ../shared/utkface and ../shared/photos")
+def test_real_chips_are_under_the_chip_mismatch_limit_and_real_photos_over_it() -> None:
+    pytest.importorskip("yuface")
+    pytest.importorskip("mtcnn")
+    detector = get_detector("yunet-onet")
+
+    def mismatches(path: Path) -> list[float]:
+        rgb = to_rgb(path)
+        return [chip_mismatch(f, rgb.shape[1], rgb.shape[0]) for f in detector.detect_faces(rgb)]
+
+    chips = sorted(SHARED_UTKFACE.glob("*.chip.jpg"))[:40]
+    photos = sorted(SHARED_PHOTOS.glob("*.jpg"))[:20]
+    assert len(chips) == 40 and len(photos) == 20
+    chip_values = [min(mismatches(p)) for p in chips]
+    photo_values = [v for p in photos for v in mismatches(p)]
+    assert max(chip_values) <= CHIP_MISMATCH and min(photo_values) > CHIP_MISMATCH
+
+
 @pytest.mark.parametrize("angle", [0.0, 20.0])
 def test_yunet_landmarks_are_cropped_by_yunets_own_geometry(angle: float) -> None:
     # YuNet puts its landmarks elsewhere on a face than MTCNN (bench/chip_geometry_yunet.json):
@@ -402,6 +445,29 @@ def test_predict_one_result_per_face_matching_its_crop(model, tmp_path: Path) ->
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_predict_reads_an_image_that_already_is_a_chip_as_it_is(
+    model, tmp_path: Path, monkeypatch
+) -> None:
+    from agegender_models.predict import _to_rgb_array
+
+    cropped = []
+    monkeypatch.setattr(det, "crop_face", lambda image, face, size=SIZE: cropped.append(face)
+                        or crop_face(image, face, size))
+    chip = _photo(tmp_path / "chip.png", size=(200, 200))
+    photo = _photo(tmp_path / "photo.png", size=(320, 240), seed=1)
+    in_chip, in_photo = _chip_face(200), _chip_face(200, shift=(60, 20))
+    results, errors = Predictor(model, detector=FakeDetector([in_chip])).predict(
+        [chip], return_errors=True)
+    assert errors == [] and len(results) == 1 and cropped == []
+    assert results[0]["box"] == [round(v) for v in in_chip.box]
+    as_is = model(_to_rgb_array(chip, (32, 32))[None], training=False)
+    assert results[0]["p_female"] == pytest.approx(float(np.asarray(as_is["gender"]).ravel()[0]),
+                                                   abs=1e-5)
+    # the same face moved inside a larger photo is cropped, not taken whole
+    results = Predictor(model, detector=FakeDetector([in_photo])).predict([photo])
+    assert len(results) == 1 and cropped == [in_photo]
 
 
 def test_predict_no_face_is_an_error_entry_and_others_still_predicted(

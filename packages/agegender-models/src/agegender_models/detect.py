@@ -31,7 +31,10 @@ they work offline):
 * ``"haar"``: OpenCV's frontal-face Haar cascade; a box only (no landmarks, no rotation).
   Lighter, misses turned faces.
 
-Crops are aligned on the landmarks, by each detector's own measured geometry.
+Crops are aligned on the landmarks, by each detector's own measured geometry. An image that
+already is such a chip (its one face where a chip's face sits, :func:`chip_mismatch` at most
+``CHIP_MISMATCH``) is better read as it is than cropped again; :class:`~agegender_models.Predictor`
+does so.
 
 Any object with a ``detect_faces(image) -> list[Face]`` method can be passed instead of a name
 (tests use a fake one). Large photos are downscaled so their longer side is at most ``max_side``
@@ -87,6 +90,12 @@ LANDMARK_GEOMETRY = {
 # Haar boxes in a chip (fractions of the chip side; medians over 1,000 chips)
 CHIP_BOX_CENTER = (0.4950, 0.4150)
 CHIP_BOX_WIDTH = 1.0450
+
+# A face whose chip_mismatch() is at most this is read from the whole image, which already is a
+# chip: cropping it again would only resample it twice and move it by the landmarks' noise. Set
+# from geometry alone: 4,245 of 4,248 train+val UTKFace chips are under it (max 0.28), the 118
+# faces of ../shared/photos all over it (min 0.335; FairFace's looser crops 0.36-0.6).
+CHIP_MISMATCH = 0.25
 
 DETECTORS = ("auto", "yunet-onet", "yunet", "mtcnn", "haar")
 EXTRA_HINT = "pip install 'agegender-models[detect]'"
@@ -315,8 +324,8 @@ class YuNetONetDetector(YuNetDetector):
     """YuNet finds the faces; MTCNN's last stage, ONet, places their five landmarks.
 
     On the same faces MTCNN's landmarks gave crops the shipped model reads better than YuNet's
-    (68 labelled real photos: 0.912 against 0.853 gender accuracy; 750 test chips: 0.897 / 4.41
-    against 0.891 / 4.42; see the model card), and ONet alone is cheap: one 48x48 patch per
+    (68 labelled real photos: 0.912 against 0.853 gender accuracy; 750 test chips cropped again:
+    0.897 / 4.41 against 0.891 / 4.42; see the model card), and ONet alone is cheap: one 48x48 patch per
     face, the square around YuNet's box, as MTCNN feeds it the square around its own proposal.
     Boxes and confidences stay YuNet's; landmarks are cropped by MTCNN's measured geometry.
     Needs both ``yuface`` and ``mtcnn`` (the 'detect' extra).
@@ -497,6 +506,35 @@ def _chip_frame(face: Face) -> tuple[tuple[float, float], tuple[float, float], f
     return (x + w / 2, y + h / 2), CHIP_BOX_CENTER, w / CHIP_BOX_WIDTH, 0.0
 
 
+def _chip_to_image(face: Face, size: int):
+    """(``to_image``: chip pixel (u, v) -> image point, image pixels per chip pixel, the rotation's
+    cos and sin times that scale) for a ``size``-pixel chip of ``face``."""
+    (ax, ay), (ux, uy), side, angle = _chip_frame(face)
+    k = side / size
+    cos, sin = math.cos(angle) * k, math.sin(angle) * k
+    ox, oy = ux * size, uy * size
+
+    def to_image(u: float, v: float) -> tuple[float, float]:
+        return ax + cos * (u - ox) - sin * (v - oy), ay + sin * (u - ox) + cos * (v - oy)
+
+    return to_image, k, cos, sin
+
+
+def chip_mismatch(face: Face, width: int, height: int) -> float:
+    """How far the square :func:`crop_face` would take for ``face`` is from the whole
+    ``width`` x ``height`` image: the largest of |side / width - 1|, |side / height - 1| and the
+    square's centre offset as a fraction of width and of height. Near 0 when the image already is
+    a chip cropped like UTKFace's (train+val chips: median 0.028, 99.9 % 0.22); photos of a
+    face, however tightly framed, are 0.3 or more (see ``CHIP_MISMATCH``)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"`width` and `height` must be positive. Received: {width}x{height}")
+    to_image, k, _, _ = _chip_to_image(face, CHIP_SIZE)
+    cx, cy = to_image(CHIP_SIZE / 2, CHIP_SIZE / 2)
+    side = k * CHIP_SIZE
+    return max(abs(side / width - 1), abs(side / height - 1),
+               abs(cx - width / 2) / width, abs(cy - height / 2) / height)
+
+
 def crop_face(image: Any, face: Face, size: int = CHIP_SIZE) -> np.ndarray:
     """A ``size`` x ``size`` x 3 uint8 chip of ``face`` cropped from ``image`` like UTKFace's:
     aligned on the eyes when the face has landmarks, else placed by its box (see the module
@@ -507,14 +545,7 @@ def crop_face(image: Any, face: Face, size: int = CHIP_SIZE) -> np.ndarray:
     if not isinstance(face, Face):
         raise TypeError(f"`face` must be a Face. Received: face={face!r}")
     rgb = to_rgb(image)
-    (ax, ay), (ux, uy), side, angle = _chip_frame(face)
-    k = side / size  # image pixels per chip pixel
-    cos, sin = math.cos(angle) * k, math.sin(angle) * k
-    ox, oy = ux * size, uy * size
-
-    def to_image(u: float, v: float) -> tuple[float, float]:
-        return ax + cos * (u - ox) - sin * (v - oy), ay + sin * (u - ox) + cos * (v - oy)
-
+    to_image, k, cos, sin = _chip_to_image(face, size)
     corners = np.array([to_image(u, v) for u in (0, size) for v in (0, size)])
     x0, y0 = (int(math.floor(c)) - 2 for c in corners.min(axis=0))
     x1, y1 = (int(math.ceil(c)) + 2 for c in corners.max(axis=0))

@@ -114,7 +114,9 @@ class Predictor:
     MTCNN; or ``"yunet-onet"``, ``"yunet"``, ``"mtcnn"``, ``"haar"``, or any object with a
     ``detect_faces`` method; see :mod:`agegender_models.detect`, which needs
     ``pip install 'agegender-models[detect]'``). Each face found is cropped like a chip and
-    predicted, giving one dict per face, in input order and left to right within an image::
+    predicted, giving one dict per face, in input order and left to right within an image (an
+    image that already is a UTKFace-like chip, its face where a chip's sits, is read as it is:
+    see :func:`~agegender_models.detect.chip_mismatch`)::
 
         {"file", "face": int, "box": [x, y, w, h], "confidence": float, "age", "gender", "p_female"}
 
@@ -298,7 +300,7 @@ class Predictor:
 
     def _faces(self, item: Any) -> list[tuple[dict[str, Any], np.ndarray]]:
         """Detect the faces in one image and crop each like a UTKFace chip, at the model's size."""
-        from .detect import CHIP_SIZE, crop_face
+        from .detect import CHIP_MISMATCH, CHIP_SIZE, chip_mismatch, crop_face
 
         rgb = to_rgb(item, max_pixels=self.max_pixels)  # a file: upright, by imageio's rules
         try:
@@ -307,8 +309,12 @@ class Predictor:
         except Exception as exc:
             raise _DetectionError(f"face detection failed: {_reason(exc)}") from None
         out = []
+        height, width = rgb.shape[:2]
         for index, face in enumerate(faces):
-            chip = crop_face(rgb, face, CHIP_SIZE)
+            if chip_mismatch(face, width, height) <= CHIP_MISMATCH:  # already a chip: as it is
+                chip = rgb
+            else:
+                chip = crop_face(rgb, face, CHIP_SIZE)
             extra = {
                 "face": index,
                 "box": [round(v) for v in face.box],
