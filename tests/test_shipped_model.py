@@ -107,6 +107,16 @@ def test_annotate_writes_each_photo_boxed_and_labelled(tmp_path: Path, monkeypat
     assert ann.label(rows[0]) in {f"F {round(rows[0]['age'])}", f"M {round(rows[0]['age'])}"}
 
 
+def test_a_label_at_the_photos_right_edge_moves_left_to_stay_whole() -> None:
+    face = {"box": [290, 100, 30, 40], "gender": "male", "age": 15.2}
+    drawn = np.asarray(ann.annotate(Image.new("RGB", (320, 240)), [face])).astype(int)
+    above = drawn[:100]  # the label sits above the box
+    filled = np.argwhere(np.abs(above - np.array(ann.COLOURS["male"])).sum(axis=2) == 0)
+    xs = filled[:, 1]
+    # the whole label (wider than the 30 px left of the edge) fits: it starts left of the box
+    assert len(xs) and xs.min() < 290 and xs.max() <= 319
+
+
 def test_predictor_without_a_model_uses_the_shipped_one(tmp_path: Path) -> None:
     from agegender_models import Predictor
 

@@ -140,8 +140,12 @@ def test_read_errors_name_the_file(tmp_path: Path) -> None:
         read_image(tmp_path / "missing.jpg")
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    with pytest.raises(ImageReadError, match=r"notes\.jpg: cannot read image: Unidentified"):
+    with pytest.raises(ImageReadError, match=r"notes\.jpg: cannot read image: not an image"):
         read_image(text)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"empty\.png: cannot read image: empty file$"):
+        read_image(empty)
     whole = tmp_path / "whole.jpg"
     Image.fromarray(_picture()).save(whole)
     cut = tmp_path / "cut.jpg"

@@ -174,6 +174,10 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ImageTooLargeError(
             name, f"image too large (decompression-bomb guard; not decoded): {exc}"
         ) from None
+    except Image.UnidentifiedImageError:
+        reason = ("empty file" if os.path.getsize(name) == 0
+                  else "not an image Pillow can read (unknown format or not an image file)")
+        raise ImageReadError(name, f"cannot read image: {reason}") from None
     except Exception as exc:
         raise ImageReadError(name, f"cannot read image: {_one_line(exc)}") from None
     with image:

@@ -4,7 +4,8 @@
 
 The box line and the label's size follow the photo's size (readable on a 300-pixel thumbnail and
 on a 4,000-pixel photo alike), the label no larger than its face (a crowd stays legible); it sits
-above the box, or inside it at the top edge.
+above the box, or inside it at the top edge, and moves left where the photo's right edge would
+cut it.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def annotate(image: Image.Image, faces: Iterable[dict[str, Any]]) -> Image.Image
         tw, th = right - left, bottom - top
         pad = max(2, th // 5)
         ty = y - th - 2 * pad if y - th - 2 * pad >= 0 else y
-        draw.rectangle([x, ty, x + tw + 2 * pad, ty + th + 2 * pad], fill=colour)
-        draw.text((x + pad - left, ty + pad - top), text, fill=(255, 255, 255), font=font)
+        # kept inside the photo: a face at its right or left edge keeps its whole label
+        tx = max(0, min(x, out.width - tw - 2 * pad))
+        draw.rectangle([tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad], fill=colour)
+        draw.text((tx + pad - left, ty + pad - top), text, fill=(255, 255, 255), font=font)
     return out
 
 

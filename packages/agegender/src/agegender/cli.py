@@ -41,9 +41,11 @@ RUNTIMES = ("auto", "keras", "tflite", "onnx")  # agegender_models.runtime.RUNTI
 EXIT_STATUSES = """\
 exit status:
   0  done: every input gave a result
-  1  some inputs failed (predict: they are listed under "errors"; the others are predicted)
-  2  usage error: a bad option or value, a missing file or extra, a run folder in use or
-     started with other options; one line on stderr names it
+  1  some inputs failed (predict: they are listed under "errors", a missing input file among
+     them; the others are predicted)
+  2  usage error: a bad option or value, a missing file named by an option (--model,
+     --splits, ...) or a missing extra, a run folder in use or started with other options;
+     one line on stderr names it
   3  train --strategy multi_worker: the cluster lost a worker, or the workers disagree; one
      line says what to do (start every worker again: the run resumes from its last epoch)"""
 
