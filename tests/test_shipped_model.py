@@ -117,6 +117,18 @@ def test_a_label_at_the_photos_right_edge_moves_left_to_stay_whole() -> None:
     assert len(xs) and xs.min() < 290 and xs.max() <= 319
 
 
+def test_labels_of_faces_side_by_side_do_not_hide_each_other() -> None:
+    faces = [{"box": [10, 50, 30, 30], "gender": "male", "age": 40.0},
+             {"box": [25, 50, 30, 30], "gender": "female", "age": 38.0}]
+    drawn = np.asarray(ann.annotate(Image.new("RGB", (320, 240)), faces)).astype(int)
+
+    def rows(gender: str) -> np.ndarray:
+        return np.argwhere(np.abs(drawn - np.array(ann.COLOURS[gender])).sum(axis=2) == 0)[:, 0]
+
+    assert rows("male").min() < 50  # the first label above its box
+    assert rows("female").min() >= 50  # the second inside its box, not over the first
+
+
 def test_predictor_without_a_model_uses_the_shipped_one(tmp_path: Path) -> None:
     from agegender_models import Predictor
 

@@ -4,8 +4,9 @@
 
 The box line and the label's size follow the photo's size (readable on a 300-pixel thumbnail and
 on a 4,000-pixel photo alike), the label no larger than its face (a crowd stays legible); it sits
-above the box, or inside it at the top edge, and moves left where the photo's right edge would
-cut it.
+above the box (else inside its top edge, else below it, where a label already drawn would be
+hidden), and moves left where the photo's right edge would cut it. Boxes are drawn first, labels
+over them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def annotate(image: Image.Image, faces: Iterable[dict[str, Any]]) -> Image.Image:
     """A copy of ``image`` (RGB) with each face's ``box`` ([x, y, w, h]) drawn and labelled."""
     out = image.convert("RGB")
@@ -38,21 +43,32 @@ def annotate(image: Image.Image, faces: Iterable[dict[str, Any]]) -> Image.Image
     side = max(out.size)
     line = max(2, round(side / 300))
     fonts: dict[int, ImageFont.ImageFont] = {}
-    for face in faces:
-        x, y, w, h = (int(v) for v in face["box"])
+    faces = list(faces)
+    boxes = [tuple(int(v) for v in face["box"]) for face in faces]
+    for (x, y, w, h), face in zip(boxes, faces, strict=True):
+        draw.rectangle([x, y, x + w, y + h], outline=COLOURS.get(face["gender"], (250, 200, 0)),
+                       width=line)
+    placed: list[tuple[int, int, int, int]] = []
+    for (x, y, _w, h), face in zip(boxes, faces, strict=True):
         colour = COLOURS.get(face["gender"], (250, 200, 0))
         # readable on a large photo, and no larger than the face in a crowd (12 px at least)
         size = max(12, min(round(side / 35), round(0.9 * h)))
         font = fonts.setdefault(size, _font(size))
-        draw.rectangle([x, y, x + w, y + h], outline=colour, width=line)
         text = label(face)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left, bottom - top
         pad = max(2, th // 5)
-        ty = y - th - 2 * pad if y - th - 2 * pad >= 0 else y
+        lw, lh = tw + 2 * pad, th + 2 * pad
         # kept inside the photo: a face at its right or left edge keeps its whole label
-        tx = max(0, min(x, out.width - tw - 2 * pad))
-        draw.rectangle([tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad], fill=colour)
+        tx = max(0, min(x, out.width - lw))
+        # above the box, else inside its top edge, else below it: the first that covers no
+        # label already drawn (in a crowd, faces' labels would otherwise hide each other)
+        spots = [ty for ty in (y - lh, y, y + h) if 0 <= ty <= out.height - lh] or [max(0, y - lh)]
+        ty = next((ty for ty in spots
+                   if not any(_overlaps((tx, ty, tx + lw, ty + lh), other) for other in placed)),
+                  spots[0])
+        placed.append((tx, ty, tx + lw, ty + lh))
+        draw.rectangle([tx, ty, tx + lw, ty + lh], fill=colour)
         draw.text((tx + pad - left, ty + pad - top), text, fill=(255, 255, 255), font=font)
     return out
 
