@@ -99,6 +99,27 @@ def test_predict_runtime_flag(run_folder: Path) -> None:
     assert bad.returncode == 2 and "invalid choice: 'cuda'" in bad.stderr
 
 
+def test_the_runtimes_native_notice_is_dropped_and_everything_else_kept(capfd) -> None:
+    import os
+
+    from agegender._tf import NATIVE_NOISE, native_noise_dropped
+
+    def write() -> None:  # as C++ writes: to file descriptor 2, past sys.stderr
+        os.write(2, f"{NATIVE_NOISE[0]}\nkept: a real warning\n".encode())
+
+    with native_noise_dropped():
+        write()
+    err = capfd.readouterr().err
+    assert "kept: a real warning" in err and "XNNPACK" not in err
+    with native_noise_dropped(verbose=True):
+        write()
+    assert "XNNPACK" in capfd.readouterr().err
+    with pytest.raises(RuntimeError), native_noise_dropped():  # a failure shows everything
+        write()
+        raise RuntimeError("boom")
+    assert "XNNPACK" in capfd.readouterr().err
+
+
 def test_predict_auto_uses_the_run_folder_faces(run_folder: Path, monkeypatch) -> None:
     """`predict` with "auto" gives it the run's test faces to check on and training faces to
     calibrate int8 on, read only if there is something to measure."""

@@ -11,28 +11,44 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 _loaded = False
 
 
+# what the runtimes print from C++ on their first call, whatever the log level
+NATIVE_NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
 @contextlib.contextmanager
-def _native_stderr_held() -> Iterator[None]:
-    """Send file descriptor 2 to a temporary file; replay it if the block raises."""
+def _native_stderr_held(keep: Callable[[str], bool] = lambda line: False) -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file during the block; then write back the lines
+    ``keep`` accepts (every line if the block raises)."""
     sys.stderr.flush()
     saved = os.dup(2)
+    raised = False
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
             yield
         except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
+            raised = True
             raise
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+            sink.seek(0)
+            lines = sink.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if raised or keep(line)))
+            sys.stderr.flush()
+
+
+def native_noise_dropped(*, verbose: bool = False) -> contextlib.AbstractContextManager:
+    """Everything the block writes to stderr but ``NATIVE_NOISE`` (everything when ``verbose``)."""
+    if verbose:
+        return contextlib.nullcontext()
+    return _native_stderr_held(keep=lambda line: line.strip() not in NATIVE_NOISE)
 
 
 def load_tensorflow(*, verbose: bool = False) -> None:

@@ -317,6 +317,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     # builds the detector before any image is read: a missing 'detect' extra is one clear line
     predictor = Predictor(model, detector=detector, runtime="keras")
     predictor.runner = _runner(args, model)
+    import numpy as np
+
+    from agegender._tf import native_noise_dropped
+
+    with native_noise_dropped(verbose=args.verbose):  # TFLite announces XNNPACK on its first call
+        predictor.runner(np.zeros((1, *predictor.input_size, 3), np.uint8))
     if predictor.detector is not None:
         logging.getLogger("agegender").info("faces found by %s", predictor.detector_name)
     predictions: list[dict[str, Any]] = []
