@@ -1,8 +1,11 @@
 """A model on a labelled split of UTKFace chips as `agegender predict` sees them by default:
-each chip through face detection and the chip-like crop, then the model.
+each chip through face detection, then the model on the chip as it is where its face fills it as
+a chip's does (`agegender_models.detect.is_chip`), else on the chip-like crop
+(`--crop-chips-again`: always the crop, as `predict` did before it read chips as they are).
 
     python bench/eval_split_detect.py --data-dir ../shared/utkface/crop_part1_5000 \
-        --split results/model_a/splits/test.csv --detect mtcnn [--model PATH] [--flip-tta] --out OUT.json
+        --split results/model_a/splits/test.csv --detect mtcnn [--model PATH] [--flip-tta] \
+        [--crop-chips-again] --out OUT.json
 
 A chip where no face is found counts as missed (reported per age group) and is left out of the
 figures, which are overall, by age group, by gender and by race (agegender_eval), written as JSON.
@@ -24,6 +27,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="a .keras file (default: the shipped model)")
     parser.add_argument("--detect", default="mtcnn", help="detector name, or 'none' for the chips as they are")
     parser.add_argument("--flip-tta", action="store_true")
+    parser.add_argument("--crop-chips-again", action="store_true",
+                        help="crop every face from its landmarks, chips too (Predictor's chip_tolerance=None)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -38,7 +43,8 @@ def main(argv=None) -> int:
         model = flip_tta(model)
     frame = utkface_data.load_split_file(args.split, root=args.data_dir).reset_index(drop=True)
     files = [str(args.data_dir / p) for p in frame["path"]]
-    predictor = Predictor(model, detector=None if args.detect == "none" else args.detect)
+    predictor = Predictor(model, detector=None if args.detect == "none" else args.detect,
+                          **({"chip_tolerance": None} if args.crop_chips_again else {}))
     started = time.perf_counter()
     results = predictor.predict(files, return_errors=True)
     found = results[0] if isinstance(results, tuple) else results
@@ -55,7 +61,8 @@ def main(argv=None) -> int:
     result = evaluate_predictions(kept, predictions).to_dict()
     groups = utkface_data.age_group(frame["age"].to_numpy())
     found_by_group = {g: round(float(keep[groups == g].mean()), 4) for g in utkface_data.AGE_GROUPS}
-    summary = {"detect": args.detect, "flip_tta": args.flip_tta, "images": len(files),
+    summary = {"detect": args.detect, "flip_tta": args.flip_tta,
+               "crop_chips_again": args.crop_chips_again, "images": len(files),
                "face_found": round(float(keep.mean()), 4), "face_found_by_age_group": found_by_group,
                "seconds": round(seconds, 1), "metrics": result}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,7 @@ def test_annotate_writes_each_photo_boxed_and_labelled(tmp_path: Path, monkeypat
 
 
 def test_a_label_at_the_photos_right_edge_moves_left_to_stay_whole() -> None:
-    face = {"box": [290, 100, 30, 40], "gender": "male", "age": 15.2}
+    face = {"box": [290, 100, 30, 40], "gender": "male", "age": 100.2}  # "M 100": wider than 30 px
     drawn = np.asarray(ann.annotate(Image.new("RGB", (320, 240)), [face])).astype(int)
     above = drawn[:100]  # the label sits above the box
     filled = np.argwhere(np.abs(above - np.array(ann.COLOURS["male"])).sum(axis=2) == 0)

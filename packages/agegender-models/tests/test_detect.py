@@ -31,6 +31,7 @@ from agegender_models.detect import (
     chip_mismatch,
     crop_face,
     get_detector,
+    is_chip,
     to_rgb,
 )
 
@@ -298,7 +299,16 @@ def _chip_face(side: float, angle: float = 0.0, shift=(0.0, 0.0)) -> Face:
 @pytest.mark.parametrize("side", [200, 64, 500])
 def test_chip_mismatch_is_near_zero_for_a_chip_and_large_for_a_face_in_a_photo(side: int) -> None:
     assert chip_mismatch(_chip_face(side), side, side) < 0.02
-    assert chip_mismatch(_chip_face(side, angle=8.0), side, side) < 0.05
+    # a tilt counts in radians: 8 degrees is a chip, 20 degrees is left to crop_face to level
+    assert chip_mismatch(_chip_face(side, angle=8.0), side, side) == pytest.approx(
+        math.radians(8.0), abs=0.04)  # eyes on whole pixels: coarse at 64 px
+    assert chip_mismatch(_chip_face(side, angle=20.0), side, side) > CHIP_MISMATCH
+    assert is_chip(_chip_face(side), side, side)
+    assert not is_chip(_chip_face(side, angle=20.0), side, side)
+    # a taller image is not a chip even where the face's square nearly fits it (it would be
+    # stretched into the model's square input)
+    assert chip_mismatch(_chip_face(side), side, side * 6 // 5) <= CHIP_MISMATCH
+    assert not is_chip(_chip_face(side), side, side * 6 // 5)
     # the same face in a wider photo, in a smaller or larger square, or moved off centre
     assert chip_mismatch(_chip_face(side), 2 * side, side) > CHIP_MISMATCH
     assert chip_mismatch(_chip_face(side), side * 3 // 2, side * 3 // 2) > CHIP_MISMATCH
@@ -468,6 +478,19 @@ def test_predict_reads_an_image_that_already_is_a_chip_as_it_is(
     # the same face moved inside a larger photo is cropped, not taken whole
     results = Predictor(model, detector=FakeDetector([in_photo])).predict([photo])
     assert len(results) == 1 and cropped == [in_photo]
+    # chip_tolerance=None crops every face again, chips too
+    Predictor(model, detector=FakeDetector([in_chip]), chip_tolerance=None).predict([chip])
+    assert cropped == [in_photo, in_chip]
+    with pytest.raises(ValueError, match="chip_tolerance"):
+        Predictor(model, chip_tolerance=1.5)
+    # a large chip is shrunk to a chip's size with antialiasing (as crop_face would) first
+    big = tmp_path / "big.png"
+    Image.open(chip).resize((800, 800), Image.Resampling.NEAREST).save(big)
+    [result] = Predictor(model, detector=FakeDetector([_chip_face(800)])).predict([big])
+    shrunk = Image.open(big).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+    want = model(_to_rgb_array(shrunk, (32, 32))[None], training=False)
+    assert result["p_female"] == pytest.approx(float(np.asarray(want["gender"]).ravel()[0]), abs=1e-5)
+    assert len(cropped) == 2
 
 
 def test_predict_no_face_is_an_error_entry_and_others_still_predicted(

@@ -32,8 +32,8 @@ they work offline):
   Lighter, misses turned faces.
 
 Crops are aligned on the landmarks, by each detector's own measured geometry. An image that
-already is such a chip (its one face where a chip's face sits, :func:`chip_mismatch` at most
-``CHIP_MISMATCH``) is better read as it is than cropped again; :class:`~agegender_models.Predictor`
+already is such a chip (square, a face filling it as a chip's face does, level:
+:func:`is_chip`) is better read as it is than cropped again; :class:`~agegender_models.Predictor`
 does so.
 
 Any object with a ``detect_faces(image) -> list[Face]`` method can be passed instead of a name
@@ -94,8 +94,13 @@ CHIP_BOX_WIDTH = 1.0450
 # A face whose chip_mismatch() is at most this is read from the whole image, which already is a
 # chip: cropping it again would only resample it twice and move it by the landmarks' noise. Set
 # from geometry alone: 4,245 of 4,248 train+val UTKFace chips are under it (max 0.28), the 118
-# faces of ../shared/photos all over it (min 0.335; FairFace's looser crops 0.36-0.6).
+# faces of ../shared/photos all over it (min 0.335; FairFace's looser crops 0.36-0.6). Its tilt
+# term (0.25 rad, 14°) leaves a tilted face to crop_face, which levels it: UTKFace's chips are
+# level (4 of the 4,245 over 15°, by ONet's landmarks) and training does not rotate them.
 CHIP_MISMATCH = 0.25
+# ... and only a square image (to within this fraction of its side): UTKFace's chips are square,
+# and a taller or wider image would be stretched into the model's square input
+CHIP_SQUARE = 0.05
 
 DETECTORS = ("auto", "yunet-onet", "yunet", "mtcnn", "haar")
 EXTRA_HINT = "pip install 'agegender-models[detect]'"
@@ -522,17 +527,26 @@ def _chip_to_image(face: Face, size: int):
 
 def chip_mismatch(face: Face, width: int, height: int) -> float:
     """How far the square :func:`crop_face` would take for ``face`` is from the whole
-    ``width`` x ``height`` image: the largest of |side / width - 1|, |side / height - 1| and the
-    square's centre offset as a fraction of width and of height. Near 0 when the image already is
-    a chip cropped like UTKFace's (train+val chips: median 0.028, 99.9 % 0.22); photos of a
-    face, however tightly framed, are 0.3 or more (see ``CHIP_MISMATCH``)."""
+    ``width`` x ``height`` image: the largest of |side / width - 1|, |side / height - 1|, the
+    square's centre offset as a fraction of width and of height, and its tilt in radians. Near 0
+    when the image already is a chip cropped like UTKFace's (train+val chips: median 0.028,
+    99.9 % 0.22); photos of a face, however tightly framed, are 0.3 or more (see
+    ``CHIP_MISMATCH``)."""
     if width <= 0 or height <= 0:
         raise ValueError(f"`width` and `height` must be positive. Received: {width}x{height}")
-    to_image, k, _, _ = _chip_to_image(face, CHIP_SIZE)
+    to_image, k, cos, sin = _chip_to_image(face, CHIP_SIZE)
     cx, cy = to_image(CHIP_SIZE / 2, CHIP_SIZE / 2)
     side = k * CHIP_SIZE
     return max(abs(side / width - 1), abs(side / height - 1),
-               abs(cx - width / 2) / width, abs(cy - height / 2) / height)
+               abs(cx - width / 2) / width, abs(cy - height / 2) / height,
+               abs(math.atan2(sin, cos)))
+
+
+def is_chip(face: Face, width: int, height: int, tolerance: float = CHIP_MISMATCH) -> bool:
+    """Whether a ``width`` x ``height`` image already is a chip of ``face``: square to within
+    ``CHIP_SQUARE`` and its :func:`chip_mismatch` at most ``tolerance``."""
+    square = abs(width - height) <= CHIP_SQUARE * max(width, height)
+    return square and chip_mismatch(face, width, height) <= tolerance
 
 
 def crop_face(image: Any, face: Face, size: int = CHIP_SIZE) -> np.ndarray:

@@ -12,7 +12,9 @@ import keras
 import numpy as np
 from PIL import Image
 
-from .imageio import (  # numpy/PIL only; the detectors load lazily
+# both numpy/PIL only: the detectors' own packages load when a detector is built
+from .detect import CHIP_MISMATCH
+from .imageio import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
     to_rgb,
@@ -115,8 +117,9 @@ class Predictor:
     ``detect_faces`` method; see :mod:`agegender_models.detect`, which needs
     ``pip install 'agegender-models[detect]'``). Each face found is cropped like a chip and
     predicted, giving one dict per face, in input order and left to right within an image (an
-    image that already is a UTKFace-like chip, its face where a chip's sits, is read as it is:
-    see :func:`~agegender_models.detect.chip_mismatch`)::
+    image that already is a UTKFace-like chip, square with a level face filling it as a chip's
+    does, is read as it is: :func:`~agegender_models.detect.is_chip` with ``chip_tolerance``;
+    ``chip_tolerance=None`` crops every face again)::
 
         {"file", "face": int, "box": [x, y, w, h], "confidence": float, "age", "gender", "p_female"}
 
@@ -138,6 +141,7 @@ class Predictor:
         detector: Any = None,
         runtime: Any = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        chip_tolerance: float | None = CHIP_MISMATCH,
     ):
         if model_or_path is None:  # the model that ships with the package
             from .pretrained import load_pretrained
@@ -158,7 +162,12 @@ class Predictor:
             raise ValueError(
                 f"`max_pixels` must be a positive int. Received: max_pixels={max_pixels!r}"
             )
+        if chip_tolerance is not None and not (isinstance(chip_tolerance, int | float)
+                                               and 0 <= chip_tolerance < 1):
+            raise ValueError("`chip_tolerance` must be in [0, 1) or None. "
+                             f"Received: chip_tolerance={chip_tolerance!r}")
         self.max_pixels = max_pixels
+        self.chip_tolerance = chip_tolerance
         self.model = model_or_path
         self.threshold = float(threshold)
         self.input_size = tuple(int(d) for d in self.model.input_shape[1:3])
@@ -300,7 +309,7 @@ class Predictor:
 
     def _faces(self, item: Any) -> list[tuple[dict[str, Any], np.ndarray]]:
         """Detect the faces in one image and crop each like a UTKFace chip, at the model's size."""
-        from .detect import CHIP_MISMATCH, CHIP_SIZE, chip_mismatch, crop_face
+        from .detect import CHIP_SIZE, crop_face, is_chip
 
         rgb = to_rgb(item, max_pixels=self.max_pixels)  # a file: upright, by imageio's rules
         try:
@@ -311,8 +320,11 @@ class Predictor:
         out = []
         height, width = rgb.shape[:2]
         for index, face in enumerate(faces):
-            if chip_mismatch(face, width, height) <= CHIP_MISMATCH:  # already a chip: as it is
-                chip = rgb
+            tolerance = self.chip_tolerance
+            if tolerance is not None and is_chip(face, width, height, tolerance):
+                # already a chip: as it is, shrunk (antialiased, as crop_face shrinks) if larger
+                chip = rgb if max(width, height) <= CHIP_SIZE else np.asarray(
+                    Image.fromarray(rgb).resize((CHIP_SIZE, CHIP_SIZE), Image.Resampling.BILINEAR))
             else:
                 chip = crop_face(rgb, face, CHIP_SIZE)
             extra = {

@@ -25,7 +25,11 @@ def _native_stderr_held(keep: Callable[[str], bool] = lambda line: False) -> Ite
     """Send file descriptor 2 to a temporary file during the block; then write back the lines
     ``keep`` accepts (every line if the block raises)."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (closed, as under some daemons): nothing to hold
+        yield
+        return
     raised = False
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)

@@ -317,17 +317,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     # builds the detector before any image is read: a missing 'detect' extra is one clear line
     predictor = Predictor(model, detector=detector, runtime="keras")
     predictor.runner = _runner(args, model)
-    import numpy as np
-
-    from agegender._tf import native_noise_dropped
-
-    with native_noise_dropped(verbose=args.verbose):  # TFLite announces XNNPACK on its first call
-        predictor.runner(np.zeros((1, *predictor.input_size, 3), np.uint8))
     if predictor.detector is not None:
         logging.getLogger("agegender").info("faces found by %s", predictor.detector_name)
     predictions: list[dict[str, Any]] = []
     if files:
+        import numpy as np
         from tqdm import tqdm
+
+        from agegender._tf import native_noise_dropped
+
+        with native_noise_dropped(verbose=args.verbose):  # TFLite's XNNPACK notice, first call
+            predictor.runner(np.zeros((1, *predictor.input_size, 3), np.uint8))
 
         # a progress bar on stderr for several inputs, when it is a terminal (never in a pipe)
         with tqdm(total=len(files), unit="image", file=sys.stderr, leave=False,
@@ -529,7 +529,8 @@ def _add_predict(commands) -> None:
     predict.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     predict.add_argument("--detect", choices=(*DETECTORS, "none"), default="auto",
                          help="how faces are found: each photo's faces are detected and cropped "
-                         "like a UTKFace chip, one result per face with 'face', 'box' and "
+                         "like a UTKFace chip (an image that already is one, square with a level "
+                         "face filling it, is read as it is), one result per face with 'face', 'box' and "
                          "'confidence' (a photo with no face is listed in errors as 'no face "
                          "found'). 'auto' (default): yunet-onet where YuNet's wheel exists (CPython "
                          "3.11 on x86-64 Linux), else mtcnn; 'yunet-onet' is YuNet's faces with "
