@@ -93,10 +93,11 @@ CHIP_BOX_WIDTH = 1.0450
 
 # A face whose chip_mismatch() is at most this is read from the whole image, which already is a
 # chip: cropping it again would only resample it twice and move it by the landmarks' noise. Set
-# from geometry alone: 4,245 of 4,248 train+val UTKFace chips are under it (max 0.28), the 118
-# faces of ../shared/photos all over it (min 0.335; FairFace's looser crops 0.36-0.6). Its tilt
-# term (0.25 rad, 14°) leaves a tilted face to crop_face, which levels it: UTKFace's chips are
-# level (4 of the 4,245 over 15°, by ONet's landmarks) and training does not rotate them.
+# from geometry alone: 4,245 of 4,248 train+val UTKFace chips are under its size and centre
+# terms (max 0.28), the 118 faces of ../shared/photos all over them (min 0.335; FairFace's looser
+# crops 0.36-0.6). Its tilt term (0.25 rad, 14°) leaves a tilted face to crop_face, which levels
+# it: UTKFace's chips are level (4 of those 4,245 over 15°, by ONet's landmarks) and training
+# does not rotate them.
 CHIP_MISMATCH = 0.25
 # ... and only a square image (to within this fraction of its side): UTKFace's chips are square,
 # and a taller or wider image would be stretched into the model's square input
