@@ -1,4 +1,5 @@
-"""quantized_copy: a model's large kernels stored as int8 codes, and dequantized_copy undoing it."""
+"""quantized_copy: a model's large kernels stored as int8 codes, and dequantized_copy undoing it;
+folded_copy: BatchNormalization and ReLU6 folded into the convolutions."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from agegender_models.layers import (
     QuantizedDense,
     _leaves,
     dequantized_copy,
+    folded_copy,
     quantize_kernel,
     quantized_copy,
 )
@@ -58,8 +60,10 @@ def test_an_ensemble_is_quantized_member_by_member(tiny_models, tiny_batch) -> N
     both = ensemble([tiny_models("mobilenet_v2"), tiny_models("custom_cnn")])
     compact = quantized_copy(both, min_weights=0)
     left = [la for la in _leaves(compact) if type(la) in (keras.layers.Conv2D, keras.layers.Dense)]
-    # what stays float32: the custom CNN's convolutions with their ReLU inside (QuantizedConv2D has none)
-    assert left and {la.get_config()["activation"] for la in left} == {"relu"}
+    assert not left  # every plain convolution and dense layer, the custom CNN's with their ReLU too
+    relu = [la for la in _leaves(compact) if isinstance(la, QuantizedConv2D)
+            and keras.activations.serialize(la.activation) == "relu"]
+    assert relu
     assert sum(isinstance(la, (QuantizedConv2D, QuantizedDense)) for la in _leaves(compact)) > 30
     np.testing.assert_allclose(np.asarray(compact(tiny_batch[0])["gender"]),
                                np.asarray(both(tiny_batch[0])["gender"]), atol=0.05)
@@ -85,7 +89,6 @@ def test_a_dense_layer_without_bias_on_sequences_and_in_bfloat16() -> None:
 
 @pytest.mark.parametrize("layer", [
     keras.layers.Conv2D(4, 3, dilation_rate=2, name="dilated"),
-    keras.layers.Conv2D(4, 3, activation="relu", name="activated"),
     keras.layers.Conv2D(4, (1, 3), name="oblong"),
     keras.layers.DepthwiseConv2D(3, name="depthwise"),
 ])
@@ -96,3 +99,80 @@ def test_what_a_quantized_layer_cannot_compute_stays_as_it_is(layer) -> None:
     assert type(compact.layers[-1]) is type(layer)
     x = np.random.default_rng(0).normal(0, 1, (2, 9, 9, 4)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(compact(x)), np.asarray(model(x)))
+
+
+# ------------------------------------------------------------------------------------------------
+# folded_copy: BatchNormalization and ReLU6 folded into the convolutions
+
+
+def _with_statistics(model: keras.Model) -> keras.Model:
+    """Random BatchNormalization statistics, so that folding them has something to get wrong."""
+    rng = np.random.default_rng(1)
+    for layer in _leaves(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.5, n))
+            layer.moving_variance.assign(rng.uniform(0.3, 2.0, n))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+            layer.beta.assign(rng.normal(0, 0.3, n))
+    return model
+
+
+def _chains() -> keras.Model:
+    """Conv -> BN -> ReLU6, depthwise (multiplier 2) -> BN -> ReLU, conv -> BN -> Add (no ReLU), a
+    conv whose output two layers read (not folded), and a nested model."""
+    layers = keras.layers
+    inner_in = keras.Input((8, 8, 6))
+    y = layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, use_bias=False)(inner_in)
+    y = layers.BatchNormalization()(y)
+    y = layers.ReLU()(y)
+    inner = keras.Model(inner_in, y, name="inner")
+    x_in = keras.Input((16, 16, 3))
+    x = layers.Conv2D(6, 3, strides=2, padding="same", use_bias=False)(x_in)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU(6.0)(x)
+    x = inner(x)
+    skip = layers.Conv2D(12, 1)(x)
+    a = layers.BatchNormalization()(layers.Conv2D(12, 1, use_bias=True)(x))
+    x = layers.Add()([a, skip])
+    shared = layers.Conv2D(4, 1)(x)  # read by a BN and by the output: stays as it is
+    x = layers.Concatenate()([layers.BatchNormalization()(shared), shared])
+    return keras.Model(x_in, layers.GlobalAveragePooling2D()(x))
+
+
+def test_folding_keeps_the_outputs_with_fewer_layers() -> None:
+    keras.utils.set_random_seed(0)
+    model = _with_statistics(_chains())
+    folded = folded_copy(model)
+    x = np.random.default_rng(0).normal(0, 1, (4, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x)), atol=1e-5, rtol=1e-5)
+    kinds = [type(la).__name__ for la in _leaves(folded)]
+    assert kinds.count("BatchNormalization") == 1  # the shared convolution's, not folded
+    assert "ReLU" not in kinds
+    convs = {la.name: la for la in _leaves(folded) if isinstance(la, keras.layers.Conv2D)}
+    activations = sorted(keras.activations.serialize(la.activation) for la in convs.values())
+    assert activations.count("relu6") == 1 and folded.get_layer("inner").layers[1].activation \
+        is keras.activations.relu
+    assert not folded.trainable
+
+
+def test_a_folded_mobilenet_is_smaller_to_load_and_quantizes_with_its_relu6(
+        tiny_models, tiny_batch, tmp_path: Path) -> None:
+    model = _with_statistics(tiny_models("mobilenet_v2"))
+    images, _ = tiny_batch
+    folded = folded_copy(model)
+    want, got = model(images), folded(images)
+    for key in ("gender", "age"):
+        np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), atol=1e-4, rtol=1e-4)
+    assert len(_leaves(folded)) < 0.5 * len(_leaves(model))
+    compact = quantized_copy(folded, min_weights=4096)
+    relu6 = [la for la in _leaves(compact) if isinstance(la, QuantizedConv2D)
+             and keras.activations.serialize(la.activation) == "relu6"]
+    assert relu6  # folded expansions keep their ReLU6 and still store int8 kernels
+    save_model(compact, tmp_path / "c.keras", include_optimizer=False)
+    loaded = load_model(tmp_path / "c.keras")
+    np.testing.assert_allclose(np.asarray(loaded(images)["age"]), np.asarray(compact(images)["age"]),
+                               atol=1e-4)
+    plain = dequantized_copy(loaded)  # what the converters get: the activation comes back too
+    np.testing.assert_allclose(np.asarray(plain(images)["age"]), np.asarray(compact(images)["age"]),
+                               atol=1e-3)

@@ -106,11 +106,13 @@ def test_cli_blends_an_ensemble_with_int8_kernels(base_model_file: Path, fake_fa
     images, splits = _data(tmp_path)
     out = tmp_path / "run"
     status = cli_main(["fit-readouts", "--model", str(base_model_file), "--model",
-                       str(base_model_file), "--int8-kernels", "--face-api", str(fake_face_api),
+                       str(base_model_file), "--int8-kernels", "--fold-batchnorm",
+                       "--face-api", str(fake_face_api),
                        "--data-dir", str(images), "--splits", str(splits), "--out", str(out)])
     assert status == 0, capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == f"{base_model_file} + {base_model_file}" and config["int8_kernels"]
+    assert config["fold_batchnorm"]
     model = load_model(out / "model.keras")
     names = {la.name: type(la).__name__ for la in model._flatten_layers(recursive=True)}
     assert {"member0", "member1"} <= set(names)  # the ensemble of the two, inside the blend
@@ -118,6 +120,22 @@ def test_cli_blends_an_ensemble_with_int8_kernels(base_model_file: Path, fake_fa
     assert names["descriptor_gender"] == names["descriptor_age"] == "Dense"  # read-outs: float32
     with zipfile.ZipFile(out / "model.keras") as archive:  # written deflated
         assert {m.compress_type for m in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+
+
+def test_cli_folds_batchnorm_into_a_mobilenets_convolutions(fake_face_api: Path, tmp_path: Path,
+                                                            capsys) -> None:
+    images, splits = _data(tmp_path)
+    base = save_model(create_model("mobilenet_v2", input_shape=(32, 32, 3), weights=None),
+                      tmp_path / "mnv2.keras", include_optimizer=False)
+    out = tmp_path / "run"
+    status = cli_main(["fit-readouts", "--model", str(base), "--fold-batchnorm", "--face-api",
+                       str(fake_face_api), "--data-dir", str(images), "--splits", str(splits),
+                       "--out", str(out)])
+    assert status == 0, capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["fold_batchnorm"]
+    before = [type(la).__name__ for la in load_model(base)._flatten_layers(recursive=True)]
+    after = [type(la).__name__ for la in load_model(out / "model.keras")._flatten_layers(recursive=True)]
+    assert before.count("BatchNormalization") > 40 and after.count("BatchNormalization") == 0
 
 
 @pytest.mark.parametrize("case,message", [

@@ -650,7 +650,8 @@ def _cmd_fit_readouts(args: argparse.Namespace) -> int:
     metrics = run_fit_readouts(model_paths=[_model_path(ref) for ref in args.model],
                                face_api=Path(args.face_api), data_dir=Path(args.data_dir),
                                splits=Path(args.splits), out=Path(args.out), fit_on=args.fit_on,
-                               int8_kernels=args.int8_kernels, **options)
+                               int8_kernels=args.int8_kernels,
+                               fold_batchnorm=args.fold_batchnorm, **options)
     print(format_summary({"test": metrics["test"]}) if "test" in metrics else "no test split")
     print(f"model: {Path(args.out) / 'model.keras'}")
     return 0
@@ -678,6 +679,9 @@ def _add_fit_readouts(commands) -> None:
                      help="store the model's large convolution and dense kernels as int8 codes with "
                      "a scale per output channel (about a quarter of the size; predictions move "
                      "a little: measure them)")
+    fit.add_argument("--fold-batchnorm", action="store_true",
+                     help="fold each model's BatchNormalization (and ReLU6) into the convolution "
+                     "before it: the same outputs, fewer layers, about half the load time")
     fit.add_argument("--face-api", required=True, metavar="DIR",
                      help="folder holding face-api.js' face recognition model files")
     fit.add_argument("--data-dir", default=os.environ.get("UTKFACE_DIR"),
