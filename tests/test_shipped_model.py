@@ -23,8 +23,9 @@ from agegender_models.saving import ModelFileError
 
 def test_the_shipped_model_loads_offline_with_its_checksum() -> None:
     info = pretrained_info()
-    assert list_pretrained() == ["mobilenet-v2-dlib-utkface", "mobilenet-v2-utkface"]
-    assert info["name"] == "mobilenet-v2-dlib-utkface"
+    assert list_pretrained() == ["mobilenet-v2x3-dlib-utkface", "mobilenet-v2-dlib-utkface",
+                                 "mobilenet-v2-utkface"]  # the default first
+    assert info["name"] == "mobilenet-v2x3-dlib-utkface"
     models = {}
     for name in list_pretrained():
         # at most 15 MB per model, in the repository and in the wheel (which deflates it again)
@@ -34,11 +35,15 @@ def test_the_shipped_model_loads_offline_with_its_checksum() -> None:
         size = pretrained_info(name)["input_size"]
         assert tuple(model.inputs[0].shape[1:]) == (size, size, 3)
         assert set(model.output_names) == {"gender", "age"}
-    # the default holds dlib's face descriptor, its kernels int8, and its two read-outs
+    # the default holds dlib's face descriptor, its kernels int8, and its two read-outs; and three
+    # MobileNetV2 members, BatchNorm folded into their convolutions
     default = models[info["name"]]
     assert {"face_descriptor", "descriptor_gender", "descriptor_age"} <= {layer.name for layer in default.layers}
     kernels = [w for w in default.get_layer("face_descriptor").weights if w.name == "codes"]
     assert len(kernels) == 29 and {w.dtype for w in kernels} == {"int8"}
+    kinds = [type(la).__name__ for la in default._flatten_layers(recursive=True)]
+    assert kinds.count("BatchNormalization") == 0 and {"member0", "member1", "member2"} <= {
+        la.name for la in default._flatten_layers(recursive=True)}
     assert Path(info["card"]).is_file() and "non-commercial" in Path(info["card"]).read_text()
     with pytest.raises(ValueError, match="no pretrained model 'nope'"):
         load_pretrained("nope")
@@ -133,6 +138,6 @@ def test_predictor_without_a_model_uses_the_shipped_one(tmp_path: Path) -> None:
     from agegender_models import Predictor
 
     chip = _photo(tmp_path / "chip.jpg", 200, 200)
-    default, named = Predictor(), Predictor("mobilenet-v2-dlib-utkface")
+    default, named = Predictor(), Predictor("mobilenet-v2x3-dlib-utkface")
     assert default.predict([chip])[0]["p_female"] == pytest.approx(named.predict([chip])[0]["p_female"])
     assert tuple(default.model.inputs[0].shape[1:3]) == (192, 192)
