@@ -156,6 +156,21 @@ def test_folding_keeps_the_outputs_with_fewer_layers() -> None:
     assert not folded.trainable
 
 
+def test_a_convolution_or_batchnorm_whose_output_is_a_model_output_keeps_it() -> None:
+    layers = keras.layers
+    x_in = keras.Input((8, 8, 3))
+    conv = layers.Conv2D(4, 3, padding="same")(x_in)  # an output itself: BN not folded into it
+    y = layers.ReLU()(layers.BatchNormalization()(conv))
+    z = layers.Conv2D(4, 1)(y)
+    normed = layers.BatchNormalization()(z)  # an output itself: folded, but its ReLU not fused
+    model = _with_statistics(keras.Model(x_in, [conv, normed, layers.ReLU(6.0)(normed)]))
+    folded = folded_copy(model)
+    x = np.random.default_rng(0).normal(0, 1, (2, 8, 8, 3)).astype(np.float32)
+    for want, got in zip(model(x), folded(x), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+    assert [type(la).__name__ for la in _leaves(folded)].count("BatchNormalization") == 1
+
+
 def test_a_folded_mobilenet_is_smaller_to_load_and_quantizes_with_its_relu6(
         tiny_models, tiny_batch, tmp_path: Path) -> None:
     model = _with_statistics(tiny_models("mobilenet_v2"))

@@ -310,6 +310,9 @@ def _folds(model: keras.Model) -> dict[int, tuple]:
     """id(convolution) -> (convolution, its BatchNormalization, the ReLU after it or None), for
     every plain Conv2D / DepthwiseConv2D (no activation, channels last) whose output only a
     BatchNormalization over the channels reads."""
+    # a tensor that is some (nested) model's output must keep its value: nothing is folded into it
+    models = [model, *(la for la in model._flatten_layers(recursive=True) if isinstance(la, keras.Model))]
+    outputs = {id(tensor) for m in models for tensor in keras.tree.flatten(m.outputs)}
     found = {}
     for conv in _leaves(model):
         if type(conv) not in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D):
@@ -318,12 +321,14 @@ def _folds(model: keras.Model) -> dict[int, tuple]:
         if config["activation"] != "linear" or config.get("data_format") == "channels_first":
             continue
         bn = _only_user(conv)
-        if type(bn) is not keras.layers.BatchNormalization or len(bn._inbound_nodes) != 1:
+        if (type(bn) is not keras.layers.BatchNormalization or len(bn._inbound_nodes) != 1
+                or id(conv.output) in outputs):
             continue
         if bn.axis not in (-1, len(conv.output.shape) - 1):
             continue
         relu = _only_user(bn)
         fusable = (type(relu) is keras.layers.ReLU and len(relu._inbound_nodes) == 1
+                   and id(bn.output) not in outputs
                    and relu.max_value in (None, 6.0) and float(relu.negative_slope) == 0.0
                    and float(relu.threshold) == 0.0)
         found[id(conv)] = (conv, bn, relu if fusable else None)
