@@ -26,7 +26,10 @@ PACKAGES = [
 # httpx2 (httpx for Starlette < 1.0) drives FastAPI's TestClient; playwright drives the system
 # Chromium (.ci/run installs Debian's) in the browser test of `agegender serve`, without downloading
 # a browser of its own.
-TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "httpx2>=2.16", "httpx>=0.27", "playwright>=1.40"]
+# yuface is libfacedetection's own YuNet (one wheel: CPython 3.11, x86-64 Linux and Windows): the
+# reference the shipped YuNet network is tested against, detection for detection.
+TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "httpx2>=2.16", "httpx>=0.27", "playwright>=1.40",
+             "yuface==2023.5.1; python_version == '3.11' and platform_machine == 'x86_64' and sys_platform == 'linux'"]
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
 # uv installs without compiling bytecode, and where PYTHONDONTWRITEBYTECODE is set (as on our CI
 # machines) Python never writes it either: then every process that imports TensorFlow and Keras

@@ -15,7 +15,9 @@ detector loaded before. Two folders:
 For each detector: photos/s, faces found and photos with a face, with 1 and 2 reading threads
 (``--workers``); best of ``--rounds`` rounds, after one untimed warm-up photo. The CPU's name and
 its bf16/AMX flags are written with the figures (this machine is shared: compare ratios measured
-in one run; ``--models A B`` times several models in one run).
+in one run; ``--models A B`` times several models in one run). ``--libfacedetection`` also times
+each YuNet detector with libfacedetection's own C++ (the ``yuface`` wheel, the engine before the
+shipped LiteRT network) in the same run.
 """
 
 from __future__ import annotations
@@ -56,6 +58,25 @@ def make_variants(photos: list[Path], out: Path) -> list[Path]:
     return written
 
 
+class LibfacedetectionYuNet:
+    """libfacedetection's own C++ YuNet (yuface's library), in place of the shipped network."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from agegender_models.detect import _import_yuface
+
+        self._call, self._lock = _import_yuface(), threading.Lock()
+
+    def detect(self, rgb, score_threshold: float = 0.2):
+        import numpy as np
+
+        with self._lock:  # as the detector locked it before
+            rows = self._call(np.ascontiguousarray(rgb[..., ::-1]))[:, :15].astype(np.float32)
+        rows[:, 0] /= 100
+        return rows[rows[:, 0] >= score_threshold]
+
+
 def measure(predictor, files: list[Path], workers: int, rounds: int) -> dict:
     names = [str(f) for f in files]
     predictor.predict(names[:1], return_errors=True)  # warm-up
@@ -81,6 +102,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-slow", action="store_true",
                         help="time MTCNN on the 74 photos only (it takes minutes on the larger folder)")
+    parser.add_argument("--libfacedetection", action="store_true",
+                        help="also time YuNet run by libfacedetection's C++ (needs the yuface wheel)")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here (JSON)")
     args = parser.parse_args(argv)
 
@@ -110,6 +133,10 @@ def main(argv=None) -> int:
             prefix = f"{name}, " if len(models) > 1 else ""
             for detector in args.detectors:
                 predictors[f"{prefix}{detector}"] = predictor = Predictor(model, detector=detector)
+                if args.libfacedetection and detector.startswith("yunet"):
+                    old = Predictor(model, detector=detector)
+                    old.detector._network = LibfacedetectionYuNet()
+                    predictors[f"{prefix}{detector} (libfacedetection)"] = old
             described = predictor.runner.describe()
             result["runtime"] = {**result.get("runtime", {}), name: described} if len(models) > 1 else described
         for label, files in folders.items():

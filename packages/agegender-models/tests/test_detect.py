@@ -140,31 +140,61 @@ def test_get_detector_by_name_instance_and_unknown() -> None:
         get_detector(object())
 
 
-def test_auto_is_yunet_onet_where_its_wheel_is_installed_else_mtcnn(monkeypatch) -> None:
-    monkeypatch.setattr(det, "yunet_available", lambda: True)
-    assert det.resolve_detector_name("auto") == "yunet-onet"
+def test_auto_is_yunet_onet_where_mtcnn_is_installed_else_yunet(monkeypatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    if real_find_spec("mtcnn") is not None:
+        assert det.resolve_detector_name("auto") == "yunet-onet"
+        assert isinstance(get_detector(), det.YuNetONetDetector)  # "auto" is the default
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mtcnn" else real_find_spec(name, *a))
+    assert det.resolve_detector_name("auto") == "yunet"  # YuNet without mtcnn: its own landmarks
+    assert det.resolve_detector_name("haar") == "haar"
+
+
+def test_yunet_runs_without_the_yuface_wheel(monkeypatch) -> None:
+    # the network ships with the package; yuface (libfacedetection's C++) is only the tests' reference
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "mtcnn" else real_find_spec(name, *a))
-    assert det.resolve_detector_name("auto") == "yunet"  # YuNet without mtcnn: its own landmarks
-    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
-    monkeypatch.setattr(det, "yunet_available", lambda: False)
-    assert det.resolve_detector_name("auto") == "mtcnn"
-    assert det.resolve_detector_name("haar") == "haar"
-    pytest.importorskip("mtcnn")
-    assert isinstance(get_detector(), det.MTCNNDetector)  # "auto" is the default
+                        lambda name, *a: None if name == "yuface" else real_find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'yuface==2023.5.1'.*CPython 3.11 on x86-64 Linux"):
+        det._import_yuface()
+    detector = get_detector("yunet")
+    assert detector.detect_faces(np.zeros((100, 120, 3), np.uint8)) == []
 
 
-def test_yunet_without_its_wheel_says_where_it_has_one(monkeypatch) -> None:
-    import importlib.util
+def _anchors(height: int, width: int) -> np.ndarray:
+    """Raw network output for a (padded) height x width image: every anchor scoring ~0."""
+    n = sum((height // s) * (width // s) for s in (8, 16, 32))
+    raw = np.zeros((n, 16), np.float32)
+    raw[:, :2] = -12.0
+    return raw
 
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
-    assert det.yunet_available() is False
-    with pytest.raises(ImportError, match=r"pip install 'yuface==2023.5.1'.*CPython 3.11 on x86-64 "
-                       r"Linux.*use 'mtcnn' elsewhere"):
-        get_detector("yunet")
+
+def test_yunet_decodes_anchors_as_libfacedetection_does(monkeypatch) -> None:
+    from agegender_models.yunet import YuNet
+
+    raw = _anchors(64, 64)  # a 50x60 image is padded to 64x64: 8x8 + 4x4 + 2x2 anchors
+    # stride 8, cell (x 2, y 3): score sqrt(sigmoid(3) * sigmoid(3)) = sigmoid(3); centre
+    # (16 + 0.5 * 8, 24 + 0.25 * 8), size (8 * 2, 8 * 4); every landmark one stride from the cell
+    raw[3 * 8 + 2] = [3, 3, 0.5, 0.25, np.log(2), np.log(4)] + [1.0] * 10
+    # the next cell's box overlaps it (IoU 0.78 > 0.45) with a lower score: suppressed
+    raw[3 * 8 + 3] = [2, 2, -0.25, 0.25, np.log(2), np.log(4)] + [0.0] * 10
+    # stride 32, cell (x 1, y 1): apart, score 0.7
+    raw[64 + 16 + 3] = [np.log(0.7 / 0.3)] * 2 + [0, 0, 0, 0] + [0.0] * 10
+    network = YuNet()
+    monkeypatch.setattr(network, "raw", lambda rgb: raw)
+    rows = network.detect(np.zeros((50, 60, 3), np.uint8))
+    assert rows.shape == (2, 15)
+    sigmoid3 = 1 / (1 + np.exp(-3.0))
+    np.testing.assert_allclose(rows[0], [sigmoid3, 12, 10, 16, 32] + [24, 32] * 5, rtol=1e-5)
+    np.testing.assert_allclose(rows[1], [0.7, 16, 16, 32, 32] + [32, 32] * 5, rtol=1e-5)
+    assert len(network.detect(np.zeros((50, 60, 3), np.uint8), score_threshold=0.8)) == 1
+    with pytest.raises(ValueError, match="HxWx3"):
+        network.detect(np.zeros((50, 60), np.uint8))
 
 
 def _yunet_images():
@@ -178,7 +208,6 @@ def _yunet_images():
 
 
 def test_yunet_onet_keeps_yunets_faces_and_places_onets_landmarks_on_the_square(monkeypatch) -> None:
-    pytest.importorskip("yuface")
     pytest.importorskip("mtcnn")
     detector = get_detector("yunet-onet")
     found = Face((100.0, 50.0, 40.0, 60.0), 0.9, {"left_eye": (0.0, 0.0)}, "yunet")
@@ -207,7 +236,6 @@ def test_yunet_onet_keeps_yunets_faces_and_places_onets_landmarks_on_the_square(
 
 @pytest.mark.skipif(not (SHARED_PHOTOS / "fr_obama.jpg").is_file(), reason="needs ../shared/photos")
 def test_yunet_onet_landmarks_are_mtcnns_on_a_real_face() -> None:
-    pytest.importorskip("yuface")
     pytest.importorskip("mtcnn")
     rgb = to_rgb(SHARED_PHOTOS / "fr_obama.jpg")
     (hybrid,) = get_detector("yunet-onet").detect_faces(rgb)
@@ -236,6 +264,40 @@ def test_yunet_calls_libfacedetection_as_its_own_binding_does_without_leaking() 
         call(image)
     # yuface's own binding keeps 36 KB a call: 17.6 MB here
     assert rss_mb() - before < 4.0
+
+
+def test_shipped_yunet_finds_libfacedetections_faces() -> None:
+    # libfacedetection's C++ on the same pixels: the same faces, scores and landmarks (it writes
+    # them as int16, truncated: score * 100 and pixels)
+    call = det._import_yuface() if importlib_spec("yuface") else pytest.skip("needs the yuface wheel")
+    from agegender_models.yunet import YuNet
+
+    network, compared = YuNet(), 0
+    for rgb in _yunet_images():
+        expected = call(np.ascontiguousarray(rgb[..., ::-1]))[:, :15].astype(np.float64)
+        rows = network.detect(rgb).astype(np.float64)
+        assert rows.shape == expected.shape
+        truncated = np.concatenate([np.trunc(rows[:, :1] * 100), np.trunc(rows[:, 1:])], 1)
+        assert np.abs(truncated - expected).max(initial=0) <= 1
+        compared += len(rows)
+    assert compared >= (8 if (SHARED_PHOTOS / "fnp_multiface.jpg").is_file() else 0)
+
+
+def test_shipped_yunet_is_libfacedetections_network(tmp_path: Path) -> None:
+    # the shipped file is what write_tflite() makes from the yuface library's weights
+    if not importlib_spec("yuface"):
+        pytest.skip("needs the yuface wheel")
+    from agegender_models import yunet
+
+    made = yunet.write_tflite(tmp_path / "yunet.tflite")
+    image = np.random.default_rng(3).integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    np.testing.assert_allclose(yunet.YuNet(made).raw(image), yunet.YuNet().raw(image), atol=1e-4)
+
+
+def importlib_spec(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 @pytest.mark.parametrize("module, name", [("mtcnn", "mtcnn"), ("cv2", "haar")])
@@ -321,7 +383,6 @@ def test_chip_mismatch_is_near_zero_for_a_chip_and_large_for_a_face_in_a_photo(s
 @pytest.mark.skipif(not (SHARED_UTKFACE.is_dir() and SHARED_PHOTOS.is_dir()),
                     reason="needs ../shared/utkface and ../shared/photos")
 def test_real_chips_are_under_the_chip_mismatch_limit_and_real_photos_over_it() -> None:
-    pytest.importorskip("yuface")
     pytest.importorskip("mtcnn")
     detector = get_detector("yunet-onet")
 
@@ -607,7 +668,7 @@ def test_predict_reads_ahead_in_threads_keeps_the_order_and_reports_progress(
 # the real detectors (the `detect` extra) on generated images
 
 
-MODULES = {"mtcnn": "mtcnn", "haar": "cv2", "yunet": "yuface", "yunet-onet": "yuface"}
+MODULES = {"mtcnn": "mtcnn", "haar": "cv2", "yunet": "numpy", "yunet-onet": "mtcnn"}
 
 
 @pytest.mark.parametrize("name", ["yunet-onet", "yunet", "mtcnn", "haar"])

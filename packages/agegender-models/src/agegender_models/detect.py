@@ -20,13 +20,12 @@ before decoding.
 Detectors (``pip install 'agegender-models[detect]'``; each ships its weights in its wheel, so
 they work offline):
 
-* ``"auto"`` (default): ``"yunet-onet"`` where YuNet's wheel is installed (``"yunet"`` if
-  mtcnn is not), else ``"mtcnn"``.
+* ``"auto"`` (default): ``"yunet-onet"`` where mtcnn is installed, else ``"yunet"``.
 * ``"yunet-onet"``: YuNet's faces, each given five landmarks by MTCNN's last stage (ONet) on a
   48x48 patch: YuNet's speed, and crops the models read as well as MTCNN's.
-* ``"yunet"``: YuNet from libfacedetection (the ``yuface`` package; C++, weights compiled in); a
-  box, a confidence and five landmarks per face, about 6x faster than MTCNN end to end on 2 CPU
-  cores. CPython 3.11 on x86-64 Linux only (yuface's wheels).
+* ``"yunet"``: YuNet, libfacedetection's detector, its network shipped with this package and run
+  by LiteRT (:mod:`agegender_models.yunet`; no extra needed); a box, a confidence and five
+  landmarks per face, many times faster than MTCNN on 2 CPU cores.
 * ``"mtcnn"``: the ``mtcnn`` package (TensorFlow); a box, a confidence and five landmarks.
 * ``"haar"``: OpenCV's frontal-face Haar cascade; a box only (no landmarks, no rotation).
   Lighter, misses turned faces.
@@ -59,7 +58,6 @@ makes the chip side ``box width / CHIP_BOX_WIDTH``. Pixels outside the photo rep
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -241,18 +239,18 @@ class MTCNNDetector(_DownscalingDetector):
 
 
 class YuNetDetector(_DownscalingDetector):
-    """YuNet (libfacedetection, through the ``yuface`` package: the network and its weights are
-    compiled into the wheel, BSD-3-Clause): boxes, confidences and five landmarks; the photo
-    path runs about 6x faster with it than with MTCNN on 2 CPU cores.
+    """YuNet (libfacedetection's network, BSD-3-Clause; shipped with this package as
+    ``pretrained/yunet.tflite`` and run by LiteRT: :class:`agegender_models.yunet.YuNet`):
+    boxes, confidences and five landmarks. The same detections as libfacedetection's own C++
+    (checked face for face against the ``yuface`` wheel by a test), about 3x faster than it on 2
+    cores and on any platform TensorFlow runs on.
 
     The photo is shrunk to ``max_side`` (640 px by default: the network's speed follows the pixel
     count; on ``../shared/photos`` it found a face in every photo MTCNN did at 640 px, see
     bench/RESULTS.md). Faces below ``min_confidence`` or narrower than ``min_face_size`` pixels
     (of the shrunk photo) are dropped: at 0.6, 32 of the 33 photos of ``../shared/photos`` whose
     faces are counted get exactly that count (0.8: all 33, but a third of 0.6's faces in a
-    crowd). ``yuface`` publishes wheels for CPython 3.11 on x86-64 Linux and Windows only, and
-    its network is called here through ctypes (its own binding leaks 36 KB a call), on Linux;
-    elsewhere this detector raises ImportError saying so and ``"auto"`` picks MTCNN.
+    crowd).
     """
 
     name = "yunet"
@@ -262,22 +260,19 @@ class YuNetDetector(_DownscalingDetector):
     ) -> None:
         super().__init__(max_side=max_side, min_face_size=min_face_size)
         self.min_confidence = _confidence(min_confidence)
-        self._detect_bgr = _import_yuface()
-        self._lock = threading.Lock()
+        from .yunet import YuNet
+
+        self._network = YuNet()
 
     def _detect(self, rgb: np.ndarray) -> list[Face]:
-        if min(rgb.shape[:2]) < 12:
-            return []
-        with self._lock:  # libfacedetection initialises its network on the first call
-            rows = self._detect_bgr(rgb[..., ::-1]).astype(np.float64)
         faces = []
-        # a row: confidence (0-100), box x, y, w, h, then 5 landmarks (x, y): the eye on the left
+        # a row: confidence (0-1), box x, y, w, h, then 5 landmarks (x, y): the eye on the left
         # of the image, the other eye, the nose tip, the mouth corners left and right
-        for row in rows:
-            confidence, box, marks = row[0] / 100.0, row[1:5], row[5:15].reshape(5, 2)
-            if confidence < self.min_confidence or min(box[2], box[3]) < self.min_face_size:
+        for row in self._network.detect(rgb, score_threshold=self.min_confidence).astype(np.float64):
+            confidence, box, marks = row[0], row[1:5], row[5:15].reshape(5, 2)
+            if min(box[2], box[3]) < self.min_face_size:
                 continue
-            faces.append(Face(tuple(box), confidence,
+            faces.append(Face(tuple(float(v) for v in box), float(confidence),
                               {k: (float(x), float(y)) for k, (x, y) in zip(LANDMARKS, marks, strict=True)},
                               self.name))
         return faces
@@ -285,14 +280,16 @@ class YuNetDetector(_DownscalingDetector):
 
 # libfacedetection's one entry point, `int* facedetect_cnn(unsigned char* result_buffer,
 # unsigned char* bgr, int width, int height, int step)` (C++ name, as built into yuface 2023.5.1's
-# Linux wheel): called through ctypes with a buffer of our own, because yuface's own binding
-# mallocs a 36 KB result buffer per call and never frees it (a server leaks about 1 MB/s).
+# Linux wheel): the reference the shipped network is tested against (and was made from: see
+# agegender_models.yunet). Called through ctypes with a buffer of our own, because yuface's own
+# binding mallocs a 36 KB result buffer per call and never frees it.
 _FACEDETECT_SYMBOL = "_Z14facedetect_cnnPhS_iii"
 _RESULT_BUFFER_BYTES = 0x9000  # the size libfacedetection writes into: a count, then 16 shorts a face
 
 
 def _import_yuface():
-    """A function BGR uint8 HxWx3 -> (N, 16) int16 rows, from yuface's libfacedetection."""
+    """libfacedetection's own YuNet, from the ``yuface`` wheel (not a dependency: the tests'
+    reference): a function BGR uint8 HxWx3 -> (N, 16) int16 rows."""
     import ctypes
     import importlib.util
     import sys
@@ -308,9 +305,8 @@ def _import_yuface():
         entry = getattr(library, _FACEDETECT_SYMBOL)
     except (ImportError, ValueError, OSError, AttributeError) as exc:
         raise ImportError(
-            "the 'yunet' face detector needs the yuface package (pip install 'yuface==2023.5.1'), "
-            "which has wheels for CPython 3.11 on x86-64 Linux (and Windows, not supported here) "
-            f"only; use 'mtcnn' elsewhere ({exc})"
+            "libfacedetection's own YuNet needs the yuface package (pip install 'yuface==2023.5.1'), "
+            f"which has wheels for CPython 3.11 on x86-64 Linux (and Windows) only ({exc})"
         ) from None
     entry.restype = ctypes.c_void_p
     entry.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
@@ -334,7 +330,7 @@ class YuNetONetDetector(YuNetDetector):
     0.897 / 4.41 against 0.891 / 4.42; see the model card), and ONet alone is cheap: one 48x48 patch per
     face, the square around YuNet's box, as MTCNN feeds it the square around its own proposal.
     Boxes and confidences stay YuNet's; landmarks are cropped by MTCNN's measured geometry.
-    Needs both ``yuface`` and ``mtcnn`` (the 'detect' extra).
+    Needs ``mtcnn`` (the 'detect' extra).
     """
 
     name = "yunet-onet"
@@ -389,15 +385,6 @@ class YuNetONetDetector(YuNetDetector):
         return refined
 
 
-def yunet_available() -> bool:
-    """Whether the ``"yunet"`` detector can run here (its ``yuface`` wheel is installed)."""
-    try:
-        _import_yuface()
-    except ImportError:
-        return False
-    return True
-
-
 class HaarDetector(_DownscalingDetector):
     """OpenCV's frontal-face Haar cascade (``opencv-python-headless`` < 5 ships the file):
     boxes only; ``confidence`` is 1.0."""
@@ -449,11 +436,9 @@ _CLASSES = {"yunet-onet": YuNetONetDetector, "yunet": YuNetDetector, "mtcnn": MT
 
 
 def resolve_detector_name(name: str) -> str:
-    """``"auto"`` -> ``"yunet-onet"`` where YuNet's wheel and mtcnn are installed, ``"yunet"``
-    where only YuNet's is, else ``"mtcnn"``; other names as given."""
+    """``"auto"`` -> ``"yunet-onet"`` where mtcnn (for ONet's landmarks) is installed, else
+    ``"yunet"``; other names as given."""
     if name == "auto":
-        if not yunet_available():
-            return "mtcnn"
         import importlib.util
 
         return "yunet-onet" if importlib.util.find_spec("mtcnn") is not None else "yunet"
