@@ -17,7 +17,9 @@ For each detector: photos/s, faces found and photos with a face, with 1 and 2 re
 its bf16/AMX flags are written with the figures (this machine is shared: compare ratios measured
 in one run; ``--models A B`` times several models in one run). ``--libfacedetection`` also times
 each YuNet detector with libfacedetection's own C++ (the ``yuface`` wheel, the engine before the
-shipped LiteRT network) in the same run.
+shipped LiteRT network) in the same run. ``--phone-size`` adds a third folder, the 74 photos at
+4,032 px on their longer side (a 12-megapixel phone photo's), timed also with every JPEG decoded
+whole (``Predictor`` decodes a large JPEG at 1/2-1/8 scale for the detector).
 """
 
 from __future__ import annotations
@@ -77,6 +79,43 @@ class LibfacedetectionYuNet:
         return rows[rows[:, 0] >= score_threshold]
 
 
+def make_phone_size(photos: list[Path], out: Path, side: int = 4032) -> list[Path]:
+    """Each photo with its longer side at ``side`` px (JPEG 90): phone-photo sized files."""
+    from PIL import Image, ImageOps
+
+    written = []
+    for path in photos:
+        with Image.open(path) as im:
+            image = ImageOps.exif_transpose(im).convert("RGB")
+        w, h = image.size
+        target = out / f"{path.stem}_{side}.jpg"
+        image.resize((round(w * side / max(w, h)), round(h * side / max(w, h)))).save(target, quality=90)
+        written.append(target)
+    return written
+
+
+def whole_decode():
+    """A context in which Predictor decodes every file whole (as before reduced decoding)."""
+    import contextlib
+    import sys as _sys
+
+    from agegender_models.imageio import read_image
+
+    module = _sys.modules["agegender_models.predict"]
+
+    @contextlib.contextmanager
+    def patched():
+        real = module.read_image_reduced
+        module.read_image_reduced = lambda path, reduce_to, *, max_pixels: (
+            read_image(path, max_pixels=max_pixels), 1)
+        try:
+            yield
+        finally:
+            module.read_image_reduced = real
+
+    return patched()
+
+
 def measure(predictor, files: list[Path], workers: int, rounds: int) -> dict:
     names = [str(f) for f in files]
     predictor.predict(names[:1], return_errors=True)  # warm-up
@@ -104,6 +143,8 @@ def main(argv=None) -> int:
                         help="time MTCNN on the 74 photos only (it takes minutes on the larger folder)")
     parser.add_argument("--libfacedetection", action="store_true",
                         help="also time YuNet run by libfacedetection's C++ (needs the yuface wheel)")
+    parser.add_argument("--phone-size", action="store_true",
+                        help="also time the photos at 4,032 px, decoded reduced and whole")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here (JSON)")
     args = parser.parse_args(argv)
 
@@ -128,6 +169,8 @@ def main(argv=None) -> int:
         folders = {f"{args.photos.name} ({len(photos)} photos)": photos}
         variants = make_variants(photos, Path(tmp))
         folders[f"{len(variants)} photos made from them"] = variants
+        if args.phone_size:
+            folders[f"{len(photos)} photos at 4,032 px"] = make_phone_size(photos, Path(tmp))
         predictors = {}
         for name, model in models.items():
             prefix = f"{name}, " if len(models) > 1 else ""
@@ -141,13 +184,19 @@ def main(argv=None) -> int:
             result["runtime"] = {**result.get("runtime", {}), name: described} if len(models) > 1 else described
         for label, files in folders.items():
             rows = result["folders"].setdefault(label, {})
+            phone = label.endswith("4,032 px")
             for key, predictor in predictors.items():
-                if key.endswith("mtcnn") and args.skip_slow and len(files) > len(photos):
+                if key.endswith("mtcnn") and args.skip_slow and files is not photos:
                     continue
                 for workers in (1, 2):
                     rows[f"{key}, {workers} thread(s)"] = row = measure(
                         predictor, files, workers, args.rounds)
                     print(f"{label}: {key}, {workers} thread(s): {row}", flush=True)
+                    if phone:
+                        with whole_decode():
+                            rows[f"{key}, decoded whole, {workers} thread(s)"] = row = measure(
+                                predictor, files, workers, args.rounds)
+                        print(f"{label}: {key}, decoded whole, {workers} thread(s): {row}", flush=True)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

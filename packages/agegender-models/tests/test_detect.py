@@ -622,6 +622,42 @@ def test_predict_huge_photo_detects_small_and_crops_from_the_original(
     assert results[0]["box"] == [500, 300, 250, 250]  # in pixels of the 6000x4000 original
 
 
+def test_predict_crops_a_large_face_from_the_reduced_decode_a_small_one_from_the_whole(
+    model, tmp_path: Path, monkeypatch
+) -> None:
+    predict_module = sys.modules["agegender_models.predict"]  # the package exports predict()
+
+    class Downscaling(det._DownscalingDetector):
+        face = Face((0, 0, 1, 1), 0.9)
+
+        def _detect(self, rgb):
+            self.seen = rgb.shape
+            return [self.face]  # in the downscaled image
+
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (6000, 4000), (90, 120, 150)).save(path)
+    whole_reads = []
+    real_to_rgb = predict_module.to_rgb
+    def to_rgb(image, **kwargs):  # files read whole (to_rgb also converts the crops)
+        if isinstance(image, str | os.PathLike):
+            whole_reads.append(image)
+        return real_to_rgb(image, **kwargs)
+
+    monkeypatch.setattr(predict_module, "to_rgb", to_rgb)
+    detector = Downscaling(max_side=1200)
+    predictor = Predictor(model, detector=detector)
+    # JPEG decoded at 1/4 (1500x1000), shrunk to 1200x800 for the detector; a face whose chip
+    # is 600 / 1.045 * 1.25 = 718 px there (over 200): cropped from that decode, boxed in the photo's pixels
+    detector.face = Face((100, 60, 600, 600), 0.9)
+    (result,) = predictor.predict([path])
+    assert detector.seen == (800, 1200, 3) and whole_reads == []
+    assert result["box"] == [500, 300, 3000, 3000]
+    # a 60-px chip there: the photo is read again whole and the face cropped from it
+    detector.face = Face((100, 60, 50, 50), 0.9)
+    (result,) = predictor.predict([path])
+    assert len(whole_reads) == 1 and result["box"] == [500, 300, 250, 250]
+
+
 def test_predict_applies_exif_orientation_before_detecting(model, tmp_path: Path) -> None:
     path = tmp_path / "rotated.jpg"
     exif = Image.Exif()

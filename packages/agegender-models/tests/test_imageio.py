@@ -24,7 +24,7 @@ from agegender_models import (
     read_image,
     save_model,
 )
-from agegender_models.imageio import to_rgb
+from agegender_models.imageio import ImageTooLargeError, to_rgb
 
 os.environ.setdefault("AGEGENDER_RUNTIME", "keras")  # outputs compared exactly
 
@@ -242,3 +242,36 @@ def test_a_foreign_keras_model_is_one_clear_line(tmp_path: Path) -> None:
 def test_our_own_models_still_load(tmp_path: Path, tiny_models) -> None:
     path = save_model(tiny_models("custom_cnn"), tmp_path / "ours.keras")
     assert Predictor(path).input_size == (32, 32)
+
+
+def _gradient(width: int, height: int) -> Image.Image:
+    x = np.linspace(0, 255, width)[None, :, None]
+    y = np.linspace(0, 255, height)[:, None, None]
+    return Image.fromarray(np.concatenate([np.broadcast_to(x, (height, width, 1)),
+                                           np.broadcast_to(y, (height, width, 1)),
+                                           np.full((height, width, 1), 90.0)], -1).astype(np.uint8))
+
+
+def test_a_large_jpeg_is_decoded_reduced_and_upright(tmp_path: Path) -> None:
+    from agegender_models.imageio import read_image_reduced
+
+    path = tmp_path / "big.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 1400x1000, shown 1000x1400
+    _gradient(1400, 1000).save(path, quality=95, exif=exif)
+    full = to_rgb(path)
+    assert full.shape == (1400, 1000, 3)
+    rgb, factor = read_image_reduced(path, 300)  # 1/4 keeps 350 >= 300; 1/8 (175) would not
+    assert (rgb.shape, factor) == ((350, 250, 3), 4)
+    # the same picture, as a block average of the whole decode
+    blocks = full.reshape(350, 4, 250, 4, 3).mean(axis=(1, 3))
+    assert np.abs(blocks - rgb).mean() < 2.0
+    assert read_image_reduced(path, 700)[1] == 2 and read_image_reduced(path, 701)[1] == 1
+    png = tmp_path / "big.png"
+    _gradient(1400, 1000).save(png)
+    rgb, factor = read_image_reduced(png, 300)  # only JPEGs scale while decoding
+    assert (rgb.shape, factor) == ((1000, 1400, 3), 1)
+    with pytest.raises(ImageTooLargeError, match="1400x1000 = 1400000 pixels exceeds max_pixels=1000000"):
+        read_image_reduced(path, 300, max_pixels=1_000_000)  # the full size counts, not decoded
+    with pytest.raises(ValueError, match="reduce_to=0"):
+        read_image_reduced(path, 0)

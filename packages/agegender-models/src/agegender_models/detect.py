@@ -242,7 +242,7 @@ class YuNetDetector(_DownscalingDetector):
     """YuNet (libfacedetection's network, BSD-3-Clause; shipped with this package as
     ``pretrained/yunet.tflite`` and run by LiteRT: :class:`agegender_models.yunet.YuNet`):
     boxes, confidences and five landmarks. The same detections as libfacedetection's own C++
-    (checked face for face against the ``yuface`` wheel by a test), about 3x faster than it on 2
+    (checked face for face against the ``yuface`` wheel by a test), 2-4x faster than it on 2
     cores and on any platform TensorFlow runs on.
 
     The photo is shrunk to ``max_side`` (640 px by default: the network's speed follows the pixel
@@ -509,6 +509,11 @@ def _chip_to_image(face: Face, size: int):
         return ax + cos * (u - ox) - sin * (v - oy), ay + sin * (u - ox) + cos * (v - oy)
 
     return to_image, k, cos, sin
+
+
+def chip_side(face: Face) -> float:
+    """The side, in the image's pixels, of the chip :func:`crop_face` would cut around ``face``."""
+    return _chip_frame(face)[2]
 
 
 def chip_mismatch(face: Face, width: int, height: int) -> float:

@@ -17,6 +17,7 @@ from .detect import CHIP_MISMATCH
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
+    read_image_reduced,
     to_rgb,
 )
 from .saving import load_model, model_problem
@@ -309,14 +310,24 @@ class Predictor:
 
     def _faces(self, item: Any) -> list[tuple[dict[str, Any], np.ndarray]]:
         """Detect the faces in one image and crop each like a UTKFace chip, at the model's size."""
-        from .detect import CHIP_SIZE, crop_face, is_chip
+        from .detect import CHIP_SIZE, chip_side, crop_face, is_chip
 
-        rgb = to_rgb(item, max_pixels=self.max_pixels)  # a file: upright, by imageio's rules
+        # a file: upright, by imageio's rules; a large JPEG decoded at a reduced scale when the
+        # detector shrinks photos anyway (its max_side), read again whole only if a face would
+        # be cropped from fewer pixels than a chip has
+        detect_side = getattr(self.detector, "max_side", None)
+        if isinstance(item, str | os.PathLike) and isinstance(detect_side, int):
+            rgb, factor = read_image_reduced(item, detect_side, max_pixels=self.max_pixels)
+        else:
+            rgb, factor = to_rgb(item, max_pixels=self.max_pixels), 1
         try:
             with self._detect_lock:  # one image at a time: detectors need not be thread-safe
                 faces = list(self.detector.detect_faces(rgb))
         except Exception as exc:
             raise _DetectionError(f"face detection failed: {_reason(exc)}") from None
+        if factor > 1 and any(chip_side(face) < CHIP_SIZE for face in faces):
+            rgb = to_rgb(item, max_pixels=self.max_pixels)
+            faces, factor = [face.scaled(factor) for face in faces], 1
         out = []
         height, width = rgb.shape[:2]
         for index, face in enumerate(faces):
@@ -329,7 +340,7 @@ class Predictor:
                 chip = crop_face(rgb, face, CHIP_SIZE)
             extra = {
                 "face": index,
-                "box": [round(v) for v in face.box],
+                "box": [round(v * factor) for v in face.box],  # pixels of the whole photo
                 "confidence": round(face.confidence, 4),
             }
             out.append((extra, _to_rgb_array(chip, self.input_size)))
