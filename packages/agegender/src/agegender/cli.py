@@ -328,6 +328,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         with native_noise_dropped(verbose=args.verbose):  # TFLite's XNNPACK notice, first call
             predictor.runner(np.zeros((1, *predictor.input_size, 3), np.uint8))
+            if predictor.detector is not None:  # YuNet runs on LiteRT too, whatever the runtime
+                predictor.detector.detect_faces(np.zeros((64, 64, 3), np.uint8))
 
         # a progress bar on stderr for several inputs, when it is a terminal (never in a pipe)
         with tqdm(total=len(files), unit="image", file=sys.stderr, leave=False,
