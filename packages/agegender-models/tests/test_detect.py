@@ -755,3 +755,15 @@ def test_real_chips_pasted_into_a_photo_are_found_and_recropped(name: str) -> No
     # the re-crop lines up with the chip (measured: mean 0.86-0.88 for both detectors; the same
     # faces cropped 20 px off or with the other detector's geometry: 0.45-0.65)
     assert np.mean(corrs) > 0.75, corrs
+
+
+def test_yunet_uses_omp_num_threads_where_set(monkeypatch) -> None:
+    # as libfacedetection's OpenMP loops did: a predict-batch worker sets it to its share of CPUs
+    from agegender_models import yunet
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert yunet._default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert yunet._default_threads() == (os.cpu_count() or 1)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert yunet._default_threads() == (os.cpu_count() or 1)

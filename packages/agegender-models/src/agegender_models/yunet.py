@@ -155,10 +155,11 @@ class YuNet:
     left of the image, the other eye, the nose tip, the mouth's left and right corners.
 
     One interpreter, resized to each padded image size (cheap once created), behind a lock:
-    LiteRT interpreters are not thread-safe, and XNNPACK already uses ``threads`` cores."""
+    LiteRT interpreters are not thread-safe, and XNNPACK already uses ``threads`` cores
+    (default: ``$OMP_NUM_THREADS`` where set, as libfacedetection's OpenMP loops did -- a Ray
+    worker of ``predict-batch`` sets it to its share --, else every CPU)."""
 
     def __init__(self, path: str | Path = TFLITE_FILE, *, threads: int | None = None) -> None:
-        import os
         import warnings
 
         from .runtime import _interpreter_class
@@ -170,7 +171,7 @@ class YuNet:
         with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
             warnings.simplefilter("ignore")
             interpreter = _interpreter_class()(model_content=path.read_bytes(),
-                                               num_threads=int(threads or os.cpu_count() or 1))
+                                               num_threads=threads or _default_threads())
         self._run = interpreter.get_signature_runner("serve")
         self._lock = threading.Lock()
         self._priors: dict[tuple[int, int], np.ndarray] = {}
@@ -219,6 +220,13 @@ class YuNet:
         boxes = corners[chosen]
         return np.concatenate([score[keep][chosen, None], boxes[:, :2], boxes[:, 2:] - boxes[:, :2],
                                marks[chosen]], 1).astype(np.float32)
+
+
+def _default_threads() -> int:
+    import os
+
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else os.cpu_count() or 1
 
 
 def _nms(corners: np.ndarray, iou: float) -> list[int]:
