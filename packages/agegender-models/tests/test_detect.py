@@ -195,6 +195,8 @@ def test_yunet_decodes_anchors_as_libfacedetection_does(monkeypatch) -> None:
     assert len(network.detect(np.zeros((50, 60, 3), np.uint8), score_threshold=0.8)) == 1
     with pytest.raises(ValueError, match="HxWx3"):
         network.detect(np.zeros((50, 60), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        network.detect(np.zeros((50, 60, 3), np.float32))
 
 
 def _yunet_images():
@@ -273,14 +275,21 @@ def test_shipped_yunet_finds_libfacedetections_faces() -> None:
     from agegender_models.yunet import YuNet
 
     network, compared = YuNet(), 0
-    for rgb in _yunet_images():
+    # and every photo of ../shared/photos where present, at most 640 px as the detector sees it
+    shrunk = []
+    for path in sorted(SHARED_PHOTOS.glob("*.*g")) if SHARED_PHOTOS.is_dir() else []:  # jpg, png
+        image = Image.fromarray(to_rgb(path))
+        image.thumbnail((640, 640), Image.Resampling.BILINEAR)
+        shrunk.append(np.asarray(image))
+    for rgb in _yunet_images() + shrunk:
         expected = call(np.ascontiguousarray(rgb[..., ::-1]))[:, :15].astype(np.float64)
         rows = network.detect(rgb).astype(np.float64)
         assert rows.shape == expected.shape
         truncated = np.concatenate([np.trunc(rows[:, :1] * 100), np.trunc(rows[:, 1:])], 1)
         assert np.abs(truncated - expected).max(initial=0) <= 1
         compared += len(rows)
-    assert compared >= (8 if (SHARED_PHOTOS / "fnp_multiface.jpg").is_file() else 0)
+    if not compared:
+        pytest.skip("no face to compare: needs ../shared/photos")
 
 
 def test_shipped_yunet_is_libfacedetections_network(tmp_path: Path) -> None:

@@ -275,3 +275,8 @@ def test_a_large_jpeg_is_decoded_reduced_and_upright(tmp_path: Path) -> None:
         read_image_reduced(path, 300, max_pixels=1_000_000)  # the full size counts, not decoded
     with pytest.raises(ValueError, match="reduce_to=0"):
         read_image_reduced(path, 0)
+    # a narrow one: the factor is the scale libjpeg used (8), not the widths' ratio (44 / 6 = 7)
+    strip = tmp_path / "strip.jpg"
+    _gradient(44, 6000).save(strip)
+    rgb, factor = read_image_reduced(strip, 640)
+    assert (rgb.shape, factor) == ((750, 6, 3), 8)

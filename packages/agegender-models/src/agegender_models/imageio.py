@@ -154,7 +154,8 @@ def _image_to_rgb(image: Image.Image, *, max_pixels: int, name: str, reduce_to: 
     """Check the size from the header, decode (a JPEG at a reduced scale whose longer side stays
     at least ``reduce_to``, when given), orient and convert one PIL image."""
     _check_size(image, max_pixels=max_pixels, name=name)
-    if reduce_to is not None and image.format == "JPEG" and max(image.size) >= 2 * reduce_to:
+    # MPO: a phone's JPEG with a second picture (a depth map, a preview) after the first
+    if reduce_to is not None and image.format in ("JPEG", "MPO") and max(image.size) >= 2 * reduce_to:
         width, height = image.size
         factor = max(image.size) / reduce_to  # draft keeps at least the requested size
         image.draft(image.mode, (max(1, int(width / factor)), max(1, int(height / factor))))
@@ -213,10 +214,11 @@ def _read(path: str | os.PathLike, *, max_pixels: int, reduce_to: int | None = N
     except Exception as exc:
         raise ImageReadError(name, f"cannot read image: {_one_line(exc)}") from None
     with image:
-        full_width = image.size[0]
         rgb = _image_to_rgb(image, max_pixels=max_pixels, name=name, reduce_to=reduce_to)
-        # libjpeg scales by 1/2, 1/4 or 1/8 (sizes rounded up): the factor is a power of two
-        return rgb, round(full_width / image.size[0]) if reduce_to is not None else 1
+        # the scale libjpeg decoded at (Pillow's draft() keeps it; sizes are rounded up, so
+        # the sizes' ratio is not it for a narrow image)
+        config = getattr(image, "decoderconfig", ())
+        return rgb, int(config[0]) if reduce_to is not None and config else 1
 
 
 def to_rgb(image: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -113,10 +113,10 @@ class Predictor:
     input size) is refused at once with one line (``ValueError``; ``ModelFileError`` for a file).
 
     **Photos, not chips.** The models expect UTKFace-like chips (a face aligned and cropped
-    tightly). For ordinary photos pass ``detector="auto"`` (YuNet with MTCNN's landmarks, else
-    MTCNN; or ``"yunet-onet"``, ``"yunet"``, ``"mtcnn"``, ``"haar"``, or any object with a
-    ``detect_faces`` method; see :mod:`agegender_models.detect`, which needs
-    ``pip install 'agegender-models[detect]'``). Each face found is cropped like a chip and
+    tightly). For ordinary photos pass ``detector="auto"`` (YuNet with MTCNN's landmarks, or
+    YuNet's own without mtcnn; or ``"yunet-onet"``, ``"yunet"``, ``"mtcnn"``, ``"haar"``, or any
+    object with a ``detect_faces`` method; see :mod:`agegender_models.detect`: ``"yunet"`` ships
+    with the package, the others need ``pip install 'agegender-models[detect]'``). Each face found is cropped like a chip and
     predicted, giving one dict per face, in input order and left to right within an image (an
     image that already is a UTKFace-like chip, square with a level face filling it as a chip's
     does, is read as it is: :func:`~agegender_models.detect.is_chip` with ``chip_tolerance``;
@@ -316,7 +316,7 @@ class Predictor:
         # detector shrinks photos anyway (its max_side), read again whole only if a face would
         # be cropped from fewer pixels than a chip has
         detect_side = getattr(self.detector, "max_side", None)
-        if isinstance(item, str | os.PathLike) and isinstance(detect_side, int):
+        if isinstance(item, str | os.PathLike) and isinstance(detect_side, int) and detect_side >= 1:
             rgb, factor = read_image_reduced(item, detect_side, max_pixels=self.max_pixels)
         else:
             rgb, factor = to_rgb(item, max_pixels=self.max_pixels), 1

@@ -179,16 +179,18 @@ class YuNet:
     def _anchor_grid(self, height: int, width: int) -> np.ndarray:
         """(anchors, 3): each anchor's cell x, y (pixels) and stride, in the network's order."""
         key = (height, width)
-        if key not in self._priors:
-            if len(self._priors) >= 64:  # a folder of many photo sizes: keep the memory bounded
-                self._priors.clear()
+        grid = self._priors.get(key)
+        if grid is None:
             parts = []
             for stride in STRIDES:
                 ys, xs = np.mgrid[0:height // stride, 0:width // stride]
                 parts.append(np.stack([xs.ravel() * stride, ys.ravel() * stride,
                                        np.full(xs.size, stride)], 1))
-            self._priors[key] = np.concatenate(parts).astype(np.float32)
-        return self._priors[key]
+            grid = np.concatenate(parts).astype(np.float32)
+            if len(self._priors) >= 64:  # a folder of many photo sizes: keep the memory bounded
+                self._priors.clear()
+            self._priors[key] = grid
+        return grid
 
     def raw(self, rgb: np.ndarray) -> np.ndarray:
         """The network's (anchors, 16) output for an RGB uint8 image."""
@@ -200,8 +202,9 @@ class YuNet:
 
     def detect(self, rgb: np.ndarray, score_threshold: float = SCORE_THRESHOLD) -> np.ndarray:
         rgb = np.asarray(rgb)
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
-            raise ValueError(f"YuNet needs an HxWx3 image. Received shape {rgb.shape}")
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1 or rgb.dtype != np.uint8:
+            raise ValueError(f"YuNet needs an HxWx3 uint8 image (0-255). Received shape {rgb.shape}, "
+                             f"dtype {rgb.dtype}")
         out = self.raw(rgb)
         h, w = rgb.shape[:2]
         grid = self._anchor_grid(-(-h // 32) * 32, -(-w // 32) * 32)
@@ -213,9 +216,13 @@ class YuNet:
         keep = keep[np.argsort(-score[keep], kind="stable")][:TOP_K]
         out, cell, stride = out[keep], grid[keep, :2], grid[keep, 2:]
         centre = out[:, 2:4] * stride + cell
-        size = np.exp(out[:, 4:6]) * stride
+        with np.errstate(over="ignore"):
+            size = np.exp(out[:, 4:6]) * stride
         corners = np.concatenate([centre - size / 2, centre + size / 2], 1)
         marks = (out[:, 6:16].reshape(-1, 5, 2) * stride[:, None] + cell[:, None]).reshape(-1, 10)
+        finite = np.isfinite(corners).all(axis=1) & np.isfinite(marks).all(axis=1)
+        if not finite.all():  # a box size past float32 (exp of a wild output): not a face
+            keep, corners, marks = keep[finite], corners[finite], marks[finite]
         chosen = _nms(corners, NMS_IOU)[:KEEP_TOP_K]
         boxes = corners[chosen]
         return np.concatenate([score[keep][chosen, None], boxes[:, :2], boxes[:, 2:] - boxes[:, :2],

@@ -312,24 +312,27 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     files, errors = expand_inputs(args.inputs)
     detector = None if args.detect == "none" else args.detect
     model = _load_for_inference(args)
+    import numpy as np
+
+    from agegender._tf import native_noise_dropped
     from agegender_models import Predictor
 
     # builds the detector before any image is read: a missing 'detect' extra is one clear line
     predictor = Predictor(model, detector=detector, runtime="keras")
+    if predictor.detector is not None and files:
+        # YuNet runs on LiteRT whatever runs the model: TFLite's XNNPACK notice (printed once a
+        # process) comes here, held back, rather than amid the runtime's first measurement
+        with native_noise_dropped(verbose=args.verbose):
+            predictor.detector.detect_faces(np.zeros((64, 64, 3), np.uint8))
     predictor.runner = _runner(args, model)
     if predictor.detector is not None:
         logging.getLogger("agegender").info("faces found by %s", predictor.detector_name)
     predictions: list[dict[str, Any]] = []
     if files:
-        import numpy as np
         from tqdm import tqdm
-
-        from agegender._tf import native_noise_dropped
 
         with native_noise_dropped(verbose=args.verbose):  # TFLite's XNNPACK notice, first call
             predictor.runner(np.zeros((1, *predictor.input_size, 3), np.uint8))
-            if predictor.detector is not None:  # YuNet runs on LiteRT too, whatever the runtime
-                predictor.detector.detect_faces(np.zeros((64, 64, 3), np.uint8))
 
         # a progress bar on stderr for several inputs, when it is a terminal (never in a pipe)
         with tqdm(total=len(files), unit="image", file=sys.stderr, leave=False,
@@ -534,8 +537,8 @@ def _add_predict(commands) -> None:
                          "like a UTKFace chip (an image that already is one, square with a level "
                          "face filling it, is read as it is), one result per face with 'face', 'box' and "
                          "'confidence' (a photo with no face is listed in errors as 'no face "
-                         "found'). 'auto' (default): yunet-onet where YuNet's wheel exists (CPython "
-                         "3.11 on x86-64 Linux), else mtcnn; 'yunet-onet' is YuNet's faces with "
+                         "found'). 'auto' (default): yunet-onet (yunet where mtcnn is not "
+                         "installed); 'yunet-onet' is YuNet's faces with "
                          "MTCNN's landmarks (its last stage), 'yunet' YuNet's own landmarks (crops "
                          "the models read less well); 'mtcnn' is about 5x slower; 'haar' "
                          "is lighter and less accurate; 'none' takes every input as one "
@@ -571,7 +574,7 @@ def _add_predict_batch(commands) -> None:
     batch.add_argument("--detect", choices=(*DETECTORS, "none"), default="auto",
                        help="as predict's: faces found and cropped like chips, one row per face "
                        "(a photo without one is an error, 'no face found'); 'none' takes every "
-                       "input as one pre-cropped chip. Default: auto (yunet-onet, else mtcnn)")
+                       "input as one pre-cropped chip. Default: auto (yunet-onet; yunet without mtcnn)")
     batch.add_argument("--runner", default="local", metavar="local|auto|ADDRESS",
                        help="'local' (default): Ray on this machine; 'auto': the Ray cluster started "
                        "here with 'ray start'; 'ray://HOST:10001': a cluster elsewhere")

@@ -411,8 +411,8 @@ def create_app(model: Any = None, *, detector: Any = "auto", runtime: Any = None
                served: ServedModel | None = None) -> FastAPI:
     """The FastAPI app serving ``model`` (``None``: the shipped default; a shipped name, a
     ``.keras`` path or a ``keras.Model``), loaded now, once. ``detector``: ``"auto"`` (what
-    ``agegender predict`` uses for photos: YuNet with MTCNN's landmarks, or MTCNN where YuNet has
-    no wheel), a detector name or an object with ``detect_faces``.
+    ``agegender predict`` uses for photos: YuNet with MTCNN's landmarks, or YuNet's own where
+    mtcnn is not installed), a detector name or an object with ``detect_faces``.
     ``max_upload_mb``: the limit per file; ``max_pixels``: the library's pixel limit (default
     :data:`agegender_models.imageio.DEFAULT_MAX_PIXELS`)."""
     from agegender_models.imageio import DEFAULT_MAX_PIXELS
