@@ -250,7 +250,7 @@ class YuNetDetector(_DownscalingDetector):
     bench/RESULTS.md). Faces below ``min_confidence`` or narrower than ``min_face_size`` pixels
     (of the shrunk photo) are dropped: at 0.6, 32 of the 33 photos of ``../shared/photos`` whose
     faces are counted get exactly that count (0.8: all 33, but a third of 0.6's faces in a
-    crowd).
+    crowd). (libfacedetection never returns a face under 0.2; a lower ``min_confidence`` does.)
     """
 
     name = "yunet"
