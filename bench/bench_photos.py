@@ -25,6 +25,7 @@ whole (``Predictor`` decodes a large JPEG at 1/2-1/8 scale for the detector).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -94,26 +95,19 @@ def make_phone_size(photos: list[Path], out: Path, side: int = 4032) -> list[Pat
     return written
 
 
+@contextlib.contextmanager
 def whole_decode():
-    """A context in which Predictor decodes every file whole (as before reduced decoding)."""
-    import contextlib
-    import sys as _sys
-
+    """Predictor decodes every file whole inside this block (as before reduced decoding)."""
     from agegender_models.imageio import read_image
 
-    module = _sys.modules["agegender_models.predict"]
-
-    @contextlib.contextmanager
-    def patched():
-        real = module.read_image_reduced
-        module.read_image_reduced = lambda path, reduce_to, *, max_pixels: (
-            read_image(path, max_pixels=max_pixels), 1)
-        try:
-            yield
-        finally:
-            module.read_image_reduced = real
-
-    return patched()
+    module = sys.modules["agegender_models.predict"]  # the package exports a predict() function
+    real = module.read_image_reduced
+    module.read_image_reduced = lambda path, reduce_to, *, max_pixels: (
+        read_image(path, max_pixels=max_pixels), 1)
+    try:
+        yield
+    finally:
+        module.read_image_reduced = real
 
 
 def measure(predictor, files: list[Path], workers: int, rounds: int) -> dict:
