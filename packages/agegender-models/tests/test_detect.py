@@ -776,3 +776,18 @@ def test_yunet_uses_omp_num_threads_where_set(monkeypatch) -> None:
     assert yunet._default_threads() == (os.cpu_count() or 1)
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert yunet._default_threads() == (os.cpu_count() or 1)
+
+
+def test_yunet_keeps_two_interpreters_by_image_size_with_the_same_outputs() -> None:
+    from agegender_models.yunet import YuNet
+
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8)
+              for shape in ((96, 160, 3), (160, 96, 3), (64, 64, 3))]
+    fresh = [YuNet().raw(image) for image in images]  # each on an interpreter of its own
+    network = YuNet()
+    for i in (0, 1, 0, 1, 2, 0, 2):  # portrait and landscape alternate, then a third size
+        np.testing.assert_allclose(network.raw(images[i]), fresh[i], atol=1e-5)
+        assert len(network._runners) <= YuNet.INTERPRETERS
+    # the two most recent sizes (64x64, then 96x160 padded to 96x160) are kept, newest last
+    assert list(network._runners) == [(1, 96, 160, 3), (1, 64, 64, 3)]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -154,10 +155,15 @@ class YuNet:
     (N, 15) float rows: score (0-1), box x, y, w, h, then 5 landmarks (x, y) -- the eye on the
     left of the image, the other eye, the nose tip, the mouth's left and right corners.
 
-    One interpreter, resized to each padded image size (cheap once created), behind a lock:
+    Up to :attr:`INTERPRETERS` interpreters, each kept at the padded image size it last ran
+    (portrait and landscape photos of one camera alternate without resizing: resizing one costs
+    about 4 ms, as much as a run; the second interpreter holds about 38 MB at 640 px); a new size
+    takes the least recently used one. Behind a lock:
     LiteRT interpreters are not thread-safe, and XNNPACK already uses ``threads`` cores
     (default: ``$OMP_NUM_THREADS`` where set, as libfacedetection's OpenMP loops did -- a Ray
     worker of ``predict-batch`` sets it to its share --, else every CPU)."""
+
+    INTERPRETERS = 2
 
     def __init__(self, path: str | Path = TFLITE_FILE, *, threads: int | None = None) -> None:
         import warnings
@@ -168,11 +174,16 @@ class YuNet:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: YuNet's network file is missing from this installation "
                                     "of agegender-models; reinstall it")
-        with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
-            warnings.simplefilter("ignore")
-            interpreter = _interpreter_class()(model_content=path.read_bytes(),
-                                               num_threads=threads or _default_threads())
-        self._run = interpreter.get_signature_runner("serve")
+        content, threads = path.read_bytes(), threads or _default_threads()
+
+        def runner():
+            with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
+                warnings.simplefilter("ignore")
+                interpreter = _interpreter_class()(model_content=content, num_threads=threads)
+            return interpreter.get_signature_runner("serve")
+
+        self._new_runner = runner
+        self._runners: dict[tuple[int, ...], Any] = {(): runner()}  # by input shape, oldest first
         self._lock = threading.Lock()
         self._priors: dict[tuple[int, int], np.ndarray] = {}
 
@@ -198,7 +209,15 @@ class YuNet:
         padded = np.zeros((1, -(-h // 32) * 32, -(-w // 32) * 32, 3), np.float32)
         padded[0, :h, :w] = rgb
         with self._lock:
-            return self._run(image=padded)["anchors"][0]
+            run = self._runners.pop(padded.shape, None)
+            if run is None:  # the one not used yet, or the least recently used, resized by the
+                # call; another only while there are fewer than INTERPRETERS
+                if () in self._runners or len(self._runners) >= self.INTERPRETERS:
+                    run = self._runners.pop(next(iter(self._runners)))
+                else:
+                    run = self._new_runner()
+            self._runners[padded.shape] = run  # the most recently used, last
+            return run(image=padded)["anchors"][0]
 
     def detect(self, rgb: np.ndarray, score_threshold: float = SCORE_THRESHOLD) -> np.ndarray:
         rgb = np.asarray(rgb)
