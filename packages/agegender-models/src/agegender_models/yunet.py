@@ -158,10 +158,10 @@ class YuNet:
     Up to :attr:`INTERPRETERS` interpreters, each kept at the padded image size it last ran
     (portrait and landscape photos of one camera alternate without resizing: resizing one costs
     about 4 ms, as much as a run; the second interpreter holds about 38 MB at 640 px); a new size
-    takes the least recently used one. Behind a lock:
-    LiteRT interpreters are not thread-safe, and XNNPACK already uses ``threads`` cores
-    (default: ``$OMP_NUM_THREADS`` where set, as libfacedetection's OpenMP loops did -- a Ray
-    worker of ``predict-batch`` sets it to its share --, else every CPU)."""
+    takes the least recently used one. Behind a lock: LiteRT interpreters are not thread-safe,
+    and XNNPACK already uses ``threads`` cores (default: ``$OMP_NUM_THREADS`` where set, as
+    libfacedetection's OpenMP loops did -- a Ray worker of ``predict-batch`` sets it to its
+    share --, else every CPU)."""
 
     INTERPRETERS = 2
 
@@ -210,8 +210,9 @@ class YuNet:
         padded[0, :h, :w] = rgb
         with self._lock:
             run = self._runners.pop(padded.shape, None)
-            if run is None:  # the one not used yet, or the least recently used, resized by the
-                # call; another only while there are fewer than INTERPRETERS
+            if run is None:
+                # the one never run, else a new one while fewer than INTERPRETERS, else the least
+                # recently used (the call resizes it)
                 if () in self._runners or len(self._runners) >= self.INTERPRETERS:
                     run = self._runners.pop(next(iter(self._runners)))
                 else:
