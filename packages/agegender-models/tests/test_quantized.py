@@ -191,3 +191,39 @@ def test_a_folded_mobilenet_is_smaller_to_load_and_quantizes_with_its_relu6(
     plain = dequantized_copy(loaded)  # what the converters get: the activation comes back too
     np.testing.assert_allclose(np.asarray(plain(images)["age"]), np.asarray(compact(images)["age"]),
                                atol=1e-3)
+
+
+def test_int8_layers_hold_two_variables_and_load_files_saved_with_four(tmp_path: Path) -> None:
+    import zipfile
+
+    import h5py
+
+    from agegender_models.pretrained import pretrained_path
+
+    layer = QuantizedConv2D(4, 3)
+    layer.build((None, 8, 8, 2))
+    assert [v.name for v in layer.weights] == ["codes", "params"]
+    codes = np.arange(72, dtype=np.int8).reshape(3, 3, 2, 4)
+    scale, offset, bias = (np.full(4, v, np.float32) for v in (0.5, -1.0, 2.0))
+    layer.set_weights([codes, scale, offset, bias])
+    for got, want in zip(layer.get_weights(), [codes, scale, offset, bias], strict=True):
+        np.testing.assert_array_equal(got, want)
+    # the shipped default was saved with codes, scale, offset and bias apart: each layer loads
+    # those four arrays
+    path = pretrained_path()
+    model = keras.saving.load_model(path, compile=False)
+    quantized = [lay for lay in model._flatten_layers(include_self=False, recursive=True)
+                 if isinstance(lay, QuantizedConv2D | QuantizedDense)]
+    with zipfile.ZipFile(path) as archive:
+        archive.extract("model.weights.h5", tmp_path)
+    found = []
+    with h5py.File(tmp_path / "model.weights.h5") as weights:
+        weights.visititems(lambda name, item: found.append(name) if name.endswith("/vars")
+                           and len(item) == 4 and item["0"].dtype == np.int8 else None)
+        stored = [weights[found[0]][str(i)][()] for i in range(4)]
+    assert len(found) == len(quantized) > 0
+    first = [lay for lay in quantized if lay.get_weights()[0].shape == stored[0].shape
+             and np.array_equal(lay.get_weights()[0], stored[0])]
+    assert first, "the stored codes are in a loaded layer"
+    for got, want in zip(first[0].get_weights(), stored, strict=True):
+        np.testing.assert_array_equal(got, want)
