@@ -291,23 +291,15 @@ def _import_yuface():
     """libfacedetection's own YuNet, from the ``yuface`` wheel (not a dependency: the tests'
     reference): a function BGR uint8 HxWx3 -> (N, 16) int16 rows."""
     import ctypes
-    import importlib.util
-    import sys
-    from pathlib import Path
 
+    from .yunet import libfacedetection
+
+    library = libfacedetection()
     try:
-        if not sys.platform.startswith("linux"):
-            raise ImportError(f"not on this platform ({sys.platform})")
-        spec = importlib.util.find_spec("yuface")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("No module named 'yuface'")
-        library = ctypes.CDLL(str(Path(spec.submodule_search_locations[0]) / "libfacedetection.so"))
         entry = getattr(library, _FACEDETECT_SYMBOL)
-    except (ImportError, ValueError, OSError, AttributeError) as exc:
-        raise ImportError(
-            "libfacedetection's own YuNet needs the yuface package (pip install 'yuface==2023.5.1'), "
-            f"which has wheels for CPython 3.11 on x86-64 Linux (and Windows) only ({exc})"
-        ) from None
+    except AttributeError as exc:
+        raise ImportError(f"this libfacedetection has no {_FACEDETECT_SYMBOL} ({exc}): "
+                          "pip install 'yuface==2023.5.1'") from None
     entry.restype = ctypes.c_void_p
     entry.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
 

@@ -122,19 +122,23 @@ def _interpreter_class():
     return Interpreter
 
 
+def serve_signature(content: bytes, threads: int):
+    """A new LiteRT interpreter of a TFLite flatbuffer, as its ``serve`` signature's runner."""
+    with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
+        warnings.simplefilter("ignore")
+        interpreter = _interpreter_class()(model_content=content, num_threads=threads)
+    return interpreter.get_signature_runner("serve")
+
+
 def tflite_runner(content: bytes, *, threads: int | None = None, quantize: str = "none") -> Runner:
     """A TFLite flatbuffer (its ``serve`` signature), one interpreter per batch size (resizing
     one interpreter at every change of batch size would reallocate it each time)."""
-    Interpreter = _interpreter_class()
     runners: dict[int, Any] = {}
 
     def run(images: np.ndarray):
         n = len(images)
         if n not in runners:
-            with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
-                warnings.simplefilter("ignore")
-                interpreter = Interpreter(model_content=content, num_threads=_threads(threads))
-            runners[n] = interpreter.get_signature_runner("serve")
+            runners[n] = serve_signature(content, _threads(threads))
         out = runners[n](image=images)
         return _pair(out["gender"], out["age"])
 

@@ -12,8 +12,8 @@ against libfacedetection, detection for detection.
 The network (libfacedetection 2023's ``objectdetect_cnn``, rebuilt from its weight tensors, read
 from the library by their symbol names): a 3x3 stride-2 convolution on the pixels (0-255, nothing
 subtracted; libfacedetection reads BGR, the kernel here is flipped to take RGB; zero-padded to
-multiples of 32 on the right and bottom, and one pixel on the top and left), then units of a 1x1 convolution followed by a 3x3 depthwise one with
-ReLU, max pooling 2x2; features at strides 8, 16 and 32 joined top-down (nearest upsampling,
+multiples of 32 on the right and bottom, and one pixel on the top and left), then units of a 1x1
+convolution followed by a 3x3 depthwise one with ReLU, max pooling 2x2; features at strides 8, 16 and 32 joined top-down (nearest upsampling,
 sums); per stride, heads for the face class, objectness, the box (4) and 5 landmarks (10). Per
 anchor (each cell of each stride): score ``sqrt(sigmoid(cls) * sigmoid(obj))``; box centre
 ``cell + offset * stride``, size ``exp(.) * stride``; landmarks ``cell + offset * stride``; boxes
@@ -60,19 +60,35 @@ def weight_shapes() -> dict[str, int]:
     return sizes
 
 
+def libfacedetection(library: str | Path | None = None):
+    """libfacedetection's shared library (``yuface``'s, by default), loaded by ctypes; an
+    ImportError saying how to install it where it cannot be."""
+    import ctypes
+    import importlib.util
+    import sys
+
+    try:
+        if library is None:
+            if not sys.platform.startswith("linux"):
+                raise ImportError(f"not on this platform ({sys.platform})")
+            spec = importlib.util.find_spec("yuface")
+            if spec is None or not spec.submodule_search_locations:
+                raise ImportError("No module named 'yuface'")
+            library = Path(spec.submodule_search_locations[0]) / "libfacedetection.so"
+        return ctypes.CDLL(str(library))
+    except (ImportError, OSError) as exc:
+        raise ImportError(
+            "libfacedetection's own YuNet needs the yuface package (pip install 'yuface==2023.5.1'), "
+            f"which has wheels for CPython 3.11 on x86-64 Linux (and Windows) only ({exc})"
+        ) from None
+
+
 def libfacedetection_weights(library: str | Path | None = None) -> dict[str, np.ndarray]:
     """YuNet's weights, read from libfacedetection's shared library (``yuface``'s, by default)
     by their exported symbol names."""
     import ctypes
-    import importlib.util
 
-    if library is None:
-        spec = importlib.util.find_spec("yuface")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("reading YuNet's weights needs the yuface wheel: pip install 'yuface==2023.5.1' "
-                              "(CPython 3.11 on x86-64 Linux)")
-        library = Path(spec.submodule_search_locations[0]) / "libfacedetection.so"
-    lib = ctypes.CDLL(str(library))
+    lib = libfacedetection(library)
     return {name: np.ctypeslib.as_array((ctypes.c_float * n).in_dll(lib, name)).copy()
             for name, n in weight_shapes().items()}
 
@@ -166,24 +182,16 @@ class YuNet:
     INTERPRETERS = 2
 
     def __init__(self, path: str | Path = TFLITE_FILE, *, threads: int | None = None) -> None:
-        import warnings
-
-        from .runtime import _interpreter_class
+        from .runtime import serve_signature
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: YuNet's network file is missing from this installation "
                                     "of agegender-models; reinstall it")
         content, threads = path.read_bytes(), threads or _default_threads()
-
-        def runner():
-            with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
-                warnings.simplefilter("ignore")
-                interpreter = _interpreter_class()(model_content=content, num_threads=threads)
-            return interpreter.get_signature_runner("serve")
-
-        self._new_runner = runner
-        self._runners: dict[tuple[int, ...], Any] = {(): runner()}  # by input shape, oldest first
+        self._new_runner = lambda: serve_signature(content, threads)
+        # by input shape, oldest first
+        self._runners: dict[tuple[int, ...], Any] = {(): self._new_runner()}
         self._lock = threading.Lock()
         self._priors: dict[tuple[int, int], np.ndarray] = {}
 
@@ -206,7 +214,7 @@ class YuNet:
     def raw(self, rgb: np.ndarray) -> np.ndarray:
         """The network's (anchors, 16) output for an RGB uint8 image."""
         h, w = rgb.shape[:2]
-        padded = np.zeros((1, -(-h // 32) * 32, -(-w // 32) * 32, 3), np.float32)
+        padded = np.zeros((1, *_padded(h, w), 3), np.float32)
         padded[0, :h, :w] = rgb
         with self._lock:
             run = self._runners.pop(padded.shape, None)
@@ -226,8 +234,7 @@ class YuNet:
             raise ValueError(f"YuNet needs an HxWx3 uint8 image (0-255). Received shape {rgb.shape}, "
                              f"dtype {rgb.dtype}")
         out = self.raw(rgb)
-        h, w = rgb.shape[:2]
-        grid = self._anchor_grid(-(-h // 32) * 32, -(-w // 32) * 32)
+        grid = self._anchor_grid(*_padded(*rgb.shape[:2]))
         logits = np.clip(out[:, :2], -88.37626, 88.37626)
         score = np.sqrt(np.prod(1.0 / (1.0 + np.exp(-logits)), axis=1))
         keep = np.flatnonzero(score >= score_threshold)
@@ -247,6 +254,11 @@ class YuNet:
         boxes = corners[chosen]
         return np.concatenate([score[keep][chosen, None], boxes[:, :2], boxes[:, 2:] - boxes[:, :2],
                                marks[chosen]], 1).astype(np.float32)
+
+
+def _padded(height: int, width: int) -> tuple[int, int]:
+    """The network's input size for an image: each side rounded up to a multiple of 32."""
+    return -(-height // 32) * 32, -(-width // 32) * 32
 
 
 def _default_threads() -> int:
