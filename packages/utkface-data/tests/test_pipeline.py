@@ -159,6 +159,26 @@ def test_cache_shuffle_augment(frame: pd.DataFrame, utk_folder: Path, tmp_path: 
     assert aug1.shape == plain.shape and not np.array_equal(aug1, plain)
 
 
+def test_degrade(frame: pd.DataFrame, utk_folder: Path) -> None:
+    kw = dict(root=utk_folder, image_size=(48, 48), batch_size=6, shuffle=True, seed=1, augment=True)
+    jitter, _, _ = _collect(make_dataset(frame, **kw))
+    none, _, _ = _collect(make_dataset(frame, degrade=0.0, **kw))
+    np.testing.assert_array_equal(none, jitter)  # 0: the jitter exactly as without it
+    every1, _, ages1 = _collect(make_dataset(frame, degrade=1.0, **kw))
+    every2, _, ages2 = _collect(make_dataset(frame, degrade=1.0, **kw))
+    np.testing.assert_array_equal(every1, every2)  # reproducible for a seed
+    np.testing.assert_array_equal(ages1, ages2)
+    assert every1.shape == jitter.shape and every1.dtype == np.uint8
+    # probability 1: every image is grayscale (all three applied), and not the jittered one
+    assert (every1[..., 0] == every1[..., 1]).all() and (every1[..., 1] == every1[..., 2]).all()
+    assert not (jitter[..., 0] == jitter[..., 1]).all()
+    some, _, _ = _collect(make_dataset(frame, degrade=0.5, **kw))
+    gray = [(im[..., 0] == im[..., 1]).all() and (im[..., 1] == im[..., 2]).all() for im in some]
+    assert 0 < sum(gray) < len(gray)
+    with pytest.raises(ValueError, match="degrade must be a probability"):
+        make_dataset(frame, root=utk_folder, augment=True, degrade=-0.1)
+
+
 def test_repeat_drop_remainder(frame: pd.DataFrame, utk_folder: Path) -> None:
     ds = make_dataset(
         frame, root=utk_folder, image_size=SIZE, batch_size=5, repeat=True, drop_remainder=True

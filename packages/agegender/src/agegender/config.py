@@ -66,6 +66,10 @@ class TrainConfig:
     test: float = _option(0.15, "test fraction", group="data")
     image_size: int = _option(128, "square input size in pixels", group="data")
     augment: bool = _option(False, "flip/brightness/contrast/crop jitter", group="data")
+    degrade: float = _option(
+        0.0, "with augment: probability of each photo degradation per training image "
+        "(downscaled to 24-96 px and back, JPEG quality 10-60, grayscale)", group="data",
+        metavar="P")
     cache: bool = _option(True, "cache decoded images in memory", group="data", trains=False)
     # model
     backbone: str = _option("custom_cnn", "registered backbone (custom_cnn is Model A)",
@@ -163,6 +167,11 @@ def _fractions(c: TrainConfig) -> str | None:
             return f"{name} must be in [0, 1). Received: {name}={value}"
     if c.ema == 0:
         return "ema must be in (0, 1). Received: ema=0"
+    if not 0 <= c.degrade <= 1:
+        return f"degrade must be a probability in [0, 1]. Received: degrade={c.degrade}"
+    if c.degrade and not c.augment:
+        return ("degrade is part of the training augmentation: it needs augment (--augment). "
+                f"Received: degrade={c.degrade}, augment=False")
     return None
 
 

@@ -78,6 +78,7 @@ def batches(frame, root: Path, config: TrainConfig, *, training: bool, replicas:
         scaling="uint8",
         shuffle=training,
         augment=training and augment,
+        degrade=config.degrade,
         cache="memory" if config.cache else None,
         seed=config.seed,
         drop_remainder=replicas > 1,

@@ -160,6 +160,7 @@ def make_dataset(
     scaling: str = "uint8",
     shuffle: bool = False,
     augment: bool = False,
+    degrade: float = 0.0,
     cache: str | os.PathLike[str] | None = None,
     seed: int | None = 0,
     drop_remainder: bool = False,
@@ -181,6 +182,10 @@ def make_dataset(
         shuffle: reshuffle every epoch (seeded when ``seed`` is not None).
         augment: training-only jitter: horizontal flip, brightness +-10%, contrast 0.9-1.1,
             up to 10% crop-and-resize.
+        degrade: with ``augment``, the probability of each of three photo degradations, drawn
+            independently per image: downscaling to 24-96 px and back (a small face in a
+            photo), JPEG re-encoding at quality 10-60, grayscale. 0 (the default) leaves the
+            jitter exactly as without it.
         cache: ``None`` (stream), ``"memory"``, or a file path prefix for ``Dataset.cache``;
             decoded, resized uint8 images are cached, augmentation is applied after the cache.
         seed: seeds shuffle and augmentation; when not None the element order is deterministic.
@@ -204,6 +209,8 @@ def make_dataset(
     time, so the number of batches is unknown until the end of the first pass.
     """
     _check_args(frame, image_size, batch_size, scaling, cache, on_error, max_pixels)
+    if not 0.0 <= degrade <= 1.0:
+        raise ValueError(f"degrade must be a probability in [0, 1]. Received: degrade={degrade}")
     import tensorflow as tf
 
     paths = _resolve_paths(frame, root)
@@ -232,7 +239,8 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     if augment:
-        ds = _augment_images(ds, image_size, seed=seed, deterministic=deterministic)
+        ds = _augment_images(ds, image_size, seed=seed, deterministic=deterministic,
+                             degrade=degrade)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if scaling != "uint8":
         ds = _scale_images(ds, scaling)
@@ -451,15 +459,22 @@ def _decode_images(
 
 
 def _augment_images(
-    ds: tf.data.Dataset, image_size: tuple[int, int], *, seed: int | None, deterministic: bool
+    ds: tf.data.Dataset, image_size: tuple[int, int], *, seed: int | None, deterministic: bool,
+    degrade: float = 0.0,
 ) -> tf.data.Dataset:
-    """Random jitter per image (see :func:`_augment`), seeded from a random stream."""
+    """Random jitter per image (see :func:`_augment`, :func:`_degrade`), seeded from a random
+    stream."""
     import tensorflow as tf
 
     height, width = image_size
+
+    def one(image: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+        image = _augment(image, s, height, width)
+        return _degrade(image, s, degrade) if degrade > 0 else image
+
     noise = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     return tf.data.Dataset.zip((ds, noise)).map(
-        lambda el, s: (_augment(el[0], s, height, width), el[1]),
+        lambda el, s: (one(el[0], s), el[1]),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
@@ -490,3 +505,33 @@ def _augment(image: tf.Tensor, seed: tf.Tensor, height: int, width: int) -> tf.T
     x = tf.image.resize(x, big, method="bilinear")
     x = tf.image.stateless_random_crop(x, (height, width, 3), s[4])
     return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+
+def _degrade(image: tf.Tensor, seed: tf.Tensor, probability: float) -> tf.Tensor:
+    """What real photos do to a face, each with ``probability``: downscaled to 24-96 px and
+    scaled back (a small face), JPEG at quality 10-60, grayscale. uint8 in, uint8 out."""
+    import tensorflow as tf
+
+    seed = tf.cast(seed, tf.int64)
+    s = [seed + tf.constant([100, i], tf.int64) for i in range(5)]
+    size = tf.shape(image)[:2]
+
+    def coin(i: int) -> tf.Tensor:
+        return tf.random.stateless_uniform([], s[i]) < probability
+
+    def small(x: tf.Tensor) -> tf.Tensor:
+        side = tf.random.stateless_uniform([], s[1], 24, 97, dtype=tf.int32)
+        low = tf.image.resize(x, tf.stack([side, side]), method="area")
+        up = tf.image.resize(low, size, method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(up), 0.0, 255.0), tf.uint8)
+
+    def jpeg(x: tf.Tensor) -> tf.Tensor:
+        return tf.image.stateless_random_jpeg_quality(x, 10, 60, s[3])
+
+    def gray(x: tf.Tensor) -> tf.Tensor:
+        return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
+
+    x = tf.cond(coin(0), lambda: small(image), lambda: image)
+    x = tf.cond(coin(2), lambda: jpeg(x), lambda: x)
+    x = tf.cond(coin(4), lambda: gray(x), lambda: x)
+    return tf.ensure_shape(x, image.shape)
