@@ -23,9 +23,9 @@ from agegender_models.saving import ModelFileError
 
 def test_the_shipped_model_loads_offline_with_its_checksum() -> None:
     info = pretrained_info()
-    assert list_pretrained() == ["mobilenet-v2x3-dlib-utkface", "mobilenet-v2-dlib-utkface",
-                                 "mobilenet-v2-utkface"]  # the default first
-    assert info["name"] == "mobilenet-v2x3-dlib-utkface"
+    assert list_pretrained() == ["mobilenet-v2x3-dlib-degrade-utkface", "mobilenet-v2-dlib-utkface",
+                                 "mobilenet-v2-utkface", "mobilenet-v2x3-dlib-utkface"]  # the default first
+    assert info["name"] == "mobilenet-v2x3-dlib-degrade-utkface"
     models = {}
     for name in list_pretrained():
         # at most 15 MB per model, in the repository and in the wheel (which deflates it again)
@@ -138,6 +138,6 @@ def test_predictor_without_a_model_uses_the_shipped_one(tmp_path: Path) -> None:
     from agegender_models import Predictor
 
     chip = _photo(tmp_path / "chip.jpg", 200, 200)
-    default, named = Predictor(), Predictor("mobilenet-v2x3-dlib-utkface")
+    default, named = Predictor(), Predictor("mobilenet-v2x3-dlib-degrade-utkface")
     assert default.predict([chip])[0]["p_female"] == pytest.approx(named.predict([chip])[0]["p_female"])
     assert tuple(default.model.inputs[0].shape[1:3]) == (192, 192)
