@@ -208,9 +208,9 @@ def test_int8_layers_hold_two_variables_and_load_files_saved_with_four(tmp_path:
     layer.set_weights([codes, scale, offset, bias])
     for got, want in zip(layer.get_weights(), [codes, scale, offset, bias], strict=True):
         np.testing.assert_array_equal(got, want)
-    # the shipped default was saved with codes, scale, offset and bias apart: each layer loads
-    # those four arrays
-    path = pretrained_path()
+    # the session-13 default was saved with codes, scale, offset and bias apart: each layer
+    # loads those four arrays (the later default was saved with two)
+    path = pretrained_path("mobilenet-v2x3-dlib-utkface")
     model = keras.saving.load_model(path, compile=False)
     quantized = [lay for lay in model._flatten_layers(include_self=False, recursive=True)
                  if isinstance(lay, QuantizedConv2D | QuantizedDense)]
