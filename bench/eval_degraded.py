@@ -8,7 +8,7 @@ quality 15, and darkened to 40 % (not among the training degradations of `--degr
 Each condition is applied to the 200 x 200 chip (Pillow), which is then resized to the model's
 input (bilinear) and predicted as it is (no detection). Figures per condition: overall, by age
 group, by gender and by race (agegender_eval), written as JSON; a table is printed. Several
-`--model`s are measured on the same degraded images, one after another.
+`--model`s are measured on the same degraded images (each degraded once).
 """
 
 from __future__ import annotations
@@ -57,30 +57,31 @@ def main(argv=None) -> int:
 
     import utkface_data
     from agegender.evaluation import evaluate_predictions
-    from agegender_models import list_pretrained, load_model, load_pretrained
+    from agegender_models import load_pretrained
+    from agegender_models.predict import _load_named_or_file
 
     frame = utkface_data.load_split_file(args.split, root=args.data_dir).reset_index(drop=True)
     chips = [Image.open(args.data_dir / p).convert("RGB") for p in frame["path"]]
-    refs = args.model or [None]
-    summary = {"split": str(args.split), "images": len(frame), "models": {}}
-    for ref in refs:
-        model = (load_pretrained(ref) if ref is None or ref in list_pretrained()
-                 else load_model(ref))
-        side = model.input_shape[1]
-        rows = {}
-        for name, degrade in _conditions().items():
-            x = np.stack([np.asarray(degrade(im).resize((side, side), Image.BILINEAR))
-                          for im in chips]).astype(np.uint8)
-            out = model.predict(x, batch_size=64, verbose=0)
+    models = {ref or "default": _load_named_or_file(ref) if ref else load_pretrained()
+              for ref in args.model or [None]}
+    summary = {"split": str(args.split), "images": len(frame), "models": {n: {} for n in models}}
+    for condition, degrade in _conditions().items():
+        degraded = [degrade(im) for im in chips]  # once for every model
+        inputs: dict[int, np.ndarray] = {}  # by input side
+        for name, model in models.items():
+            side = model.input_shape[1]
+            if side not in inputs:
+                inputs[side] = np.stack([np.asarray(im.resize((side, side), Image.BILINEAR))
+                                         for im in degraded]).astype(np.uint8)
+            out = model.predict(inputs[side], batch_size=64, verbose=0)
             predictions = {"age": np.asarray(out["age"]).ravel(),
                            "p_female": np.asarray(out["gender"]).ravel()}
             result = evaluate_predictions(frame, predictions).to_dict()
-            rows[name] = result
+            summary["models"][name][condition] = result
             by_age = result["by_group"]["age_group"]
-            print(f"{ref or 'default'} {name:11s} gender {result['gender_accuracy']:.3f} ("
+            print(f"{name} {condition:11s} gender {result['gender_accuracy']:.3f} ("
                   + " / ".join(f"{by_age[g]['gender_accuracy']:.3f}" for g in by_age)
                   + f")  age MAE {result['age_mae']:.2f}", flush=True)
-        summary["models"][ref or "default"] = rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return 0
