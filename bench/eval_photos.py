@@ -6,7 +6,10 @@ Each labelled photo (gender male/female; rows without a gender are skipped) goes
 ``Predictor(model, detector=...)``: detect, crop like a UTKFace chip, predict. The photo's answer is
 its largest face (a portrait's subject; the label names one person or a photo of one gender).
 Reports faces found, gender accuracy overall and for women and men, and photos per second, as
-JSON on stdout. Without ``--model`` the shipped default model is used.
+JSON on stdout. Photos whose ``notes`` give a FairFace ``age_group=LO-HI`` (or ``70+``) also
+measure age: the share whose predicted age falls in the group (``LO <= age < HI + 1``) and the mean
+distance in years from the group of the others (``age_groups``: all, and by FairFace group 0-9, 10-19, 20+).
+Without ``--model`` the shipped default model is used.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,6 +26,35 @@ from pathlib import Path
 def _labels(photos: Path) -> dict[str, str]:
     with (photos / "labels.csv").open(newline="", encoding="utf-8") as f:
         return {row["file"]: row["gender"] for row in csv.DictReader(f) if row["gender"] in ("male", "female")}
+
+
+def _age_groups(photos: Path) -> dict[str, tuple[int, int | None]]:
+    """FairFace's age group of each photo that names one in its notes: (first year, last year or None)."""
+    groups = {}
+    with (photos / "labels.csv").open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            m = re.search(r"age_group=(\d+)(?:-(\d+)|\+)", row.get("notes") or "")
+            if m:
+                groups[row["file"]] = (int(m.group(1)), int(m.group(2)) if m.group(2) else None)
+    return groups
+
+
+def summarise_age_groups(groups: dict[str, tuple[int, int | None]], faces: dict[str, dict]) -> dict:
+    by_name = {Path(f).name: r for f, r in faces.items()}
+    bands = {"all": (0, None), "0-9": (0, 9), "10-19": (10, 19), "20+": (20, None)}
+    out = {}
+    for band, (b_lo, b_hi) in bands.items():
+        outside = []
+        for name, (lo, hi) in groups.items():
+            if name not in by_name or lo < b_lo or (b_hi is not None and lo > b_hi):
+                continue
+            age = float(by_name[name]["age"])
+            top = float("inf") if hi is None else hi + 1
+            outside.append(0.0 if lo <= age < top else (lo - age if age < lo else age - top))
+        out[band] = {"photos": len(outside),
+                     "within_group": round(sum(d == 0 for d in outside) / len(outside), 4) if outside else None,
+                     "mean_years_outside": round(sum(outside) / len(outside), 2) if outside else None}
+    return out
 
 
 def _largest_faces(results) -> dict[str, dict]:
@@ -71,6 +104,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - started
     faces = _largest_faces(found)
     summary = summarise(labels, faces)
+    summary["age_groups"] = summarise_age_groups(_age_groups(args.photos), faces)
     if args.details:
         summary["details"] = [{"file": Path(f).name, "label": labels[Path(f).name], "gender": r["gender"],
                                "p_female": round(float(r["p_female"]), 4), "age": round(float(r["age"]), 1),

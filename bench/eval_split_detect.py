@@ -5,7 +5,7 @@ a chip's does (`agegender_models.detect.is_chip`), else on the chip-like crop
 
     python bench/eval_split_detect.py --data-dir ../shared/utkface/crop_part1_5000 \
         --split results/model_a/splits/test.csv --detect mtcnn [--model PATH] [--flip-tta] \
-        [--crop-chips-again] --out OUT.json
+        [--crop-chips-again] --out OUT.json [--predictions OUT.csv]
 
 A chip where no face is found counts as missed (reported per age group) and is left out of the
 figures, which are overall, by age group, by gender and by race (agegender_eval), written as JSON.
@@ -30,6 +30,9 @@ def main(argv=None) -> int:
     parser.add_argument("--crop-chips-again", action="store_true",
                         help="crop every face from its landmarks, chips too (Predictor's chip_tolerance=None)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--predictions", type=Path, default=None,
+                        help="also write one row per chip with a face (path, age, gender, race, age_pred, "
+                             "p_female: the columns of `agegender evaluate`'s predictions.csv)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -59,6 +62,10 @@ def main(argv=None) -> int:
     predictions = {"age": np.array([largest[f]["age"] for f in np.array(files)[keep]]),
                    "p_female": np.array([largest[f]["p_female"] for f in np.array(files)[keep]])}
     result = evaluate_predictions(kept, predictions).to_dict()
+    if args.predictions:
+        args.predictions.parent.mkdir(parents=True, exist_ok=True)
+        kept[["path", "age", "gender", "race"]].assign(
+            age_pred=predictions["age"], p_female=predictions["p_female"]).to_csv(args.predictions, index=False)
     groups = utkface_data.age_group(frame["age"].to_numpy())
     found_by_group = {g: round(float(keep[groups == g].mean()), 4) for g in utkface_data.AGE_GROUPS}
     summary = {"detect": args.detect, "flip_tta": args.flip_tta,
