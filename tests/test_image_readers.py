@@ -287,6 +287,18 @@ def test_every_reader_refuses_a_bomb_by_name_without_decoding(
         assert str(path) in reason  # the error names the file (the lists name it beside)
 
 
+@pytest.mark.parametrize("reader", list(READERS))
+def test_every_reader_words_pillows_own_refusal_as_the_pixel_limit(
+    reader: str, tiny_model, tmp_path: Path, never_decode
+) -> None:
+    # 400 million pixels: over twice Pillow's MAX_IMAGE_PIXELS, so Pillow refuses the header
+    # itself (DecompressionBombError); the reason still reads as every reader's pixel limit
+    path = _jpeg_bomb(tmp_path / "20_0_0_20170103000000001.jpg", side=20_000)
+    reason = READERS[reader](path, tiny_model)
+    assert "image too large: 400000000 pixels exceeds max_pixels=64000000" in reason, reason
+    assert "Pillow" not in reason and "DOS attack" not in reason
+
+
 # ------------------------------------------------------------------------------------------------
 # the agegender command
 

@@ -102,7 +102,7 @@ def test_predict_detect_without_the_extra_is_one_clear_line(
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert "pip install 'agegender-models[detect]'" in err
+    assert "pip install 'agegender-models[detect]'" in err and "'./packages/agegender-models[detect]'" in err
 
 
 def test_predict_detect_haar_for_real_on_faceless_photos(capsys, model_path, tmp_path) -> None:

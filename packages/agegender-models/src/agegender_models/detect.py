@@ -102,7 +102,9 @@ CHIP_MISMATCH = 0.25
 CHIP_SQUARE = 0.05
 
 DETECTORS = ("auto", "yunet-onet", "yunet", "mtcnn", "haar")
-EXTRA_HINT = "pip install 'agegender-models[detect]'"
+# the packages are not on PyPI yet: the hint names the checkout's folder too
+EXTRA_HINT = ("pip install 'agegender-models[detect]' (from a checkout of agegender: "
+              "pip install './packages/agegender-models[detect]')")
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 

@@ -73,7 +73,9 @@ from .saving import load_model
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "int8")
 ONNX_OPSET = 17  # read by ONNX Runtime 1.13 (2022) and later
-ONNX_INSTALL = "pip install 'agegender-models[onnx]'"
+# the packages are not on PyPI yet: the hint names the checkout's folder too
+ONNX_INSTALL = ("pip install 'agegender-models[onnx]' (from a checkout of agegender: "
+                "pip install './packages/agegender-models[onnx]')")
 MAX_GENDER_POINTS = 0.5  # gender accuracy: |export - Keras| in percentage points
 MAX_AGE_YEARS = 0.15  # age MAE: |export - Keras| in years
 GENERATED_CHECK_IMAGES = 256
@@ -343,7 +345,38 @@ def _tflite_bytes(model: keras.Model, quantize: str = "none",
                     yield {"image": calibration[i : i + 1]}
 
             converter.representative_dataset = representative
+            with _converter_debug_line_dropped():
+                return converter.convert()
         return converter.convert()
+
+
+@contextlib.contextmanager
+def _converter_debug_line_dropped() -> Iterator[None]:
+    """TFLite's quantizer writes one debug line to file descriptor 2 whatever the log level
+    (``llvm::dbgs() << "fully_quantize: ..."``): during the block, descriptor 2 goes to a
+    temporary file, whose other lines are written back after it (all of them if it raises)."""
+    import sys
+
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (closed, as under some daemons)
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        raised = True
+        try:
+            yield
+            raised = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines = sink.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(x for x in lines if raised or not x.startswith("fully_quantize: ")))
+            sys.stderr.flush()
 
 
 def _calibration(model: keras.Model, calibration: np.ndarray | None) -> np.ndarray:

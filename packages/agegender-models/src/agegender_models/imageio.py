@@ -31,6 +31,7 @@ decoding it whole and shrinking it: what face detection needs from a phone photo
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from typing import Any
 
@@ -139,6 +140,15 @@ def _pixels_to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def refused_by_pillow(exc: BaseException, max_pixels: int) -> str:
+    """The pixel limit's reason for an image so large that Pillow refuses even its header (over
+    twice ``Image.MAX_IMAGE_PIXELS``: ``DecompressionBombError``, which names only its pixels)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f"{found.group(1)} pixels" if found else "more pixels than Pillow opens"
+    return (f"image too large: {pixels} exceeds max_pixels={max_pixels} "
+            "(decompression-bomb guard; not decoded)")
+
+
 def _check_size(image: Image.Image, *, max_pixels: int, name: str) -> None:
     width, height = image.size
     if width * height > max_pixels:
@@ -204,9 +214,7 @@ def _read(path: str | os.PathLike, *, max_pixels: int, reduce_to: int | None = N
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {name}") from None
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(
-            name, f"image too large (decompression-bomb guard; not decoded): {exc}"
-        ) from None
+        raise ImageTooLargeError(name, refused_by_pillow(exc, max_pixels)) from None
     except Image.UnidentifiedImageError:
         reason = ("empty file" if os.path.getsize(name) == 0
                   else "not an image Pillow can read (unknown format or not an image file)")

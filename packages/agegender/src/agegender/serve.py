@@ -123,7 +123,12 @@ def read_upload(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
     """An uploaded file's bytes -> an upright H x W x 3 uint8 RGB array, by the library's rules
     (:func:`agegender_models.imageio.to_rgb`: EXIF orientation, 16-bit, CMYK, transparency, the
     pixel limit checked from the header before decoding). Raises :class:`UploadError`."""
-    from agegender_models.imageio import ImageReadError, ImageTooLargeError, to_rgb
+    from agegender_models.imageio import (
+        ImageReadError,
+        ImageTooLargeError,
+        refused_by_pillow,
+        to_rgb,
+    )
 
     if not data:
         raise UploadError(415, "not an image: the file is empty")
@@ -132,7 +137,7 @@ def read_upload(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise UploadError(413, f"image too large (decompression-bomb guard; not decoded): {exc}") from None
+        raise UploadError(413, refused_by_pillow(exc, max_pixels)) from None
     except UnidentifiedImageError:
         raise UploadError(415, "not an image: no known image format") from None
     except Exception as exc:  # a header Pillow recognises but cannot parse

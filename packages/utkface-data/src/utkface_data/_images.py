@@ -14,6 +14,7 @@ composited onto white, the same :data:`DEFAULT_MAX_PIXELS`.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -44,6 +45,16 @@ def too_large(width: int, height: int, max_pixels: int) -> str:
         f"image too large: {width}x{height} = {width * height} pixels exceeds "
         f"max_pixels={max_pixels} (decompression-bomb guard; not decoded)"
     )
+
+
+def refused_by_pillow(exc: BaseException, max_pixels: int) -> str:
+    """The same reason for an image so large that Pillow refuses even its header (over twice
+    ``PIL.Image.MAX_IMAGE_PIXELS``: ``DecompressionBombError``, whose message names only the
+    number of pixels)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f"{found.group(1)} pixels" if found else "more pixels than Pillow opens"
+    return (f"image too large: {pixels} exceeds max_pixels={max_pixels} "
+            "(decompression-bomb guard; not decoded)")
 
 
 def exif_orientation(image) -> int:  # image: PIL.Image.Image (Pillow imported lazily)
@@ -94,7 +105,7 @@ def _header(path: str | os.PathLike[str], max_pixels: int) -> ImageProbe:
                 width, height = im.size
                 orientation = exif_orientation(im)
     except Image.DecompressionBombError as exc:
-        return ImageProbe(f"image too large (decompression-bomb guard; not decoded): {exc}", 1, True)
+        return ImageProbe(refused_by_pillow(exc, max_pixels), 1, True)
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad headers
         first = (str(exc).strip().splitlines() or [""])[0]
         return ImageProbe(f"unreadable image header: {type(exc).__name__}: {first}".rstrip(": "))

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ._images import DEFAULT_MAX_PIXELS, too_large
+from ._images import DEFAULT_MAX_PIXELS, refused_by_pillow, too_large
 from ._paths import get_data_dir
 from .errors import DatasetError, MalformedNameError
 from .naming import (
@@ -192,7 +192,7 @@ def check_image(
                 return None, f"unsupported image format {fmt} (expected JPEG or PNG)"
             im.load()
     except Image.DecompressionBombError as exc:
-        return None, f"image too large (decompression-bomb guard): {exc}"
+        return None, refused_by_pillow(exc, max_pixels)
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
         return None, f"cannot decode image: {type(exc).__name__}: {exc}"
     return {"width": width, "height": height, "mode": mode}, None
