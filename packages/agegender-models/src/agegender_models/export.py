@@ -57,6 +57,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -355,8 +356,6 @@ def _converter_debug_line_dropped() -> Iterator[None]:
     """TFLite's quantizer writes one debug line to file descriptor 2 whatever the log level
     (``llvm::dbgs() << "fully_quantize: ..."``): during the block, descriptor 2 goes to a
     temporary file, whose other lines are written back after it (all of them if it raises)."""
-    import sys
-
     sys.stderr.flush()
     try:
         saved = os.dup(2)

@@ -50,7 +50,7 @@ def too_large(width: int, height: int, max_pixels: int) -> str:
 def refused_by_pillow(exc: BaseException, max_pixels: int) -> str:
     """The same reason for an image so large that Pillow refuses even its header (over twice
     ``PIL.Image.MAX_IMAGE_PIXELS``: ``DecompressionBombError``, whose message names only the
-    number of pixels)."""
+    number of pixels); ``agegender_models.imageio.refused_by_pillow`` words it alike."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
     pixels = f"{found.group(1)} pixels" if found else "more pixels than Pillow opens"
     return (f"image too large: {pixels} exceeds max_pixels={max_pixels} "
