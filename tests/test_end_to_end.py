@@ -7,6 +7,7 @@ user relies on, not model quality (that is RESULTS.md's job, on real data).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -873,3 +874,29 @@ def test_final_fit_and_replay_refuse_what_they_cannot_do(face_folder: Path, tmp_
                   "--fit-on", "train+val", "--lr-schedule", "plateau")
     assert result.returncode == 2 and "leaves no validation split" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_child_gender_weight_weighs_children_against_the_others(face_folder: Path, tmp_path: Path) -> None:
+    """--child-gender-weight W: in the training batches a child's gender loss weighs W times
+    another's, the weights' mean over the training images is 1, age is unweighted; the
+    validation batches carry no weights; a run trains with them."""
+    import utkface_data
+
+    from agegender.data import batches
+
+    frame = utkface_data.index_folder(face_folder, progress=False).frame
+    config = TrainConfig(out=str(tmp_path / "w"), data_dir=str(face_folder), child_gender_weight=3.0, **TINY)
+    ages, weights = [], []
+    for _, targets, sample_weights in batches(frame, face_folder, config, training=True, augment=False):
+        ages.append(targets["age"].numpy())
+        weights.append(sample_weights["gender"].numpy())
+        assert (sample_weights["age"].numpy() == 1).all()
+    ages, weights = np.concatenate(ages), np.concatenate(weights)
+    children = ages < 10
+    assert 0 < children.sum() < len(ages)  # the folder has both
+    assert np.allclose(weights[children], 3 * weights[~children][0])
+    assert weights.mean() == pytest.approx(1.0, abs=1e-5)
+    assert len(next(iter(batches(frame, face_folder, config, training=False)))) == 2
+    metrics = train(dataclasses.replace(config, epochs=1), verbose=0)
+    assert np.isfinite(metrics["test"]["gender_accuracy"])
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["config"]["child_gender_weight"] == 3.0

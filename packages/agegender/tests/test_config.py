@@ -109,6 +109,7 @@ def test_resume_compares_only_what_changes_training() -> None:
     ({"n": 2}, "n must be at least 3"),
     ({"degrade": 1.5, "augment": True}, r"degrade must be a probability in \[0, 1\]"),
     ({"degrade": 0.2}, "it needs augment"),
+    ({"child_gender_weight": 0}, "child_gender_weight must be positive"),
     ({"finetune_lr": 1e-4}, "finetune_lr is the learning rate after the warm-up: it needs warmup_epochs"),
 ])
 def test_each_bad_option_is_named(options, message) -> None:

@@ -93,6 +93,10 @@ class TrainConfig:
         "always follows val_loss)", group="training", choices=tuple(MONITORS))
     gender_weight: float = _option(1.0, "loss weight of the gender head", group="training")
     age_weight: float = _option(1.0, "loss weight of the age head", group="training")
+    child_gender_weight: float = _option(
+        1.0, "weight of the gender loss of images under 10 years against the others' (weights "
+        "scaled to a mean of 1 over the training images); `agegender fit-readouts` leaves "
+        "children's gender to this network", group="training", metavar="W")
     lr_schedule: str = _option(
         "constant", "'plateau' halves the rate when the validation loss stalls; 'replay' sets "
         "each epoch's rate from --lr-history", group="training", choices=LR_SCHEDULES)
@@ -150,7 +154,7 @@ def _positive_ints(c: TrainConfig) -> str | None:
 
 
 def _positive_rates(c: TrainConfig) -> str | None:
-    for name in ("lr", "finetune_lr"):
+    for name in ("lr", "finetune_lr", "child_gender_weight"):
         value = getattr(c, name)
         if value is not None and value <= 0:
             return f"{name} must be positive. Received: {name}={value}"

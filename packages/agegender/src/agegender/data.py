@@ -83,6 +83,8 @@ def batches(frame, root: Path, config: TrainConfig, *, training: bool, replicas:
         seed=config.seed,
         drop_remainder=replicas > 1,
     )
+    if training and config.child_gender_weight != 1:
+        dataset = _with_child_gender_weights(dataset, frame, config.child_gender_weight)
     if replicas > 1:
         # Several workers: each reads the same (seeded) order and keeps its own part of every
         # batch. Said explicitly: TensorFlow would first try to split by file, which a folder of
@@ -93,3 +95,21 @@ def batches(frame, root: Path, config: TrainConfig, *, training: bool, replicas:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         dataset = dataset.with_options(options)
     return dataset
+
+
+def _with_child_gender_weights(dataset, frame, weight: float):
+    """Batches with per-image loss weights: the gender loss of an image under 10 years counts
+    ``weight`` times another's, scaled so that the mean over ``frame`` is 1 (the gender loss as a
+    whole keeps its size against the age loss); the age loss is unweighted."""
+    import tensorflow as tf
+
+    under = list(utkface_data.AGE_GROUPS.values())[1]  # 10: where the first age group ends
+    children = float((frame["age"] < under).mean())
+    scale = 1.0 / (children * weight + (1.0 - children))
+    child, other = weight * scale, scale
+
+    def add_weights(images, targets):
+        gender = tf.where(targets["age"] < under, child, other)
+        return images, targets, {"gender": gender, "age": tf.ones_like(targets["age"])}
+
+    return dataset.map(add_weights, num_parallel_calls=tf.data.AUTOTUNE)
