@@ -881,7 +881,6 @@ def test_child_gender_weight_weighs_children_against_the_others(face_folder: Pat
     another's, the weights' mean over the training images is 1, age is unweighted; the
     validation batches carry no weights; a run trains with them."""
     import utkface_data
-
     from agegender.data import batches
 
     frame = utkface_data.index_folder(face_folder, progress=False).frame
