@@ -355,7 +355,10 @@ def _tflite_bytes(model: keras.Model, quantize: str = "none",
 def _converter_debug_line_dropped() -> Iterator[None]:
     """TFLite's quantizer writes one debug line to file descriptor 2 whatever the log level
     (``llvm::dbgs() << "fully_quantize: ..."``): during the block, descriptor 2 goes to a
-    temporary file, whose other lines are written back after it (all of them if it raises)."""
+    temporary file, whose other lines are written back after it (all of them if it raises).
+    The application's ``agegender._tf`` holds descriptor 2 alike while TensorFlow loads; neither
+    can use the other's (this library does not import the application, and that one runs before
+    this library, which imports Keras, can be imported)."""
     sys.stderr.flush()
     try:
         saved = os.dup(2)
