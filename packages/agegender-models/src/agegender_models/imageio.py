@@ -144,19 +144,19 @@ def refused_by_pillow(exc: BaseException, max_pixels: int) -> str:
     """The pixel limit's reason for an image so large that Pillow refuses even its header (over
     twice ``Image.MAX_IMAGE_PIXELS``: ``DecompressionBombError``, which names only its pixels)."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
-    pixels = f"{found.group(1)} pixels" if found else "more pixels than Pillow opens"
-    return (f"image too large: {pixels} exceeds max_pixels={max_pixels} "
-            "(decompression-bomb guard; not decoded)")
+    return _over_the_limit(f"{found.group(1)} pixels" if found else "more pixels than Pillow opens",
+                           max_pixels)
+
+
+def _over_the_limit(pixels: str, max_pixels: int) -> str:
+    return f"image too large: {pixels} exceeds max_pixels={max_pixels} (decompression-bomb guard; not decoded)"
 
 
 def _check_size(image: Image.Image, *, max_pixels: int, name: str) -> None:
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageTooLargeError(
-            name,
-            f"image too large: {width}x{height} = {width * height} pixels exceeds "
-            f"max_pixels={max_pixels} (decompression-bomb guard; not decoded)",
-        )
+        raise ImageTooLargeError(name, _over_the_limit(f"{width}x{height} = {width * height} pixels",
+                                                        max_pixels))
 
 
 def _image_to_rgb(image: Image.Image, *, max_pixels: int, name: str, reduce_to: int | None = None,

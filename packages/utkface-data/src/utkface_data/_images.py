@@ -41,10 +41,11 @@ class ImageProbe:
 
 def too_large(width: int, height: int, max_pixels: int) -> str:
     """The reason given for an image over the pixel limit."""
-    return (
-        f"image too large: {width}x{height} = {width * height} pixels exceeds "
-        f"max_pixels={max_pixels} (decompression-bomb guard; not decoded)"
-    )
+    return _over_the_limit(f"{width}x{height} = {width * height} pixels", max_pixels)
+
+
+def _over_the_limit(pixels: str, max_pixels: int) -> str:
+    return f"image too large: {pixels} exceeds max_pixels={max_pixels} (decompression-bomb guard; not decoded)"
 
 
 def refused_by_pillow(exc: BaseException, max_pixels: int) -> str:
@@ -52,9 +53,8 @@ def refused_by_pillow(exc: BaseException, max_pixels: int) -> str:
     ``PIL.Image.MAX_IMAGE_PIXELS``: ``DecompressionBombError``, whose message names only the
     number of pixels); ``agegender_models.imageio.refused_by_pillow`` words it alike."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
-    pixels = f"{found.group(1)} pixels" if found else "more pixels than Pillow opens"
-    return (f"image too large: {pixels} exceeds max_pixels={max_pixels} "
-            "(decompression-bomb guard; not decoded)")
+    return _over_the_limit(f"{found.group(1)} pixels" if found else "more pixels than Pillow opens",
+                           max_pixels)
 
 
 def exif_orientation(image) -> int:  # image: PIL.Image.Image (Pillow imported lazily)
