@@ -23,9 +23,9 @@ from agegender_models.saving import ModelFileError
 
 def test_the_shipped_model_loads_offline_with_its_checksum() -> None:
     info = pretrained_info()
-    assert list_pretrained() == ["mobilenet-v2x3-dlib-degrade-utkface", "mobilenet-v2-dlib-utkface",
-                                 "mobilenet-v2-utkface", "mobilenet-v2x3-dlib-utkface"]  # the default first
-    assert info["name"] == "mobilenet-v2x3-dlib-degrade-utkface"
+    assert list_pretrained() == ["mobilenet-v2x3-dlib-childweight-utkface", "mobilenet-v2-utkface",
+                                 "mobilenet-v2x3-dlib-degrade-utkface", "mobilenet-v2x3-dlib-utkface"]  # the default first
+    assert info["name"] == "mobilenet-v2x3-dlib-childweight-utkface"
     models = {}
     for name in list_pretrained():
         # at most 15 MB per model, in the repository and in the wheel (which deflates it again)
@@ -44,6 +44,10 @@ def test_the_shipped_model_loads_offline_with_its_checksum() -> None:
     kinds = [type(la).__name__ for la in default._flatten_layers(recursive=True)]
     assert kinds.count("BatchNormalization") == 0 and {"member0", "member1", "member2"} <= {
         la.name for la in default._flatten_layers(recursive=True)}
+    # dlib's gender gated by the predicted age as chosen on validation for this model: half its
+    # weight at 14 years, the gate's width 6 (results/NOTEBOOK.md, session 17)
+    kernel, bias = default.get_layer("descriptor_trust").get_weights()
+    assert (1 / kernel.item(), -bias.item() / kernel.item()) == pytest.approx((6.0, 14.0), rel=1e-5)
     assert Path(info["card"]).is_file() and "non-commercial" in Path(info["card"]).read_text()
     with pytest.raises(ValueError, match="no pretrained model 'nope'"):
         load_pretrained("nope")
@@ -138,6 +142,6 @@ def test_predictor_without_a_model_uses_the_shipped_one(tmp_path: Path) -> None:
     from agegender_models import Predictor
 
     chip = _photo(tmp_path / "chip.jpg", 200, 200)
-    default, named = Predictor(), Predictor("mobilenet-v2x3-dlib-degrade-utkface")
+    default, named = Predictor(), Predictor("mobilenet-v2x3-dlib-childweight-utkface")
     assert default.predict([chip])[0]["p_female"] == pytest.approx(named.predict([chip])[0]["p_female"])
     assert tuple(default.model.inputs[0].shape[1:3]) == (192, 192)

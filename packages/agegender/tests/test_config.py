@@ -20,7 +20,7 @@ from agegender.config import (
     training_differences,
 )
 
-RECIPES = ["mobilenet-v2-final", "mobilenet-v2-final-degrade", "mobilenet-v2-transfer", "model-a-improved", "model-a-seed", "model-b-seed"]
+RECIPES = ["mobilenet-v2-final", "mobilenet-v2-final-childweight", "mobilenet-v2-final-degrade", "mobilenet-v2-transfer", "model-a-improved", "model-a-seed", "model-b-seed"]
 
 
 def _parse(*flags: str) -> TrainConfig:

@@ -2,7 +2,7 @@
 
     from agegender_models import Predictor, list_pretrained, load_pretrained
 
-    print(list_pretrained())              # ['mobilenet-v2-utkface']
+    print(list_pretrained())              # ['mobilenet-v2x3-dlib-childweight-utkface', ...]
     model = load_pretrained()             # the default
     Predictor().predict(["face.jpg"])     # Predictor() uses the default too
 
