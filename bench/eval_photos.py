@@ -51,9 +51,13 @@ def summarise_age_groups(groups: dict[str, tuple[int, int | None]], faces: dict[
             age = float(by_name[name]["age"])
             top = float("inf") if hi is None else hi + 1
             outside.append(0.0 if lo <= age < top else (lo - age if age < lo else age - top))
+        missed = [d for d in outside if d > 0]
+        # mean_years_outside: over every photo, one inside its group counting 0;
+        # mean_years_outside_when_outside: over the photos outside their group only
         out[band] = {"photos": len(outside),
                      "within_group": round(sum(d == 0 for d in outside) / len(outside), 4) if outside else None,
-                     "mean_years_outside": round(sum(outside) / len(outside), 2) if outside else None}
+                     "mean_years_outside": round(sum(outside) / len(outside), 2) if outside else None,
+                     "mean_years_outside_when_outside": round(sum(missed) / len(missed), 2) if missed else None}
     return out
 
 

@@ -31,6 +31,9 @@ def test_age_group_edges_and_distances():
     assert out["all"]["within_group"] == pytest.approx(0.5)
     # b: 12.0 is 2.0 past 10 (the end of 3-9); c: 18.5 is 1.5 before 20
     assert out["all"]["mean_years_outside"] == pytest.approx((0 + 2.0 + 1.5 + 0) / 4, abs=0.01)
-    assert out["0-9"] == {"photos": 2, "within_group": 0.5, "mean_years_outside": 1.0}
+    assert out["all"]["mean_years_outside_when_outside"] == pytest.approx((2.0 + 1.5) / 2, abs=0.01)
+    assert out["0-9"] == {"photos": 2, "within_group": 0.5, "mean_years_outside": 1.0,
+                          "mean_years_outside_when_outside": 2.0}
+    assert out["20+"]["within_group"] == pytest.approx(0.5)
     assert out["10-19"]["photos"] == 0 and out["10-19"]["within_group"] is None
     assert out["20+"]["photos"] == 2

@@ -319,7 +319,7 @@ def _import_yuface():
 class YuNetONetDetector(YuNetDetector):
     """YuNet finds the faces; MTCNN's last stage, ONet, places their five landmarks.
 
-    On the same faces MTCNN's landmarks gave crops the shipped model reads better than YuNet's
+    On the same faces MTCNN's landmarks gave crops the then-shipped ``mobilenet-v2-dlib-utkface`` reads better than YuNet's
     (68 labelled real photos: 0.912 against 0.853 gender accuracy; 750 test chips cropped again:
     0.897 / 4.41 against 0.891 / 4.42; see the model card), and ONet alone is cheap: one 48x48 patch per
     face, the square around YuNet's box, as MTCNN feeds it the square around its own proposal.
