@@ -54,14 +54,16 @@ def main(argv=None) -> int:
 
     frames = {s: utkface_data.load_split_file(args.splits / f"{s}.csv", root=args.data_dir)
               for s in ("train", "val")}
-    own = {}
+    own, sizes = {}, set()
     for name, paths in (("baseline", args.baseline), ("candidate", args.candidate)):
         members = []
         for path in paths:
             model = load_model(path)
-            size = int(model.inputs[0].shape[1])
+            sizes.add(size := int(model.inputs[0].shape[1]))
             members.append(predict_frame(model, frames["val"], args.data_dir, image_size=size))
         own[name] = members
+    if len(sizes) > 1:  # the descriptor's features are read once, at the models' one input size
+        parser.error(f"every model must take one input size. Received: {sorted(sizes)}")
     descriptor = face_descriptor_model(args.face_api)
     features = {s: descriptor_features(descriptor, f, args.data_dir, image_size=size)
                 for s, f in frames.items()}
