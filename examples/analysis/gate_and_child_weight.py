@@ -48,7 +48,13 @@ def main(argv=None) -> int:
 
     import utkface_data
     from agegender.evaluation import predict_frame
-    from agegender.readouts import DEFAULTS, age_readout, descriptor_features, fit_readouts
+    from agegender.readouts import (
+        DEFAULTS,
+        age_readout,
+        descriptor_features,
+        fit_readouts,
+        gender_blend,
+    )
     from agegender_models import load_model
     from agegender_models.face_descriptor import face_descriptor_model
 
@@ -81,8 +87,7 @@ def main(argv=None) -> int:
     default = (DEFAULTS["gate_age"], DEFAULTS["gate_width"])
 
     def right(p_own, age_own, gate) -> np.ndarray:
-        trust = 1 / (1 + np.exp(-(age_own - gate[0]) / gate[1]))
-        p = p_own + trust * (p_descriptor - p_own)
+        p = gender_blend(p_own, p_descriptor, age_own, gate_age=gate[0], gate_width=gate[1])
         return (p > 0.5) == gender
 
     def counts(ok: np.ndarray) -> dict[str, int]:

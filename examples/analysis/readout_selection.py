@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     import utkface_data
     from agegender.evaluation import predict_frame
-    from agegender.readouts import age_readout, descriptor_features, fit_readouts
+    from agegender.readouts import age_readout, descriptor_features, fit_readouts, gender_blend
     from agegender_models import load_model
     from agegender_models.face_descriptor import face_descriptor_model
 
@@ -63,8 +63,8 @@ def main(argv=None) -> int:
         coef, intercept = fit_readouts(features["train"], train_gender, train_age, gender_c=c)["gender"]
         p_descriptor = sigmoid(features["val"] @ coef + intercept)
         for gate_age, gate_width in itertools.product(GATE_AGE, GATE_WIDTH):
-            trust = sigmoid((own["age"] - gate_age) / gate_width)
-            p = own["p_female"] + trust * (p_descriptor - own["p_female"])
+            p = gender_blend(own["p_female"], p_descriptor, own["age"], gate_age=gate_age,
+                             gate_width=gate_width)
             rows.append({"gender_c": c, "gate_age": gate_age, "gate_width": gate_width,
                          "gender_accuracy": round(float(((p > 0.5) == gender).mean()), 4)})
     ages = []

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from agegender.cli import main as cli_main
-from agegender.readouts import MIN_IMAGES, ReadoutError, age_readout, fit_readouts
+from agegender.readouts import MIN_IMAGES, ReadoutError, age_readout, fit_readouts, gender_blend
 from agegender_models import create_model, load_model, save_model
 
 
@@ -41,6 +41,17 @@ def test_the_mlp_age_readout_works_on_raw_features_and_beats_a_line_on_a_curve()
     mlp_mae = np.abs(age_readout(mlp, features) - age).mean()
     line_mae = np.abs(age_readout(line, features) - age).mean()
     assert mlp_mae < 0.5 * line_mae and mlp_mae < 4
+
+
+def test_gender_blend_trusts_the_descriptor_as_the_predicted_age_grows() -> None:
+    p_model, p_descriptor = np.array([0.2, 0.2, 0.2, 0.9]), np.array([0.8, 0.8, 0.8, 0.1])
+    ages = np.array([-40.0, 14.0, 80.0, 20.0])  # far below the gate, at it, far above; one step past
+    got = gender_blend(p_model, p_descriptor, ages, gate_age=14, gate_width=6)
+    np.testing.assert_allclose(got[:3], [0.2, 0.5, 0.8], atol=1e-3)
+    trust = 1 / (1 + np.exp(-1.0))  # (20 - 14) / 6
+    assert got[3] == pytest.approx(0.9 + trust * (0.1 - 0.9))
+    # the defaults are fit-readouts' own gate: half the weight at 10 years
+    assert gender_blend([0.0], [1.0], [10.0])[0] == pytest.approx(0.5)
 
 
 def test_fit_readouts_needs_both_genders_and_enough_images() -> None:

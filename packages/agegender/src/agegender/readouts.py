@@ -106,6 +106,17 @@ def age_readout(stack: list[tuple[np.ndarray, np.ndarray]], features: np.ndarray
     return x.reshape(-1)
 
 
+def gender_blend(p_model: np.ndarray, p_descriptor: np.ndarray, age_model: np.ndarray, *,
+                 gate_age: float = DEFAULTS["gate_age"],
+                 gate_width: float = DEFAULTS["gate_width"]) -> np.ndarray:
+    """P(female) as the blended model computes it inside, in numpy, for analyses outside it: the
+    descriptor's P(female) trusted ``sigmoid((age_model - gate_age) / gate_width)`` of the way
+    from the model's own (:func:`agegender_models.face_descriptor.with_descriptor_readouts`)."""
+    p_model = np.asarray(p_model, dtype="float64")
+    trust = 1 / (1 + np.exp(-(np.asarray(age_model, dtype="float64") - gate_age) / gate_width))
+    return p_model + trust * (np.asarray(p_descriptor, dtype="float64") - p_model)
+
+
 def _split_frames(splits: Path, root: Path, names: list[str]) -> dict[str, Any]:
     import utkface_data
 
