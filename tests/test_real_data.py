@@ -48,10 +48,10 @@ def test_each_shipped_models_card_figures_reproduce_on_the_test_split(name: str)
     # the registry's (and model card's) headline figures, measured again on the committed split:
     # a preprocessing or loading change that moves them is caught here. One image of gender
     # (1/750) and 0.01 years of slack: another CPU's kernels may round a borderline face otherwise
-    figures = pretrained_info(name)["figures"]
+    info = pretrained_info(name)
+    figures = info["figures"]
     frame = utkface_data.load_split_file(ROOT / figures["test_split"].split()[0], root=DATA)
-    result, _ = evaluate_frame(load_pretrained(name), frame, DATA,
-                               image_size=pretrained_info(name)["input_size"])
+    result, _ = evaluate_frame(load_pretrained(name), frame, DATA, image_size=info["input_size"])
     got = result.to_dict()
     adults = got["by_group"]["age_group"]["18+"]
     assert got["n"] == 750
