@@ -24,7 +24,7 @@ from agegender_models.saving import ModelFileError
 def test_the_shipped_model_loads_offline_with_its_checksum() -> None:
     info = pretrained_info()
     assert list_pretrained() == ["mobilenet-v2x3-dlib-childweight-utkface", "mobilenet-v2-utkface",
-                                 "mobilenet-v2x3-dlib-degrade-utkface", "mobilenet-v2x3-dlib-utkface"]  # the default first
+                                 "mobilenet-v2x3-dlib-degrade-utkface"]  # the default first
     assert info["name"] == "mobilenet-v2x3-dlib-childweight-utkface"
     models = {}
     for name in list_pretrained():

@@ -193,13 +193,36 @@ def test_a_folded_mobilenet_is_smaller_to_load_and_quantizes_with_its_relu6(
                                atol=1e-3)
 
 
-def test_int8_layers_hold_two_variables_and_load_files_saved_with_four(tmp_path: Path) -> None:
+def _with_four_arrays_per_int8_layer(path: Path, out: Path) -> list[list[np.ndarray]]:
+    """Rewrite a saved ``.keras`` file as sessions 12-13 saved int8 layers (codes, scale, offset
+    and bias apart, four arrays): ``out``, and each int8 layer's four arrays in file order."""
     import zipfile
 
     import h5py
 
-    from agegender_models.pretrained import pretrained_path
+    weights_file = out.parent / "model.weights.h5"
+    with zipfile.ZipFile(path) as archive:
+        archive.extract("model.weights.h5", out.parent)
+        others = {n: archive.read(n) for n in archive.namelist() if n != "model.weights.h5"}
+    rewritten = []
+    with h5py.File(weights_file, "r+") as weights:
+        groups = []
+        weights.visititems(lambda name, item: groups.append(name) if name.endswith("/vars")
+                           and len(item) == 2 and item["0"].dtype == np.int8 else None)
+        for name in groups:
+            codes, params = weights[name]["0"][()], weights[name]["1"][()]
+            del weights[name]["1"]
+            for i, array in enumerate([params[0], params[1], params[2]], start=1):
+                weights[name].create_dataset(str(i), data=array)
+            rewritten.append([codes, params[0], params[1], params[2]])
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in others.items():
+            archive.writestr(name, data)
+        archive.write(weights_file, "model.weights.h5")
+    return rewritten
 
+
+def test_int8_layers_hold_two_variables_and_load_files_saved_with_four(tmp_path: Path) -> None:
     layer = QuantizedConv2D(4, 3)
     layer.build((None, 8, 8, 2))
     assert [v.name for v in layer.weights] == ["codes", "params"]
@@ -208,22 +231,23 @@ def test_int8_layers_hold_two_variables_and_load_files_saved_with_four(tmp_path:
     layer.set_weights([codes, scale, offset, bias])
     for got, want in zip(layer.get_weights(), [codes, scale, offset, bias], strict=True):
         np.testing.assert_array_equal(got, want)
-    # the session-13 default was saved with codes, scale, offset and bias apart: each layer
-    # loads those four arrays (the later default was saved with two)
-    path = pretrained_path("mobilenet-v2x3-dlib-utkface")
-    model = keras.saving.load_model(path, compile=False)
-    quantized = [lay for lay in model._flatten_layers(include_self=False, recursive=True)
-                 if isinstance(lay, QuantizedConv2D | QuantizedDense)]
-    with zipfile.ZipFile(path) as archive:
-        archive.extract("model.weights.h5", tmp_path)
-    found = []
-    with h5py.File(tmp_path / "model.weights.h5") as weights:
-        weights.visititems(lambda name, item: found.append(name) if name.endswith("/vars")
-                           and len(item) == 4 and item["0"].dtype == np.int8 else None)
-        stored = [weights[found[0]][str(i)][()] for i in range(4)]
-    assert len(found) == len(quantized) > 0
-    first = [lay for lay in quantized if lay.get_weights()[0].shape == stored[0].shape
-             and np.array_equal(lay.get_weights()[0], stored[0])]
-    assert first, "the stored codes are in a loaded layer"
-    for got, want in zip(first[0].get_weights(), stored, strict=True):
-        np.testing.assert_array_equal(got, want)
+    # models saved by sessions 12-13 hold each int8 layer as four arrays: a generated one loads
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((8, 8, 2))
+    x = QuantizedConv2D(4, 3, name="conv")(inputs)
+    outputs = QuantizedDense(3, name="dense")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    model.get_layer("conv").set_weights([codes, scale, offset, bias])
+    model.get_layer("dense").set_weights([rng.integers(-128, 128, (256, 3), dtype=np.int8),
+                                          *rng.normal(0, 1, (3, 3)).astype(np.float32)])
+    model.save(tmp_path / "two.keras")
+    stored = _with_four_arrays_per_int8_layer(tmp_path / "two.keras", tmp_path / "four.keras")
+    assert len(stored) == 2
+    loaded = keras.saving.load_model(tmp_path / "four.keras", compile=False)
+    for name in ("conv", "dense"):
+        want = model.get_layer(name).get_weights()
+        assert any(all(np.array_equal(a, b) for a, b in zip(arrays, want, strict=True)) for arrays in stored)
+        for got, expected in zip(loaded.get_layer(name).get_weights(), want, strict=True):
+            np.testing.assert_array_equal(got, expected)
+    images = rng.normal(0, 1, (2, 8, 8, 2)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(loaded(images)), np.asarray(model(images)))

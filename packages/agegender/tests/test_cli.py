@@ -87,4 +87,4 @@ def test_predict_exit_status_says_whether_every_input_gave_a_result(tiny_model_f
     assert cli.main(["predict", "--model", str(tmp_path / "none.keras"), str(good)]) == 2
     assert capsys.readouterr().err.strip() == (f"agegender: error: model file not found: {tmp_path / 'none.keras'} "
                                                "(not a file, nor a shipped model (mobilenet-v2-utkface, mobilenet-v2x3-dlib-childweight-utkface, "
-                                               "mobilenet-v2x3-dlib-degrade-utkface, mobilenet-v2x3-dlib-utkface))")
+                                               "mobilenet-v2x3-dlib-degrade-utkface))")
