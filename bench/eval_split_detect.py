@@ -1,11 +1,16 @@
 """A model on a labelled split of UTKFace chips as `agegender predict` sees them by default:
 each chip through face detection, then the model on the chip as it is where its face fills it as
 a chip's does (`agegender_models.detect.is_chip`), else on the chip-like crop
-(`--crop-chips-again`: always the crop, as `predict` did before it read chips as they are).
+(`--crop-chips-again`: always the crop, as `predict` did before it read chips as they are;
+`--chip-tolerance T`: the rule's tolerance, Predictor's `chip_tolerance`).
 
     python bench/eval_split_detect.py --data-dir ../shared/utkface/crop_part1_5000 \
         --split results/model_a/splits/test.csv --detect mtcnn [--model PATH] [--flip-tta] \
-        [--crop-chips-again] --out OUT.json [--predictions OUT.csv]
+        [--crop-chips-again | --chip-tolerance T] [--zoom Z] --out OUT.json [--predictions OUT.csv]
+
+`--zoom Z` (0 < Z < 1) first centre-crops each chip to Z of its side (saved losslessly in a
+temporary folder), so that the face fills more of the frame than in a chip: a tight face crop
+such as another tool's, which the chip rule must not take for a chip.
 
 A chip where no face is found counts as missed (reported per age group) and is left out of the
 figures, which are overall, by age group, by gender and by race (agegender_eval), written as JSON.
@@ -20,6 +25,24 @@ import time
 from pathlib import Path
 
 
+def _zoomed(files: list[str], zoom: float, folder: Path) -> list[str]:
+    """Each chip centre-cropped to ``zoom`` of its width and height, as PNG in ``folder``."""
+    from PIL import Image
+
+    from agegender_models.imageio import read_image
+
+    out = []
+    for i, f in enumerate(files):
+        rgb = read_image(f)
+        h, w = rgb.shape[:2]
+        ch, cw = round(h * zoom), round(w * zoom)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        path = folder / f"{i:05d}.png"
+        Image.fromarray(rgb[top:top + ch, left:left + cw]).save(path)
+        out.append(str(path))
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -29,11 +52,21 @@ def main(argv=None) -> int:
     parser.add_argument("--flip-tta", action="store_true")
     parser.add_argument("--crop-chips-again", action="store_true",
                         help="crop every face from its landmarks, chips too (Predictor's chip_tolerance=None)")
+    parser.add_argument("--chip-tolerance", type=float, default=None,
+                        help="the chip rule's tolerance (default: Predictor's)")
+    parser.add_argument("--zoom", type=float, default=1.0,
+                        help="centre-crop each chip to this fraction of its side first (default 1: as it is)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, default=None,
                         help="also write one row per chip with a face (path, age, gender, race, age_pred, "
                              "p_female: the columns of `agegender evaluate`'s predictions.csv)")
     args = parser.parse_args(argv)
+    if args.crop_chips_again and args.chip_tolerance is not None:
+        parser.error("--crop-chips-again and --chip-tolerance exclude each other")
+    if not 0 < args.zoom <= 1:
+        parser.error(f"--zoom must be in (0, 1]. Received: {args.zoom}")
+
+    import tempfile
 
     import numpy as np
 
@@ -46,12 +79,17 @@ def main(argv=None) -> int:
         model = flip_tta(model)
     frame = utkface_data.load_split_file(args.split, root=args.data_dir).reset_index(drop=True)
     files = [str(args.data_dir / p) for p in frame["path"]]
-    predictor = Predictor(model, detector=None if args.detect == "none" else args.detect,
-                          **({"chip_tolerance": None} if args.crop_chips_again else {}))
-    started = time.perf_counter()
-    results = predictor.predict(files, return_errors=True)
+    tolerance = ({"chip_tolerance": None} if args.crop_chips_again else
+                 {} if args.chip_tolerance is None else {"chip_tolerance": args.chip_tolerance})
+    predictor = Predictor(model, detector=None if args.detect == "none" else args.detect, **tolerance)
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = files if args.zoom == 1 else _zoomed(files, args.zoom, Path(tmp))
+        started = time.perf_counter()
+        results = predictor.predict(inputs, return_errors=True)
+        seconds = time.perf_counter() - started
     found = results[0] if isinstance(results, tuple) else results
-    seconds = time.perf_counter() - started
+    back = dict(zip(inputs, files, strict=True))  # the zoomed copies' answers under their chips' names
+    found = [{**r, "file": back[r["file"]]} for r in found]
     largest: dict[str, dict] = {}
     for r in found:  # one face per chip: the largest
         area = r["box"][2] * r["box"][3] if "box" in r else 0
@@ -69,7 +107,8 @@ def main(argv=None) -> int:
     groups = utkface_data.age_group(frame["age"].to_numpy())
     found_by_group = {g: round(float(keep[groups == g].mean()), 4) for g in utkface_data.AGE_GROUPS}
     summary = {"detect": args.detect, "flip_tta": args.flip_tta,
-               "crop_chips_again": args.crop_chips_again, "images": len(files),
+               "crop_chips_again": args.crop_chips_again, "chip_tolerance": predictor.chip_tolerance,
+               "zoom": args.zoom, "images": len(files),
                "face_found": round(float(keep.mean()), 4), "face_found_by_age_group": found_by_group,
                "seconds": round(seconds, 1), "metrics": result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
