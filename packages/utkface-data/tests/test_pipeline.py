@@ -179,6 +179,31 @@ def test_degrade(frame: pd.DataFrame, utk_folder: Path) -> None:
         make_dataset(frame, root=utk_folder, augment=True, degrade=-0.1)
 
 
+def test_tight_crop(frame: pd.DataFrame, utk_folder: Path) -> None:
+    from utkface_data.pipeline import _tighten
+
+    kw = dict(root=utk_folder, image_size=(48, 48), batch_size=6, shuffle=True, seed=1, augment=True)
+    jitter, _, _ = _collect(make_dataset(frame, **kw))
+    none, _, _ = _collect(make_dataset(frame, tight_crop=0.0, **kw))
+    np.testing.assert_array_equal(none, jitter)  # 0: the jitter exactly as without it
+    every1, _, _ = _collect(make_dataset(frame, tight_crop=1.0, **kw))
+    every2, _, _ = _collect(make_dataset(frame, tight_crop=1.0, **kw))
+    np.testing.assert_array_equal(every1, every2)  # reproducible for a seed
+    assert every1.shape == jitter.shape and every1.dtype == np.uint8 and not np.array_equal(every1, jitter)
+    # the centre scaled up 1.1-1.3x: a 4-pixel frame of a 100-pixel image (cut at 4.5 % a side
+    # at least) is gone, the centre stays, the size too
+    image = np.full((100, 100, 3), 255, np.uint8)
+    image[:4], image[-4:], image[:, :4], image[:, -4:] = 0, 0, 0, 0
+    image[45:55, 45:55] = 0
+    for seed in range(5):
+        out = _tighten(tf.constant(image), tf.constant([seed, 0], tf.int64), 1.0).numpy()
+        assert out.shape == image.shape and out[:6].min() > 200 and out[:, -6:].min() > 200
+        assert out[50, 50].max() < 50
+        np.testing.assert_array_equal(_tighten(tf.constant(image), tf.constant([seed, 0], tf.int64), 0.0), image)
+    with pytest.raises(ValueError, match="tight_crop must be a probability"):
+        make_dataset(frame, root=utk_folder, augment=True, tight_crop=1.5)
+
+
 def test_repeat_drop_remainder(frame: pd.DataFrame, utk_folder: Path) -> None:
     ds = make_dataset(
         frame, root=utk_folder, image_size=SIZE, batch_size=5, repeat=True, drop_remainder=True

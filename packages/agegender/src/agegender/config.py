@@ -70,6 +70,10 @@ class TrainConfig:
         0.0, "with augment: probability of each photo degradation per training image "
         "(downscaled to 24-96 px and back, JPEG quality 10-60, grayscale)", group="data",
         metavar="P")
+    tight_crop: float = _option(
+        0.0, "with augment: probability that a training image is also cropped tighter around "
+        "its centre (the face 1.1-1.3x larger, as in another tool's tight face crop)",
+        group="data", metavar="P")
     cache: bool = _option(True, "cache decoded images in memory", group="data", trains=False)
     # model
     backbone: str = _option("custom_cnn", "registered backbone (custom_cnn is Model A)",
@@ -173,6 +177,11 @@ def _fractions(c: TrainConfig) -> str | None:
         return "ema must be in (0, 1). Received: ema=0"
     if not 0 <= c.degrade <= 1:
         return f"degrade must be a probability in [0, 1]. Received: degrade={c.degrade}"
+    if not 0 <= c.tight_crop <= 1:
+        return f"tight_crop must be a probability in [0, 1]. Received: tight_crop={c.tight_crop}"
+    if c.tight_crop and not c.augment:
+        return ("tight_crop is part of the training augmentation: it needs augment (--augment). "
+                f"Received: tight_crop={c.tight_crop}, augment=False")
     if c.degrade and not c.augment:
         return ("degrade is part of the training augmentation: it needs augment (--augment). "
                 f"Received: degrade={c.degrade}, augment=False")

@@ -79,6 +79,7 @@ def batches(frame, root: Path, config: TrainConfig, *, training: bool, replicas:
         shuffle=training,
         augment=training and augment,
         degrade=config.degrade,
+        tight_crop=config.tight_crop,
         cache="memory" if config.cache else None,
         seed=config.seed,
         drop_remainder=replicas > 1,

@@ -161,6 +161,7 @@ def make_dataset(
     shuffle: bool = False,
     augment: bool = False,
     degrade: float = 0.0,
+    tight_crop: float = 0.0,
     cache: str | os.PathLike[str] | None = None,
     seed: int | None = 0,
     drop_remainder: bool = False,
@@ -186,6 +187,10 @@ def make_dataset(
             independently per image: downscaling to 24-96 px and back (a small face in a
             photo), JPEG re-encoding at quality 10-60, grayscale. 0 (the default) leaves the
             jitter exactly as without it.
+        tight_crop: with ``augment``, the probability that an image is also cropped tighter
+            around its centre, the face made 1.1-1.3 times larger (as a face image from another
+            tool's detector box, which shows less of the head than a chip). 0 (the default)
+            leaves the jitter exactly as without it.
         cache: ``None`` (stream), ``"memory"``, or a file path prefix for ``Dataset.cache``;
             decoded, resized uint8 images are cached, augmentation is applied after the cache.
         seed: seeds shuffle and augmentation; when not None the element order is deterministic.
@@ -211,6 +216,8 @@ def make_dataset(
     _check_args(frame, image_size, batch_size, scaling, cache, on_error, max_pixels)
     if not 0.0 <= degrade <= 1.0:
         raise ValueError(f"degrade must be a probability in [0, 1]. Received: degrade={degrade}")
+    if not 0.0 <= tight_crop <= 1.0:
+        raise ValueError(f"tight_crop must be a probability in [0, 1]. Received: tight_crop={tight_crop}")
     import tensorflow as tf
 
     paths = _resolve_paths(frame, root)
@@ -240,7 +247,7 @@ def make_dataset(
         ds = ds.repeat()
     if augment:
         ds = _augment_images(ds, image_size, seed=seed, deterministic=deterministic,
-                             degrade=degrade)
+                             degrade=degrade, tight_crop=tight_crop)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if scaling != "uint8":
         ds = _scale_images(ds, scaling)
@@ -460,15 +467,17 @@ def _decode_images(
 
 def _augment_images(
     ds: tf.data.Dataset, image_size: tuple[int, int], *, seed: int | None, deterministic: bool,
-    degrade: float = 0.0,
+    degrade: float = 0.0, tight_crop: float = 0.0,
 ) -> tf.data.Dataset:
-    """Random jitter per image (see :func:`_augment`, :func:`_degrade`), seeded from a random
-    stream."""
+    """Random jitter per image (see :func:`_tighten`, :func:`_augment`, :func:`_degrade`),
+    seeded from a random stream."""
     import tensorflow as tf
 
     height, width = image_size
 
     def one(image: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+        if tight_crop > 0:
+            image = _tighten(image, s, tight_crop)
         image = _augment(image, s, height, width)
         return _degrade(image, s, degrade) if degrade > 0 else image
 
@@ -505,6 +514,27 @@ def _augment(image: tf.Tensor, seed: tf.Tensor, height: int, width: int) -> tf.T
     x = tf.image.resize(x, big, method="bilinear")
     x = tf.image.stateless_random_crop(x, (height, width, 3), s[4])
     return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+
+def _tighten(image: tf.Tensor, seed: tf.Tensor, probability: float) -> tf.Tensor:
+    """With ``probability``, the centre 1/1.3-1/1.1 of the image scaled back to its size: the
+    face 1.1-1.3 times larger, as in a tight face crop. uint8 in, uint8 out."""
+    import tensorflow as tf
+
+    seed = tf.cast(seed, tf.int64)
+    s = [seed + tf.constant([200, i], tf.int64) for i in range(2)]
+    size = tf.shape(image)[:2]
+
+    def tighter(x: tf.Tensor) -> tf.Tensor:
+        keep = 1.0 / tf.random.stateless_uniform([], s[1], 1.1, 1.3)
+        inner = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * keep), tf.int32), 1)
+        top, left = (size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2
+        crop = x[top:top + inner[0], left:left + inner[1]]
+        up = tf.image.resize(crop, size, method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(up), 0.0, 255.0), tf.uint8)
+
+    return tf.cond(tf.random.stateless_uniform([], s[0]) < probability, lambda: tighter(image),
+                   lambda: image)
 
 
 def _degrade(image: tf.Tensor, seed: tf.Tensor, probability: float) -> tf.Tensor:
