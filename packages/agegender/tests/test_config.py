@@ -39,9 +39,10 @@ def test_every_field_is_a_flag_with_the_field_default() -> None:
     # nothing given: the defaults (the seed's recipe); given: typed values
     assert _parse("--out", "o") == TrainConfig(out="o")
     config = _parse("--out", "o", "--image-size", "64", "--lr", "5e-4", "--augment", "--no-cache",
-                    "--dropout", "0.25", "--monitor", "val_age_mae", "--degrade", "0.2")
+                    "--dropout", "0.25", "--monitor", "val_age_mae", "--degrade", "0.2",
+                    "--tight-crop", "0.3")
     assert (config.image_size, config.lr, config.augment, config.cache, config.dropout, config.monitor,
-            config.degrade) == (64, 5e-4, True, False, 0.25, "val_age_mae", 0.2)
+            config.degrade, config.tight_crop) == (64, 5e-4, True, False, 0.25, "val_age_mae", 0.2, 0.3)
 
 
 def test_the_documented_recipes_exist_and_are_valid() -> None:
@@ -109,6 +110,8 @@ def test_resume_compares_only_what_changes_training() -> None:
     ({"n": 2}, "n must be at least 3"),
     ({"degrade": 1.5, "augment": True}, r"degrade must be a probability in \[0, 1\]"),
     ({"degrade": 0.2}, "it needs augment"),
+    ({"tight_crop": -0.1, "augment": True}, r"tight_crop must be a probability in \[0, 1\]"),
+    ({"tight_crop": 0.2}, "tight_crop is part of the training augmentation: it needs augment"),
     ({"child_gender_weight": 0}, "child_gender_weight must be positive"),
     ({"finetune_lr": 1e-4}, "finetune_lr is the learning rate after the warm-up: it needs warmup_epochs"),
 ])
