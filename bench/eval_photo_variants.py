@@ -1,14 +1,14 @@
 """The labelled photos changed as users' photos differ, each variant through the photo path.
 
     python bench/eval_photo_variants.py --photos ../shared/photos --detect yunet-onet \
-        [--model PATH] --out OUT.json
+        [--model PATH] [--turn-below none] --out OUT.json
 
 Each labelled photo of ``labels.csv`` is written again, in a temporary folder, as:
 
 * ``as_is``: unchanged (the reference);
 * ``rotated_20``: turned 20 degrees (a tilted camera; grey corners);
 * ``rotated_90_no_exif``: turned 90 degrees with no EXIF tag to undo it (a sideways photo whose
-  tag was stripped);
+  tag was stripped); ``rotated_180_no_exif``: upside down;
 * ``small_320``: shrunk to 320 px on its longer side;
 * ``grayscale``;
 * ``tight_crop``: a square around its largest face as found in ``as_is``, 1.3 times YuNet's box
@@ -30,7 +30,8 @@ from pathlib import Path
 
 from eval_photos import _labels, _largest_faces, summarise
 
-VARIANTS = ("as_is", "rotated_20", "rotated_90_no_exif", "small_320", "grayscale", "tight_crop")
+VARIANTS = ("as_is", "rotated_20", "rotated_90_no_exif", "rotated_180_no_exif", "small_320", "grayscale",
+            "tight_crop")
 
 
 def _variant(rgb, name: str, box):
@@ -45,6 +46,8 @@ def _variant(rgb, name: str, box):
         return image.rotate(20, expand=True, resample=Image.Resampling.BILINEAR, fillcolor=(128, 128, 128))
     if name == "rotated_90_no_exif":
         return image.transpose(Image.Transpose.ROTATE_90)
+    if name == "rotated_180_no_exif":
+        return image.transpose(Image.Transpose.ROTATE_180)
     if name == "small_320":
         return ImageOps.contain(image, (320, 320), Image.Resampling.LANCZOS)
     if name == "grayscale":
@@ -65,19 +68,25 @@ def main(argv=None) -> int:
     parser.add_argument("--photos", type=Path, default=Path("../shared/photos"))
     parser.add_argument("--model", default=None, help="a .keras file (default: the shipped model)")
     parser.add_argument("--detect", default="yunet-onet", help="detector name")
+    parser.add_argument("--turn-below", default=None,
+                        help="YuNet's turn_below: a number, or 'none' to turn nothing (default: the detector's)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     from agegender_models import Predictor, load_model, load_pretrained
+    from agegender_models.detect import get_detector
     from agegender_models.imageio import read_image
 
     model = load_model(args.model) if args.model else load_pretrained()
-    predictor = Predictor(model, detector=args.detect)
+    options = {} if args.turn_below is None else {
+        "turn_below": None if args.turn_below == "none" else float(args.turn_below)}
+    detector = get_detector(args.detect, **options)
+    predictor = Predictor(model, detector=detector)
     labels = _labels(args.photos)
     upright = {name: read_image(args.photos / name) for name in sorted(labels)}
     reference: dict[str, dict] = {}
     out: dict = {"photos": len(labels), "model": args.model or "shipped default", "detect": args.detect,
-                 "variants": {}}
+                 "turn_below": getattr(detector, "turn_below", None), "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for variant in VARIANTS:
             folder = Path(tmp) / variant

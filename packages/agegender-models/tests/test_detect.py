@@ -791,3 +791,71 @@ def test_yunet_keeps_two_interpreters_by_image_size_with_the_same_outputs() -> N
         assert len(network._runners) <= YuNet.INTERPRETERS
     # the two most recent sizes (64x64, then 96x160 padded to 96x160) are kept, newest last
     assert list(network._runners) == [(1, 96, 160, 3), (1, 64, 64, 3)]
+
+
+@pytest.mark.parametrize("shape", [(30, 50), (41, 23)])
+def test_a_face_found_turned_maps_back_to_the_images_pixels(shape) -> None:
+    image = np.zeros(shape, np.uint8)
+    image[5:9, 10:13] = 1  # a "face": rows 5-8, columns 10-12
+    image[6, 11] = 2  # an "eye"
+    for turns in (1, 2, 3):
+        turned = np.rot90(image, turns)
+        rows, cols = np.nonzero(turned)
+        (ey,), (ex,) = np.nonzero(turned == 2)
+        found = Face((cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1), 0.9,
+                     {"left_eye": (float(ex), float(ey))}, "yunet")
+        back = det._turned_back(found, turns, image.shape)
+        assert back.box == (10, 5, 3, 4) and back.landmarks["left_eye"] == (11, 6), turns
+        assert back.confidence == 0.9 and back.detector == "yunet"
+
+
+def test_a_sideways_photo_is_searched_turned_and_its_faces_come_back_upright(monkeypatch) -> None:
+    # a fake YuNet: a face (the white block) scores scores[0] when the grey bar is above it,
+    # scores[1] otherwise
+    scores = [0.95, 0.5]
+
+    def fake(self, rgb):
+        calls.append(rgb.shape)
+        ys, xs = np.nonzero(rgb[..., 0] == 255)
+        bar_y, _ = np.nonzero(rgb[..., 0] == 128)
+        upright = bar_y.mean() < ys.min()
+        return [Face((xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1), scores[0] if upright else scores[1],
+                     {"left_eye": (float(xs.min()), float(ys.min()))}, "yunet")]
+
+    monkeypatch.setattr(det.YuNetDetector, "_detect", fake)
+    upright = np.zeros((60, 80, 3), np.uint8)
+    upright[10:14, 20:60] = 128  # the bar, above
+    upright[30:50, 30:45] = 255  # the face
+    detector = get_detector("yunet")
+    calls = []
+    (face,) = detector.detect_faces(upright)
+    assert face.confidence == 0.95 and face.box == (30, 30, 15, 20) and len(calls) == 1  # not searched
+    sideways = np.ascontiguousarray(np.rot90(upright, 1))  # turned a quarter, counter-clockwise
+    calls = []
+    (face,) = detector.detect_faces(sideways)
+    assert len(calls) == 4 and face.confidence == 0.95  # all four turns; the upright one won
+    ys, xs = np.nonzero(sideways[..., 0] == 255)
+    assert face.box == (xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1)  # in the sideways photo's pixels
+    assert face.landmarks["left_eye"] == (30 - 30 + 30, 80 - 1 - 30)  # (30, 30) upright, turned
+    calls = []
+    assert get_detector("yunet", turn_below=None).detect_faces(sideways)[0].confidence == 0.5
+    # a weak face a little better turned (under TURN_MIN_SCORE, or within TURN_MARGIN) stays as it is
+    for scores[:] in ([0.72, 0.68], [0.93, 0.89]):
+        calls = []
+        (face,) = detector.detect_faces(sideways)
+        assert len(calls) == 4 and face.confidence == scores[1]
+    with pytest.raises(ValueError, match="turn_below"):
+        get_detector("yunet", turn_below=1.5)
+
+
+@pytest.mark.skipif(not (SHARED_PHOTOS / "fr_obama.jpg").is_file(), reason="needs ../shared/photos")
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_a_real_photo_turned_without_exif_reads_as_upright(turns, tiny_models) -> None:
+    rgb = to_rgb(SHARED_PHOTOS / "fr_obama.jpg")
+    detector = get_detector("yunet")
+    (upright,) = detector.detect_faces(rgb)
+    (found,) = detector.detect_faces(np.ascontiguousarray(np.rot90(rgb, turns)))
+    assert found.confidence == pytest.approx(upright.confidence, abs=0.02)
+    # the chip cropped from the turned photo is the upright photo's, to a few pixels' noise
+    chip = crop_face(np.rot90(rgb, turns), found)
+    assert np.abs(chip.astype(float) - crop_face(rgb, upright).astype(float)).mean() < 12
