@@ -124,8 +124,10 @@ class Predictor:
 
         {"file", "face": int, "box": [x, y, w, h], "confidence": float, "age", "gender", "p_female"}
 
-    (``box`` in pixels of the photo as stored, after its EXIF orientation is applied). A photo with
-    no face is listed in ``errors`` as ``{"file": ..., "reason": "no face found"}``.
+    (``box`` in pixels of the photo as stored, after its EXIF orientation is applied; YuNet's
+    detectors also find the faces of a photo turned without its EXIF tag, see
+    :class:`~agegender_models.detect.YuNetDetector`). A photo with no face is listed in
+    ``errors`` as ``{"file": ..., "reason": "no face found"}``.
 
     **Runtime.** ``runtime="auto"`` (the default; ``$AGEGENDER_RUNTIME`` overrides it) runs the
     model on the fastest of Keras, TFLite and ONNX Runtime that passed a parity check against it,
