@@ -159,16 +159,23 @@ def test_cache_shuffle_augment(frame: pd.DataFrame, utk_folder: Path, tmp_path: 
     assert aug1.shape == plain.shape and not np.array_equal(aug1, plain)
 
 
-def test_degrade(frame: pd.DataFrame, utk_folder: Path) -> None:
-    kw = dict(root=utk_folder, image_size=(48, 48), batch_size=6, shuffle=True, seed=1, augment=True)
+def _jitter_and_always(frame: pd.DataFrame, utk_folder: Path, option: str, kw: dict):
+    """An augmentation option's probability: 0 gives the jitter exactly as without it, 1 the
+    same images for a seed, every time. Returns (the jitter alone, the option always on)."""
     jitter, _, _ = _collect(make_dataset(frame, **kw))
-    none, _, _ = _collect(make_dataset(frame, degrade=0.0, **kw))
-    np.testing.assert_array_equal(none, jitter)  # 0: the jitter exactly as without it
-    every1, _, ages1 = _collect(make_dataset(frame, degrade=1.0, **kw))
-    every2, _, ages2 = _collect(make_dataset(frame, degrade=1.0, **kw))
-    np.testing.assert_array_equal(every1, every2)  # reproducible for a seed
+    none, _, _ = _collect(make_dataset(frame, **{option: 0.0}, **kw))
+    np.testing.assert_array_equal(none, jitter)
+    every1, _, ages1 = _collect(make_dataset(frame, **{option: 1.0}, **kw))
+    every2, _, ages2 = _collect(make_dataset(frame, **{option: 1.0}, **kw))
+    np.testing.assert_array_equal(every1, every2)
     np.testing.assert_array_equal(ages1, ages2)
     assert every1.shape == jitter.shape and every1.dtype == np.uint8
+    return jitter, every1
+
+
+def test_degrade(frame: pd.DataFrame, utk_folder: Path) -> None:
+    kw = dict(root=utk_folder, image_size=(48, 48), batch_size=6, shuffle=True, seed=1, augment=True)
+    jitter, every1 = _jitter_and_always(frame, utk_folder, "degrade", kw)
     # probability 1: every image is grayscale (all three applied), and not the jittered one
     assert (every1[..., 0] == every1[..., 1]).all() and (every1[..., 1] == every1[..., 2]).all()
     assert not (jitter[..., 0] == jitter[..., 1]).all()
@@ -183,13 +190,8 @@ def test_tight_crop(frame: pd.DataFrame, utk_folder: Path) -> None:
     from utkface_data.pipeline import _tighten
 
     kw = dict(root=utk_folder, image_size=(48, 48), batch_size=6, shuffle=True, seed=1, augment=True)
-    jitter, _, _ = _collect(make_dataset(frame, **kw))
-    none, _, _ = _collect(make_dataset(frame, tight_crop=0.0, **kw))
-    np.testing.assert_array_equal(none, jitter)  # 0: the jitter exactly as without it
-    every1, _, _ = _collect(make_dataset(frame, tight_crop=1.0, **kw))
-    every2, _, _ = _collect(make_dataset(frame, tight_crop=1.0, **kw))
-    np.testing.assert_array_equal(every1, every2)  # reproducible for a seed
-    assert every1.shape == jitter.shape and every1.dtype == np.uint8 and not np.array_equal(every1, jitter)
+    jitter, every1 = _jitter_and_always(frame, utk_folder, "tight_crop", kw)
+    assert not np.array_equal(every1, jitter)
     # the centre scaled up 1.1-1.3x: a 4-pixel frame of a 100-pixel image (cut at 4.5 % a side
     # at least) is gone, the centre stays, the size too
     image = np.full((100, 100, 3), 255, np.uint8)
