@@ -3,8 +3,11 @@
 
     python bench/bench_turn_search.py --photos ../shared/photos [--rounds 3] --out OUT.json
 
-Each round times ``Predictor().predict`` on every photo of the folder once per setting (model
-and detectors loaded and warmed before); the best round of each is kept, as photos per second.
+On the photos of the folder and on the few hundred made from them (``bench_photos.py``'s
+variants: mirrored, 2,000 px, 640 px), each round times ``Predictor().predict`` once per setting
+(2 reading threads; model and detectors loaded and warmed before); the best round of each is
+kept. Also counts the photos the search runs on (best face under ``turn_below``) and those it
+turns.
 """
 
 from __future__ import annotations
@@ -12,8 +15,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+import tempfile
 from pathlib import Path
+
+from bench_photos import make_variants, measure, photos_in
+
+
+def _searched_and_turned(files: list[Path], searching, plain) -> tuple[int, int]:
+    from agegender_models.imageio import read_image
+
+    searched = turned = 0
+    for f in files:
+        rgb = read_image(f)
+        as_is = plain.detect_faces(rgb)
+        if max((face.confidence for face in as_is), default=0.0) < searching.turn_below:
+            searched += 1
+            turned += searching.detect_faces(rgb) != as_is
+    return searched, turned
 
 
 def main(argv=None) -> int:
@@ -28,23 +46,29 @@ def main(argv=None) -> int:
     from agegender_models.detect import get_detector
 
     model = load_pretrained()
-    files = sorted(str(p) for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    settings = {"turn_below=0.9 (default)": 0.9, "turn_below=None": None}
-    predictors = {k: Predictor(model, detector=get_detector("yunet-onet", turn_below=t)) for k, t in settings.items()}
-    for predictor in predictors.values():
-        predictor.predict(files[:4], return_errors=True)
-    best = dict.fromkeys(settings, float("inf"))
-    for _ in range(args.rounds):
-        for name, predictor in predictors.items():
-            started = time.perf_counter()
-            predictor.predict(files, return_errors=True)
-            best[name] = min(best[name], time.perf_counter() - started)
+    detectors = {"turn_below=0.9 (default)": get_detector("yunet-onet"),
+                 "turn_below=None": get_detector("yunet-onet", turn_below=None)}
+    predictors = {k: Predictor(model, detector=d) for k, d in detectors.items()}
+    photos = photos_in(args.photos)
     cpu = cpu_description()
-    out = {"command": "python " + " ".join(sys.argv), "photos": len(files), "rounds": args.rounds,
-           "cpu": cpu["model"], "avx512_bf16": cpu["avx512_bf16"], "amx": cpu["amx_bf16"],
-           "photos_per_s": {k: round(len(files) / s, 1) for k, s in best.items()}}
+    out = {"command": "python " + " ".join(sys.argv), "rounds": args.rounds, "cpu": cpu["model"],
+           "avx512_bf16": cpu["avx512_bf16"], "amx": cpu["amx_bf16"],
+           "runtime": predictors["turn_below=None"].runner.describe(), "folders": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        made = make_variants(photos, Path(tmp))
+        for label, files in ((f"{len(photos)} photos", photos), (f"{len(made)} photos made from them", made)):
+            best: dict[str, dict] = {}
+            for _ in range(args.rounds):
+                for name, predictor in predictors.items():
+                    got = measure(predictor, files, workers=2, rounds=1)
+                    if name not in best or got["seconds"] < best[name]["seconds"]:
+                        best[name] = got
+            searched, turned = _searched_and_turned(files, *detectors.values())
+            out["folders"][label] = {
+                "photos": len(files), "searched": searched, "turned": turned, **best}
+            print(label, {k: v["photos_per_s"] for k, v in best.items()}, "searched", searched,
+                  "turned", turned, file=sys.stderr)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["photos_per_s"]))
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -91,7 +90,6 @@ def main(argv=None) -> int:
         for variant in VARIANTS:
             folder = Path(tmp) / variant
             folder.mkdir()
-            shutil.copy(args.photos / "labels.csv", folder / "labels.csv")
             files = []
             for name, rgb in upright.items():
                 image = _variant(rgb, variant, reference.get(name, {}).get("box"))

@@ -8,7 +8,7 @@ a chip's does (`agegender_models.detect.is_chip`), else on the chip-like crop
         --split results/model_a/splits/test.csv --detect mtcnn [--model PATH] [--flip-tta] \
         [--crop-chips-again | --chip-tolerance T] [--zoom Z] --out OUT.json [--predictions OUT.csv]
 
-`--zoom Z` (0 < Z < 1) first centre-crops each chip to Z of its side (saved losslessly in a
+`--zoom Z` (0 < Z <= 1; 1, the default, leaves the chips as they are) first centre-crops each chip to Z of its side (saved losslessly in a
 temporary folder), so that the face fills more of the frame than in a chip: a tight face crop
 such as another tool's, which the chip rule must not take for a chip.
 

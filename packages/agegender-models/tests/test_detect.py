@@ -839,6 +839,8 @@ def test_a_sideways_photo_is_searched_turned_and_its_faces_come_back_upright(mon
     assert face.landmarks["left_eye"] == (30 - 30 + 30, 80 - 1 - 30)  # (30, 30) upright, turned
     calls = []
     assert get_detector("yunet", turn_below=None).detect_faces(sideways)[0].confidence == 0.5
+    with pytest.raises(ValueError, match="turn_below"):
+        get_detector("yunet", turn_below=True)
     # a weak face a little better turned (under TURN_MIN_SCORE, or within TURN_MARGIN) stays as it is
     for scores[:] in ([0.72, 0.68], [0.93, 0.89]):
         calls = []
@@ -848,14 +850,67 @@ def test_a_sideways_photo_is_searched_turned_and_its_faces_come_back_upright(mon
         get_detector("yunet", turn_below=1.5)
 
 
+def test_yunet_onet_places_landmarks_only_on_the_turn_it_keeps(monkeypatch) -> None:
+    pytest.importorskip("mtcnn")
+    # YuNet (fake): a face scores 0.95 in the image turned back upright, 0.5 as given
+    monkeypatch.setattr(det.YuNetDetector, "_detect", lambda self, rgb: [
+        Face((10, 10, 20, 20), 0.95 if rgb[0, -1, 0] == 7 else 0.5, {}, "yunet")])
+    detector = get_detector("yunet-onet")
+    patches = []
+
+    def onet(batch):
+        patches.append(len(batch))
+        return None, np.full((len(batch), 10), 0.5), None
+
+    detector._onet = onet
+    upright = np.zeros((60, 80, 3), np.uint8)
+    upright[0, -1] = 7
+    (face,) = detector.detect_faces(np.ascontiguousarray(np.rot90(upright, 1)))
+    assert face.confidence == 0.95 and face.detector == "yunet-onet"
+    assert patches == [1, 1]  # the photo as given, then the kept turn; not the other two turns
+
+
+def test_a_group_photos_faces_stay_for_one_face_found_turned(monkeypatch) -> None:
+    # upright: two faces at 0.8 (searched again); turned 180 degrees: one face at 0.95
+    def fake(self, rgb):
+        upright = rgb[0, 0, 0] == 7
+        if upright:
+            return [Face((10, 10, 20, 20), 0.8), Face((50, 10, 20, 20), 0.8)]
+        return [Face((10, 10, 20, 20), 0.95)] if rgb[-1, -1, 0] == 7 else []
+
+    monkeypatch.setattr(det.YuNetDetector, "_detect", fake)
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[0, 0] = 7
+    faces = get_detector("yunet").detect_faces(image)
+    assert [f.confidence for f in faces] == [0.8, 0.8]
+
+
 @pytest.mark.skipif(not (SHARED_PHOTOS / "fr_obama.jpg").is_file(), reason="needs ../shared/photos")
+@pytest.mark.parametrize("name", ["yunet", "yunet-onet"])
 @pytest.mark.parametrize("turns", [1, 2, 3])
-def test_a_real_photo_turned_without_exif_reads_as_upright(turns, tiny_models) -> None:
+def test_a_real_photo_turned_without_exif_reads_as_upright(turns, name) -> None:
+    if name == "yunet-onet":
+        pytest.importorskip("mtcnn")
     rgb = to_rgb(SHARED_PHOTOS / "fr_obama.jpg")
-    detector = get_detector("yunet")
+    detector = get_detector(name)
     (upright,) = detector.detect_faces(rgb)
     (found,) = detector.detect_faces(np.ascontiguousarray(np.rot90(rgb, turns)))
     assert found.confidence == pytest.approx(upright.confidence, abs=0.02)
     # the chip cropped from the turned photo is the upright photo's, to a few pixels' noise
     chip = crop_face(np.rot90(rgb, turns), found)
     assert np.abs(chip.astype(float) - crop_face(rgb, upright).astype(float)).mean() < 12
+
+
+@pytest.mark.skipif(not (SHARED_PHOTOS / "fr_obama.jpg").is_file(), reason="needs ../shared/photos")
+def test_a_large_sideways_jpeg_gives_boxes_in_the_whole_photos_pixels(model, tmp_path: Path) -> None:
+    # 2,274 px: decoded at half size for YuNet (640 px), the face cropped from the whole photo
+    upright = Image.fromarray(to_rgb(SHARED_PHOTOS / "fr_obama.jpg")).resize((1820, 2274))
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", quality=95)
+    predictor = Predictor(model, detector="yunet")
+    (up,) = predictor.predict([tmp_path / "upright.jpg"])
+    (side,) = predictor.predict([tmp_path / "sideways.jpg"])
+    # the sideways box is the upright one turned a quarter counter-clockwise: (y, W - x - w, h, w)
+    x, y, w, h = up["box"]
+    assert np.allclose(side["box"], [y, 1820 - x - w, h, w], atol=12)
+    assert abs(side["age"] - up["age"]) < 3 and abs(side["p_female"] - up["p_female"]) < 0.1

@@ -159,11 +159,16 @@ def test_cache_shuffle_augment(frame: pd.DataFrame, utk_folder: Path, tmp_path: 
     assert aug1.shape == plain.shape and not np.array_equal(aug1, plain)
 
 
-def _jitter_and_always(frame: pd.DataFrame, utk_folder: Path, option: str, kw: dict):
-    """An augmentation option's probability: 0 gives the jitter exactly as without it, 1 the
-    same images for a seed, every time. Returns (the jitter alone, the option always on)."""
+def _jitter_and_always(frame: pd.DataFrame, utk_folder: Path, option: str, kw: dict, step: str, monkeypatch):
+    """An augmentation option's probability: 0 never runs its ``step`` (the jitter stays exactly
+    as without the option), 1 gives the same images for a seed, every time. Returns (the jitter
+    alone, the option always on)."""
+    from utkface_data import pipeline
+
     jitter, _, _ = _collect(make_dataset(frame, **kw))
-    none, _, _ = _collect(make_dataset(frame, **{option: 0.0}, **kw))
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, step, lambda *a, **k: pytest.fail(f"{step} ran at {option}=0"))
+        none, _, _ = _collect(make_dataset(frame, **{option: 0.0}, **kw))
     np.testing.assert_array_equal(none, jitter)
     every1, _, ages1 = _collect(make_dataset(frame, **{option: 1.0}, **kw))
     every2, _, ages2 = _collect(make_dataset(frame, **{option: 1.0}, **kw))
@@ -173,9 +178,9 @@ def _jitter_and_always(frame: pd.DataFrame, utk_folder: Path, option: str, kw: d
     return jitter, every1
 
 
-def test_degrade(frame: pd.DataFrame, utk_folder: Path) -> None:
+def test_degrade(frame: pd.DataFrame, utk_folder: Path, monkeypatch) -> None:
     kw = dict(root=utk_folder, image_size=(48, 48), batch_size=6, shuffle=True, seed=1, augment=True)
-    jitter, every1 = _jitter_and_always(frame, utk_folder, "degrade", kw)
+    jitter, every1 = _jitter_and_always(frame, utk_folder, "degrade", kw, "_degrade", monkeypatch)
     # probability 1: every image is grayscale (all three applied), and not the jittered one
     assert (every1[..., 0] == every1[..., 1]).all() and (every1[..., 1] == every1[..., 2]).all()
     assert not (jitter[..., 0] == jitter[..., 1]).all()
@@ -186,11 +191,11 @@ def test_degrade(frame: pd.DataFrame, utk_folder: Path) -> None:
         make_dataset(frame, root=utk_folder, augment=True, degrade=-0.1)
 
 
-def test_tight_crop(frame: pd.DataFrame, utk_folder: Path) -> None:
+def test_tight_crop(frame: pd.DataFrame, utk_folder: Path, monkeypatch) -> None:
     from utkface_data.pipeline import _tighten
 
     kw = dict(root=utk_folder, image_size=(48, 48), batch_size=6, shuffle=True, seed=1, augment=True)
-    jitter, every1 = _jitter_and_always(frame, utk_folder, "tight_crop", kw)
+    jitter, every1 = _jitter_and_always(frame, utk_folder, "tight_crop", kw, "_tighten", monkeypatch)
     assert not np.array_equal(every1, jitter)
     # the centre scaled up 1.1-1.3x: a 4-pixel frame of a 100-pixel image (cut at 4.5 % a side
     # at least) is gone, the centre stays, the size too
