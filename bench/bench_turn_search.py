@@ -21,17 +21,11 @@ from pathlib import Path
 from bench_photos import make_variants, measure, photos_in
 
 
-def _searched_and_turned(files: list[Path], searching, plain) -> tuple[int, int]:
+def _searched_and_turned(files: list[Path], detector) -> tuple[int, int]:
     from agegender_models.imageio import read_image
 
-    searched = turned = 0
-    for f in files:
-        rgb = read_image(f)
-        as_is = plain.detect_faces(rgb)
-        if max((face.confidence for face in as_is), default=0.0) < searching.turn_below:
-            searched += 1
-            turned += searching.detect_faces(rgb) != as_is
-    return searched, turned
+    turns = [detector.detect_faces_turned(read_image(f))[1] for f in files]
+    return sum(t is not None for t in turns), sum(bool(t) for t in turns)
 
 
 def main(argv=None) -> int:
@@ -63,7 +57,7 @@ def main(argv=None) -> int:
                     got = measure(predictor, files, workers=2, rounds=1)
                     if name not in best or got["seconds"] < best[name]["seconds"]:
                         best[name] = got
-            searched, turned = _searched_and_turned(files, *detectors.values())
+            searched, turned = _searched_and_turned(files, detectors["turn_below=0.9 (default)"])
             out["folders"][label] = {
                 "photos": len(files), "searched": searched, "turned": turned, **best}
             print(label, {k: v["photos_per_s"] for k, v in best.items()}, "searched", searched,

@@ -4,9 +4,9 @@
     python examples/analysis/turn_search_chips.py --data-dir ../shared/utkface/crop_part1_5000 \\
         --split results/model_a/splits/train.csv [--detect yunet-onet]
 
-A chip is searched when its best face scores under ``turn_below`` (0.9); it is turned when the
-detector's answer differs from the one with ``turn_below=None``. Prints counts, and each turned
-chip's path, as JSON.
+A chip is searched when its best face scores under ``turn_below`` (0.9), and turned when the
+search keeps a turn (``detect_faces_turned``). Prints counts, and each turned chip's path, as
+JSON.
 """
 
 from __future__ import annotations
@@ -28,19 +28,17 @@ def main(argv=None) -> int:
     from agegender_models.detect import get_detector
     from agegender_models.imageio import read_image
 
-    searching, plain = get_detector(args.detect), get_detector(args.detect, turn_below=None)
+    detector = get_detector(args.detect)
     paths = pd.read_csv(args.split)["path"]
     searched, turned, no_face = 0, [], 0
     for path in paths:
-        rgb = read_image(args.data_dir / path)
-        as_is = plain.detect_faces(rgb)
-        no_face += not as_is
-        if max((f.confidence for f in as_is), default=0.0) < searching.turn_below:
-            searched += 1
-            if searching.detect_faces(rgb) != as_is:
-                turned.append(path)
-    print(json.dumps({"split": str(args.split), "detect": args.detect, "turn_below": searching.turn_below,
-                      "chips": len(paths), "no_face_as_is": no_face, "searched": searched,
+        faces, turns = detector.detect_faces_turned(read_image(args.data_dir / path))
+        no_face += not faces
+        searched += turns is not None
+        if turns:
+            turned.append(path)
+    print(json.dumps({"split": str(args.split), "detect": args.detect, "turn_below": detector.turn_below,
+                      "chips": len(paths), "no_face": no_face, "searched": searched,
                       "turned": len(turned), "turned_paths": turned}, indent=2))
     return 0
 

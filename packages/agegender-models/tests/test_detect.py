@@ -837,6 +837,9 @@ def test_a_sideways_photo_is_searched_turned_and_its_faces_come_back_upright(mon
     ys, xs = np.nonzero(sideways[..., 0] == 255)
     assert face.box == (xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1)  # in the sideways photo's pixels
     assert face.landmarks["left_eye"] == (30 - 30 + 30, 80 - 1 - 30)  # (30, 30) upright, turned
+    # the turn it kept: three quarter turns counter-clockwise bring the sideways photo upright
+    assert detector.detect_faces_turned(sideways) == ([face], 3)
+    assert detector.detect_faces_turned(upright)[1] is None  # not searched
     calls = []
     assert get_detector("yunet", turn_below=None).detect_faces(sideways)[0].confidence == 0.5
     with pytest.raises(ValueError, match="turn_below"):
@@ -844,8 +847,8 @@ def test_a_sideways_photo_is_searched_turned_and_its_faces_come_back_upright(mon
     # a weak face a little better turned (under TURN_MIN_SCORE, or within TURN_MARGIN) stays as it is
     for scores[:] in ([0.72, 0.68], [0.93, 0.89]):
         calls = []
-        (face,) = detector.detect_faces(sideways)
-        assert len(calls) == 4 and face.confidence == scores[1]
+        (face,), turns = detector.detect_faces_turned(sideways)
+        assert len(calls) == 4 and face.confidence == scores[1] and turns == 0  # searched, not turned
     with pytest.raises(ValueError, match="turn_below"):
         get_detector("yunet", turn_below=1.5)
 

@@ -187,15 +187,20 @@ class _DownscalingDetector:
     turn_below: float | None = None
 
     def detect_faces(self, image: Any) -> list[Face]:
+        return self.detect_faces_turned(image)[0]
+
+    def detect_faces_turned(self, image: Any) -> tuple[list[Face], int | None]:
+        """:meth:`detect_faces`, and the quarter turns (counter-clockwise) its faces were found
+        at: None when the photo was not searched turned (see ``turn_below``), else 0-3."""
         rgb = to_rgb(image)
         faces = self._refine(rgb, self._find(rgb))
-        if self.turn_below is None or max((f.confidence for f in faces), default=-1.0) >= self.turn_below:
-            return faces
+        if self.turn_below is None or _best_score(faces, default=-1.0) >= self.turn_below:
+            return faces, None
         turns, found = _best_turn(rgb, faces, self._find)
         if turns == 0:
-            return faces
+            return faces, 0
         turned = np.ascontiguousarray(np.rot90(rgb, turns))
-        return _left_to_right([_turned_back(f, turns, rgb.shape) for f in self._refine(turned, found)])
+        return _left_to_right([_turned_back(f, turns, rgb.shape) for f in self._refine(turned, found)]), turns
 
     def _refine(self, rgb: np.ndarray, faces: list[Face]) -> list[Face]:
         """Faces found in ``rgb`` made final (a subclass places other landmarks); the search
@@ -461,6 +466,10 @@ class HaarDetector(_DownscalingDetector):
         return [Face(tuple(float(v) for v in b), detector=self.name) for b in boxes]
 
 
+def _best_score(faces: list[Face], default: float = 0.0) -> float:
+    return max((f.confidence for f in faces), default=default)
+
+
 def _left_to_right(faces: list[Face]) -> list[Face]:
     return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
 
@@ -490,11 +499,11 @@ def _best_turn(rgb: np.ndarray, upright: list[Face], find) -> tuple[int, list[Fa
     best face scores highest, if that is a clear win (``TURN_MIN_SCORE``, ``TURN_MARGIN``, no
     fewer faces; ties: the smaller turn), and its faces as ``find`` gives them in the turned
     image (``upright`` itself for 0)."""
-    as_is = max((f.confidence for f in upright), default=0.0)
+    as_is = _best_score(upright)
     best, chosen, turns = as_is, upright, 0
     for k in (1, 2, 3):
         found = find(np.ascontiguousarray(np.rot90(rgb, k)))
-        score = max((f.confidence for f in found), default=0.0)
+        score = _best_score(found)
         if (score > best and score >= TURN_MIN_SCORE and score >= as_is + TURN_MARGIN
                 and len(found) >= len(upright)):
             best, chosen, turns = score, found, k
