@@ -384,7 +384,7 @@ def _decoder(height: int, width: int, orient: bool) -> Callable[[tf.Tensor, tf.T
         image = _decode_rgb(tf.io.read_file(path), orientation if orient else None)
         image = tf.image.resize(image, (height, width), method="bilinear", antialias=False)
         return tf.ensure_shape(
-            tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8), (height, width, 3)
+            _to_uint8(image), (height, width, 3)
         )
 
     return decode
@@ -513,6 +513,13 @@ def _augment(image: tf.Tensor, seed: tf.Tensor, height: int, width: int) -> tf.T
     big = tf.cast(tf.math.ceil(tf.constant([height, width], tf.float32) * scale), tf.int32)
     x = tf.image.resize(x, big, method="bilinear")
     x = tf.image.stateless_random_crop(x, (height, width, 3), s[4])
+    return _to_uint8(x)
+
+
+def _to_uint8(x: tf.Tensor) -> tf.Tensor:
+    """Float pixels rounded and clipped to uint8 (as every resize and jitter here ends)."""
+    import tensorflow as tf
+
     return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
 
 
@@ -531,7 +538,7 @@ def _tighten(image: tf.Tensor, seed: tf.Tensor, probability: float) -> tf.Tensor
         top, left = (size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2
         crop = x[top:top + inner[0], left:left + inner[1]]
         up = tf.image.resize(crop, size, method="bilinear")
-        return tf.cast(tf.clip_by_value(tf.round(up), 0.0, 255.0), tf.uint8)
+        return _to_uint8(up)
 
     return tf.cond(tf.random.stateless_uniform([], s[0]) < probability, lambda: tighter(image),
                    lambda: image)
@@ -553,7 +560,7 @@ def _degrade(image: tf.Tensor, seed: tf.Tensor, probability: float) -> tf.Tensor
         side = tf.random.stateless_uniform([], s[1], 24, 97, dtype=tf.int32)
         low = tf.image.resize(x, tf.stack([side, side]), method="area")
         up = tf.image.resize(low, size, method="bilinear")
-        return tf.cast(tf.clip_by_value(tf.round(up), 0.0, 255.0), tf.uint8)
+        return _to_uint8(up)
 
     def jpeg(x: tf.Tensor) -> tf.Tensor:
         return tf.image.stateless_random_jpeg_quality(x, 10, 60, s[3])
