@@ -175,16 +175,13 @@ def _fractions(c: TrainConfig) -> str | None:
             return f"{name} must be in [0, 1). Received: {name}={value}"
     if c.ema == 0:
         return "ema must be in (0, 1). Received: ema=0"
-    if not 0 <= c.degrade <= 1:
-        return f"degrade must be a probability in [0, 1]. Received: degrade={c.degrade}"
-    if not 0 <= c.tight_crop <= 1:
-        return f"tight_crop must be a probability in [0, 1]. Received: tight_crop={c.tight_crop}"
-    if c.tight_crop and not c.augment:
-        return ("tight_crop is part of the training augmentation: it needs augment (--augment). "
-                f"Received: tight_crop={c.tight_crop}, augment=False")
-    if c.degrade and not c.augment:
-        return ("degrade is part of the training augmentation: it needs augment (--augment). "
-                f"Received: degrade={c.degrade}, augment=False")
+    for name in ("degrade", "tight_crop"):  # probabilities inside the training augmentation
+        value = getattr(c, name)
+        if not 0 <= value <= 1:
+            return f"{name} must be a probability in [0, 1]. Received: {name}={value}"
+        if value and not c.augment:
+            return (f"{name} is part of the training augmentation: it needs augment (--augment). "
+                    f"Received: {name}={value}, augment=False")
     return None
 
 

@@ -214,10 +214,9 @@ def make_dataset(
     time, so the number of batches is unknown until the end of the first pass.
     """
     _check_args(frame, image_size, batch_size, scaling, cache, on_error, max_pixels)
-    if not 0.0 <= degrade <= 1.0:
-        raise ValueError(f"degrade must be a probability in [0, 1]. Received: degrade={degrade}")
-    if not 0.0 <= tight_crop <= 1.0:
-        raise ValueError(f"tight_crop must be a probability in [0, 1]. Received: tight_crop={tight_crop}")
+    for name, value in (("degrade", degrade), ("tight_crop", tight_crop)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1]. Received: {name}={value}")
     import tensorflow as tf
 
     paths = _resolve_paths(frame, root)
