@@ -16,12 +16,12 @@ PYTHON = "3.11"
 # Editable installs of the three libraries and the application, with the extras the tests use
 # ('onnx': tf2onnx + onnxruntime for the ONNX export tests and bench/bench_export.py, about 100 MB
 # installed next to TensorFlow's 1.8 GB; 'detect': the face detectors; 'serve': FastAPI + uvicorn
-# for `agegender serve`; 'batch': Ray Data for `agegender predict-batch`).
+# for `agegender serve`; 'batch': Ray Data for `agegender predict-batch`; 'heif': HEIC photos).
 PACKAGES = [
     "-e", "packages/utkface-data[tf]",
     "-e", "packages/agegender-eval",
-    "-e", "packages/agegender-models[onnx,detect]",
-    "-e", "packages/agegender[onnx,detect,serve,batch]",
+    "-e", "packages/agegender-models[onnx,detect,heif]",
+    "-e", "packages/agegender[onnx,detect,serve,batch,heif]",
 ]
 # httpx2 (httpx for Starlette < 1.0) drives FastAPI's TestClient; playwright drives the system
 # Chromium (.ci/run installs Debian's) in the browser test of `agegender serve`, without downloading

@@ -131,6 +131,41 @@ def test_modes_convert_by_the_rules(image: Image.Image, want: list[int]) -> None
     assert (rgb == want).all(), rgb[0, 0]
 
 
+def test_a_heic_photo_reads_upright_like_its_jpeg(tmp_path: Path) -> None:
+    """An iPhone's format, through the 'heif' extra (the tests install it): the rotation its
+    EXIF tag asks for is applied once, as for a JPEG with the same tag."""
+    pytest.importorskip("pillow_heif", reason="the 'heif' extra is not installed")
+    picture = Image.fromarray(_picture((60, 80)))
+    picture.save(tmp_path / "side.heic", exif=_exif(6).tobytes(), quality=95)
+    picture.save(tmp_path / "side.jpg", exif=_exif(6).tobytes(), quality=95)
+    heic, jpeg = read_image(tmp_path / "side.heic"), read_image(tmp_path / "side.jpg")
+    assert heic.shape == jpeg.shape == (80, 60, 3)
+    assert np.abs(heic.astype(int) - jpeg).mean() < 4  # two lossy codecs of the same pixels
+    picture.convert("RGBA").save(tmp_path / "alpha.heic")
+    assert read_image(tmp_path / "alpha.heic").shape == (60, 80, 3)
+
+
+def test_a_heic_photo_without_the_plugin_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
+    from agegender_models import imageio
+
+    heif = tmp_path / "IMG_0001.HEIC"
+    heif.write_bytes(b"\0\0\0\x18ftypheic" + bytes(40))  # an HEIF header, as an iPhone writes
+    monkeypatch.setattr(imageio, "pillow_heif", None)
+    monkeypatch.setattr(Image, "ID", [i for i in Image.ID if i != "HEIF"])  # Pillow without it
+    with pytest.raises(ImageReadError, match=r"IMG_0001\.HEIC: cannot read image: a HEIC/HEIF photo: "
+                                             r"reading it needs the pillow-heif plugin \(pip install "
+                                             r"'agegender-models\[heif\]'\)$"):
+        read_image(heif)
+    assert imageio.unsupported_format(b"\0\0\0\x18ftypavif") is None  # Pillow reads AVIF itself
+
+
+def test_floating_point_pixels_are_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "scan.tif"
+    Image.fromarray(_picture()[..., 0].astype(np.float32) / 255).save(path)
+    with pytest.raises(ImageReadError, match=r"scan\.tif: cannot read image: 32-bit floating-point"):
+        read_image(path)
+
+
 # ------------------------------------------------------------------------------------------------
 # errors
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 import time
@@ -22,9 +24,26 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_a_folder_gives_its_images_at_any_depth_sorted(tree: Path) -> None:
-    assert list_inputs(str(tree)) == [str(tree / n) for n in ("a/1.jpg", "a/2.PNG", "a/deep/3.jpeg",
-                                                               "b/4.jpg")]
+def test_a_folder_gives_its_images_at_any_depth_sorted(tree: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="agegender"):
+        assert list_inputs(str(tree)) == [str(tree / n) for n in ("a/1.jpg", "a/2.PNG", "a/deep/3.jpeg",
+                                                                   "b/4.jpg")]
+    assert caplog.messages == [f"{tree}: passed over 1 file not named as images (.txt)"]
+
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line(tree: Path, monkeypatch) -> None:
+    scandir = os.scandir
+
+    def no_permission(path="."):  # as chmod 0 does for a user other than root
+        if Path(path) == tree / "b":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", no_permission)
+    assert list_inputs(str(tree))[-1] == str(tree / "a/deep/3.jpeg")
+    with pytest.raises(ValueError, match=f"cannot list folder: {tree / 'b'}: Permission denied"):
+        list_inputs(str(tree / "b"))
 
 
 def test_a_glob_gives_the_files_it_matches(tree: Path) -> None:

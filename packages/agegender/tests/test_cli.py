@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -72,6 +73,26 @@ def test_tensorflow_start_up_lines_are_not_shown(tiny_model_file: Path, tmp_path
                         str(tiny_model_file), str(image))
     assert result.returncode == 1 and "no face found" in result.stderr, result.stderr[-2000:]
     assert not TF_NOISE.search(result.stderr) and "XNNPACK" not in result.stderr, result.stderr[-2000:]
+
+
+def test_predict_lists_a_folders_images_and_says_what_it_passed_over(tiny_model_file: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photos / "face.tif")
+    Image.fromarray(np.full((40, 40, 3), 60, np.uint8)).save(photos / "sub" / "face.png")
+    (photos / "notes.txt").write_text("x")
+    args = ["predict", "--detect", "none", "--model", str(tiny_model_file), "--json", str(photos)]
+    assert cli.main(args) == 0
+    out, err = capsys.readouterr()
+    assert [r["file"] for r in json.loads(out)["predictions"]] == [str(photos / "face.tif")]
+    assert (f"{photos}: passed over 1 file not named as images (.txt) and 1 subfolder "
+            "(--recursive reads them)") in err
+    assert cli.main([*args, "--recursive"]) == 0
+    out, err = capsys.readouterr()
+    assert [r["file"] for r in json.loads(out)["predictions"]] == [str(photos / "face.tif"),
+                                                                   str(photos / "sub" / "face.png")]
+    assert "subfolder" not in err
 
 
 def test_predict_exit_status_says_whether_every_input_gave_a_result(tiny_model_file: Path,

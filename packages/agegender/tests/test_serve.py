@@ -182,6 +182,22 @@ def test_bad_uploads_of_different_kinds_together_are_422(client) -> None:
     assert [e["file"] for e in response.json()["errors"]] == ["notes.txt", "cut.jpg", "big.png"]
 
 
+def test_a_heic_upload_is_read_or_refused_saying_what_to_install(client, monkeypatch) -> None:
+    pytest.importorskip("pillow_heif", reason="the 'heif' extra is not installed")
+    from agegender_models import imageio
+
+    heic = io.BytesIO()
+    Image.open(io.BytesIO(GOOD)).save(heic, format="HEIF")
+    response = post(client, ("IMG_0001.HEIC", heic.getvalue()))
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 2
+    monkeypatch.setattr(imageio, "pillow_heif", None)  # as where the extra is not installed
+    monkeypatch.setattr(Image, "ID", [i for i in Image.ID if i != "HEIF"])
+    response = post(client, ("IMG_0001.HEIC", heic.getvalue()))
+    assert response.status_code == 415
+    assert response.json()["errors"] == [{"file": "IMG_0001.HEIC", "reason": (
+        "a HEIC/HEIF photo: reading it needs the pillow-heif plugin (pip install 'agegender-models[heif]')")}]
+
+
 def test_malformed_requests_are_400_with_a_reason(client) -> None:
     cases = [
         client.post("/v1/predict", content=b"{}", headers={"content-type": "application/json"}),

@@ -22,6 +22,12 @@ test (``tests/test_image_readers.py``) checks that the two give the same pixels:
   claims more pixels is refused with :class:`ImageTooLargeError` before anything is decoded.
   Pillow's own guard (``Image.MAX_IMAGE_PIXELS``; refusal at twice that) applies as well.
 * Multi-frame files (GIF, TIFF): the first frame.
+* **HEIC/HEIF** (an iPhone's photos) with the optional ``heif`` extra (``pip install
+  'agegender-models[heif]'``: the ``pillow-heif`` plugin, registered with Pillow when this module
+  is imported); without it such a file is refused with a reason that says so. The plugin applies
+  the photo's rotation itself and leaves its EXIF orientation at 1, so nothing turns twice.
+* 32-bit floating-point pixels (a TIFF of mode ``F``) are refused by name: they have no
+  standard 0-255 scale.
 
 :func:`read_image_reduced` reads a large JPEG at 1/2, 1/4 or 1/8 of its size straight from its
 DCT coefficients (libjpeg's scaled decoding, Pillow's ``draft``), several times faster than
@@ -37,6 +43,13 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+try:  # the optional `heif` extra
+    import pillow_heif
+except ImportError:
+    pillow_heif = None
+else:
+    pillow_heif.register_heif_opener()
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -66,6 +79,8 @@ _TRANSPOSE = {
 }
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+# the ISO base media file brands of HEIF images coded with HEVC (bytes 8-12, after "ftyp")
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
 
 class ImageReadError(ValueError):
@@ -174,6 +189,9 @@ def _image_to_rgb(image: Image.Image, *, max_pixels: int, name: str, reduce_to: 
         image.load()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
         raise ImageReadError(name, f"cannot decode image: {_one_line(exc)}") from None
+    if image.mode == "F":
+        raise ImageReadError(name, "cannot read image: 32-bit floating-point pixels (mode F) have no "
+                                   "standard 0-255 scale; save it with 8 or 16 bits per sample")
     if orientation != 1:
         image = image.transpose(_TRANSPOSE[orientation])
     return np.ascontiguousarray(_pixels_to_rgb(image))
@@ -216,8 +234,10 @@ def _read(path: str | os.PathLike, *, max_pixels: int, reduce_to: int | None = N
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(name, refused_by_pillow(exc, max_pixels)) from None
     except Image.UnidentifiedImageError:
-        reason = ("empty file" if os.path.getsize(name) == 0
-                  else "not an image Pillow can read (unknown format or not an image file)")
+        with open(name, "rb") as f:
+            head = f.read(12)
+        reason = ("empty file" if not head else unsupported_format(head)
+                  or "not an image Pillow can read (unknown format or not an image file)")
         raise ImageReadError(name, f"cannot read image: {reason}") from None
     except Exception as exc:
         raise ImageReadError(name, f"cannot read image: {_one_line(exc)}") from None
@@ -227,6 +247,15 @@ def _read(path: str | os.PathLike, *, max_pixels: int, reduce_to: int | None = N
         # the sizes' ratio is not it for a narrow image)
         config = getattr(image, "decoderconfig", ())
         return rgb, int(config[0]) if reduce_to is not None and config else 1
+
+
+def unsupported_format(head: bytes) -> str | None:
+    """Why a file that Pillow (with the plugins installed) did not recognise is still an image
+    we know of, from its first bytes ``head`` (12 are enough); None when it is none we know."""
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS and pillow_heif is None:
+        return ("a HEIC/HEIF photo: reading it needs the pillow-heif plugin "
+                "(pip install 'agegender-models[heif]')")
+    return None
 
 
 def to_rgb(image: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

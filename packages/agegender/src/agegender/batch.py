@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from agegender._tf import _native_stderr_held
+from agegender.inputs import list_images
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 GLOB_CHARS = set("*?[")
 CSV_COLUMNS = ("path", "file")  # the column a CSV of inputs names its images in (else its first)
 
@@ -48,7 +48,8 @@ log = logging.getLogger("agegender")
 
 
 def list_inputs(source: str, *, root: str | os.PathLike | None = None) -> list[str]:
-    """The image paths ``source`` names, sorted: a folder (its image files, at any depth), a glob
+    """The image paths ``source`` names, sorted: a folder (its image files, at any depth, by
+    :func:`agegender.inputs.list_images`; what it passes over is logged), a glob
     (``'photos/**/*.jpg'``), a CSV file (the ``path`` or ``file`` column, else the first; a
     relative path is relative to ``root``, default the CSV's folder) or one image file.
     ``ValueError`` (one line) when it names none."""
@@ -59,10 +60,14 @@ def list_inputs(source: str, *, root: str | os.PathLike | None = None) -> list[s
             raise ValueError(f"no file matches {source!r}")
         return found
     if path.is_dir():
-        found = sorted(str(p) for p in path.rglob("*")
-                       if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        try:
+            found, note = list_images(path, recursive=True)
+        except OSError as exc:
+            raise ValueError(f"cannot list folder: {path}: {exc.strerror or exc}") from None
+        if note:
+            log.info("%s", note)
         if not found:
-            raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+            raise ValueError(f"no image files in {path}")
         return found
     if not path.is_file():
         raise FileNotFoundError(f"no such file, folder or glob match: {source}")

@@ -30,7 +30,6 @@ from agegender.cluster import ClusterError, cluster_task
 from agegender.config import add_train_options, list_recipes, resolve_config
 from agegender.readouts import DEFAULTS as READOUT_DEFAULTS
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # agegender_models.detect.DETECTORS and agegender_models.export.FORMATS, repeated here so that
 # --help need not import the library (and TensorFlow with it); a test checks that they agree.
 DETECTORS = ("auto", "yunet-onet", "yunet", "mtcnn", "haar")
@@ -256,23 +255,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 # predict
 
 
-def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
-    """Files as given, folders expanded to their image files; returns (files, errors)."""
+def expand_inputs(inputs: Sequence[str], *, recursive: bool = False,
+                  ) -> tuple[list[str], list[dict[str, str]], list[str]]:
+    """Files as given, folders expanded to their image files (:mod:`agegender.inputs`); returns
+    (files, errors, notes of what the folders' listings passed over)."""
+    from agegender.inputs import list_images
+
     files: list[str] = []
     errors: list[dict[str, str]] = []
+    notes: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(str(p) for p in path.iterdir()
-                           if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+            try:
+                found, note = list_images(path, recursive=recursive)
+            except OSError as exc:
+                errors.append({"file": item, "reason": f"cannot list folder: {exc.strerror or exc}"})
+                continue
             if not found:
                 errors.append({"file": item, "reason": "folder contains no image files"})
+            notes.extend([note] if note else [])
             files.extend(found)
         elif path.is_file():
             files.append(item)
         else:
             errors.append({"file": item, "reason": "no such file or folder"})
-    return files, errors
+    return files, errors, notes
 
 
 def _rows(predictions: list[dict[str, Any]], detect: bool) -> list[dict[str, Any]]:
@@ -309,9 +317,11 @@ def _print_table(rows, errors, detect: bool) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    files, errors = expand_inputs(args.inputs)
+    files, errors, notes = expand_inputs(args.inputs, recursive=args.recursive)
     detector = None if args.detect == "none" else args.detect
     model = _load_for_inference(args)
+    for note in notes:
+        logging.getLogger("agegender").info("%s", note)
     import numpy as np
 
     from agegender._tf import native_noise_dropped
@@ -527,7 +537,14 @@ def _add_predict(commands) -> None:
         "Unreadable images are listed as errors; the others are still predicted.",
         func=_cmd_predict, model=False,
     )
-    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                         help="image files (any format Pillow reads; HEIC with the 'heif' extra) "
+                         "or folders: their files named as images (.jpg .jpeg .png .webp .bmp "
+                         ".tif .gif .avif .heic and the like); what a folder's listing passes "
+                         "over is counted on stderr")
+    predict.add_argument("-r", "--recursive", action="store_true",
+                         help="read the folders' subfolders too (symbolic links to folders are "
+                         "not followed)")
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON object")
     fmt.add_argument("--csv", action="store_true", help="print CSV")

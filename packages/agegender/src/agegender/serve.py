@@ -26,7 +26,7 @@ Status codes of ``POST /v1/predict``:
 * When no file of the request is a readable image, a 4xx with the same body plus ``detail``:
   **413** every file is over the size limit (``--max-upload-mb``, per file) or the pixel limit
   (a decompression bomb: refused from its header, never decoded), **415** none is an image
-  (no known image format, or empty), **422** the files are corrupt (a known format that does not
+  (no known image format, or empty; a HEIC photo where the ``heif`` extra is not installed), **422** the files are corrupt (a known format that does not
   decode), or fail for mixed reasons.
 * **400** a malformed request: not ``multipart/form-data``, no file in the field ``image``, more
   than ``MAX_FILES`` files; **413** the whole request body is over ``REQUEST_FILES`` times the
@@ -128,6 +128,7 @@ def read_upload(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
         ImageTooLargeError,
         refused_by_pillow,
         to_rgb,
+        unsupported_format,
     )
 
     if not data:
@@ -139,7 +140,7 @@ def read_upload(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
     except Image.DecompressionBombError as exc:
         raise UploadError(413, refused_by_pillow(exc, max_pixels)) from None
     except UnidentifiedImageError:
-        raise UploadError(415, "not an image: no known image format") from None
+        raise UploadError(415, unsupported_format(data[:12]) or "not an image: no known image format") from None
     except Exception as exc:  # a header Pillow recognises but cannot parse
         raise UploadError(422, f"corrupt image: {_one_line(exc)}") from None
     try:
