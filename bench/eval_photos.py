@@ -19,7 +19,9 @@ import csv
 import json
 import re
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 
@@ -83,6 +85,23 @@ def summarise(labels: dict[str, str], faces: dict[str, dict]) -> dict:
     return out
 
 
+def _shrunk(files: list[str], side: int, folder: Path) -> list[str]:
+    """Each photo (upright) shrunk to ``side`` px on its longer side, as JPEG 90 under its own
+    name in ``folder`` (a ``.png`` name holds JPEG data: every reader goes by the content)."""
+    from PIL import Image
+
+    from agegender_models.imageio import read_image
+
+    out = []
+    for f in files:
+        image = Image.fromarray(read_image(f))
+        image.thumbnail((side, side), Image.LANCZOS)
+        path = folder / Path(f).name
+        image.save(path, format="JPEG", quality=90)
+        out.append(str(path))
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=Path("../shared/photos"))
@@ -91,6 +110,10 @@ def main(argv=None) -> int:
     parser.add_argument("--flip-tta", action="store_true")
     parser.add_argument("--threshold", type=float, default=0.5, help="P(female) above which 'female'")
     parser.add_argument("--details", action="store_true", help="also list each photo's answer")
+    parser.add_argument("--shrink", type=int, default=None,
+                        help="shrink each photo to this many px on its longer side first (JPEG 90)")
+    parser.add_argument("--min-side", type=int, default=None,
+                        help="the detector's min_side: a smaller photo is enlarged to it for detection")
     args = parser.parse_args(argv)
 
     from agegender_models import Predictor, flip_tta, load_model, load_pretrained
@@ -100,21 +123,29 @@ def main(argv=None) -> int:
         model = flip_tta(model)
     labels = _labels(args.photos)
     files = [str(args.photos / name) for name in sorted(labels)]
-    predictor = Predictor(model, detector=None if args.detect == "none" else args.detect,
-                          threshold=args.threshold)
-    started = time.perf_counter()
-    results = predictor.predict(files, return_errors=True)
-    found, errors = results if isinstance(results, tuple) else (results, results.errors)
-    seconds = time.perf_counter() - started
+    detector = None if args.detect == "none" else args.detect
+    if detector and args.min_side is not None:
+        from agegender_models.detect import get_detector
+
+        detector = get_detector(detector, min_side=args.min_side)
+    predictor = Predictor(model, detector=detector, threshold=args.threshold)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.shrink:
+            files = _shrunk(files, args.shrink, Path(tmp))
+        started = time.perf_counter()
+        results = predictor.predict(files, return_errors=True)
+        found, errors = results if isinstance(results, tuple) else (results, results.errors)
+        seconds = time.perf_counter() - started
     faces = _largest_faces(found)
     summary = summarise(labels, faces)
+    summary["faces"] = dict(sorted(Counter(Path(r["file"]).name for r in found).items()))
     summary["age_groups"] = summarise_age_groups(_age_groups(args.photos), faces)
     if args.details:
         summary["details"] = [{"file": Path(f).name, "label": labels[Path(f).name], "gender": r["gender"],
                                "p_female": round(float(r["p_female"]), 4), "age": round(float(r["age"]), 1),
                                "box": r.get("box")} for f, r in sorted(faces.items())]
     summary.update(detector=args.detect, flip_tta=args.flip_tta, threshold=args.threshold, model=args.model or "shipped default",
-                   seconds=round(seconds, 1), photos_per_s=round(len(files) / seconds, 2),
+                   shrink=args.shrink, min_side=args.min_side, seconds=round(seconds, 1), photos_per_s=round(len(files) / seconds, 2),
                    errors=[{**e, "file": Path(e["file"]).name} for e in errors])
     json.dump(summary, sys.stdout, indent=2)
     print()

@@ -6,11 +6,14 @@ a chip's does (`agegender_models.detect.is_chip`), else on the chip-like crop
 
     python bench/eval_split_detect.py --data-dir ../shared/utkface/crop_part1_5000 \
         --split results/model_a/splits/test.csv --detect mtcnn [--model PATH] [--flip-tta] \
-        [--crop-chips-again | --chip-tolerance T] [--zoom Z] --out OUT.json [--predictions OUT.csv]
+        [--crop-chips-again | --chip-tolerance T] [--zoom Z] [--shrink PX] [--min-side PX] \
+        --out OUT.json [--predictions OUT.csv]
 
 `--zoom Z` (0 < Z <= 1; 1, the default, leaves the chips as they are) first centre-crops each chip to Z of its side (saved losslessly in a
 temporary folder), so that the face fills more of the frame than in a chip: a tight face crop
-such as another tool's, which the chip rule must not take for a chip.
+such as another tool's, which the chip rule must not take for a chip. `--shrink PX` then
+shrinks each to PX on its longer side (a face in a small photo); `--min-side PX` is the
+detector's `min_side` (an image smaller than it is enlarged to it for detection).
 
 A chip where no face is found counts as missed (reported per age group) and is left out of the
 figures, which are overall, by age group, by gender and by race (agegender_eval), written as JSON.
@@ -25,8 +28,9 @@ import time
 from pathlib import Path
 
 
-def _zoomed(files: list[str], zoom: float, folder: Path) -> list[str]:
-    """Each chip centre-cropped to ``zoom`` of its width and height, as PNG in ``folder``."""
+def _changed(files: list[str], folder: Path, *, zoom: float = 1.0, shrink: int | None = None) -> list[str]:
+    """Each chip centre-cropped to ``zoom`` of its width and height, then (``shrink``) resized
+    to ``shrink`` px on its longer side (box filter), as PNG in ``folder``."""
     from PIL import Image
 
     from agegender_models.imageio import read_image
@@ -37,8 +41,12 @@ def _zoomed(files: list[str], zoom: float, folder: Path) -> list[str]:
         h, w = rgb.shape[:2]
         ch, cw = round(h * zoom), round(w * zoom)
         top, left = (h - ch) // 2, (w - cw) // 2
+        image = Image.fromarray(rgb[top:top + ch, left:left + cw])
+        if shrink:
+            k = shrink / max(image.size)
+            image = image.resize((max(1, round(image.width * k)), max(1, round(image.height * k))), Image.BOX)
         path = folder / f"{i:05d}.png"
-        Image.fromarray(rgb[top:top + ch, left:left + cw]).save(path)
+        image.save(path)
         out.append(str(path))
     return out
 
@@ -56,6 +64,10 @@ def main(argv=None) -> int:
                         help="the chip rule's tolerance (default: Predictor's)")
     parser.add_argument("--zoom", type=float, default=1.0,
                         help="centre-crop each chip to this fraction of its side first (default 1: as it is)")
+    parser.add_argument("--shrink", type=int, default=None,
+                        help="then shrink each chip to this many px on its longer side (a small photo's face)")
+    parser.add_argument("--min-side", type=int, default=None,
+                        help="the detector's min_side: a smaller image is enlarged to it for detection")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, default=None,
                         help="also write one row per chip with a face (path, age, gender, race, age_pred, "
@@ -81,9 +93,15 @@ def main(argv=None) -> int:
     files = [str(args.data_dir / p) for p in frame["path"]]
     tolerance = ({"chip_tolerance": None} if args.crop_chips_again else
                  {} if args.chip_tolerance is None else {"chip_tolerance": args.chip_tolerance})
-    predictor = Predictor(model, detector=None if args.detect == "none" else args.detect, **tolerance)
+    detector = None if args.detect == "none" else args.detect
+    if detector and args.min_side is not None:
+        from agegender_models.detect import get_detector
+
+        detector = get_detector(detector, min_side=args.min_side)
+    predictor = Predictor(model, detector=detector, **tolerance)
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = files if args.zoom == 1 else _zoomed(files, args.zoom, Path(tmp))
+        inputs = (files if args.zoom == 1 and not args.shrink
+                  else _changed(files, Path(tmp), zoom=args.zoom, shrink=args.shrink))
         started = time.perf_counter()
         results = predictor.predict(inputs, return_errors=True)
         seconds = time.perf_counter() - started
@@ -108,7 +126,7 @@ def main(argv=None) -> int:
     found_by_group = {g: round(float(keep[groups == g].mean()), 4) for g in utkface_data.AGE_GROUPS}
     summary = {"detect": args.detect, "flip_tta": args.flip_tta,
                "crop_chips_again": args.crop_chips_again, "chip_tolerance": predictor.chip_tolerance,
-               "zoom": args.zoom, "images": len(files),
+               "zoom": args.zoom, "shrink": args.shrink, "min_side": args.min_side, "images": len(files),
                "face_found": round(float(keep.mean()), 4), "face_found_by_age_group": found_by_group,
                "seconds": round(seconds, 1), "metrics": result}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -484,6 +484,24 @@ def test_builtin_detectors_downscale_big_photos_and_map_faces_back() -> None:
         Recorder(max_side=10)
 
 
+def test_builtin_detectors_enlarge_small_photos_to_min_side_and_map_faces_back() -> None:
+    class Recorder(det._DownscalingDetector):
+        def _detect(self, rgb):
+            self.seen = rgb.shape
+            return [Face((100, 50, 40, 40), 0.9, {"left_eye": (110, 60)})]
+
+    recorder = Recorder(max_side=1000, min_side=300)
+    (face,) = recorder.detect_faces(np.zeros((100, 150, 3), np.uint8))
+    assert recorder.seen == (200, 300, 3)
+    assert face.box == (50.0, 25.0, 20.0, 20.0) and face.landmarks == {"left_eye": (55.0, 30.0)}
+    recorder.detect_faces(np.zeros((300, 200, 3), np.uint8))  # min_side reached: as it is
+    assert recorder.seen == (300, 200, 3)
+    assert Recorder(max_side=1000).min_side is None
+    for bad in (0, 2000, 1.5, True):
+        with pytest.raises(ValueError, match=f"Received: min_side={bad!r}"):
+            Recorder(max_side=1000, min_side=bad)
+
+
 # ------------------------------------------------------------------------------------------------
 # Predictor with a detector
 
@@ -826,7 +844,8 @@ def test_a_sideways_photo_is_searched_turned_and_its_faces_come_back_upright(mon
     upright = np.zeros((60, 80, 3), np.uint8)
     upright[10:14, 20:60] = 128  # the bar, above
     upright[30:50, 30:45] = 255  # the face
-    detector = get_detector("yunet")
+    # (the fakes' photos are small: not enlarged, so that the fake sees the pixels drawn here)
+    detector = get_detector("yunet", min_side=None)
     calls = []
     (face,) = detector.detect_faces(upright)
     assert face.confidence == 0.95 and face.box == (30, 30, 15, 20) and len(calls) == 1  # not searched
@@ -841,16 +860,16 @@ def test_a_sideways_photo_is_searched_turned_and_its_faces_come_back_upright(mon
     assert detector.detect_faces_turned(sideways) == ([face], 3)
     assert detector.detect_faces_turned(upright)[1] is None  # not searched
     calls = []
-    assert get_detector("yunet", turn_below=None).detect_faces(sideways)[0].confidence == 0.5
+    assert get_detector("yunet", min_side=None, turn_below=None).detect_faces(sideways)[0].confidence == 0.5
     with pytest.raises(ValueError, match="turn_below"):
-        get_detector("yunet", turn_below=True)
+        get_detector("yunet", min_side=None, turn_below=True)
     # a weak face a little better turned (under TURN_MIN_SCORE, or within TURN_MARGIN) stays as it is
     for scores[:] in ([0.72, 0.68], [0.93, 0.89]):
         calls = []
         (face,), turns = detector.detect_faces_turned(sideways)
         assert len(calls) == 4 and face.confidence == scores[1] and turns == 0  # searched, not turned
     with pytest.raises(ValueError, match="turn_below"):
-        get_detector("yunet", turn_below=1.5)
+        get_detector("yunet", min_side=None, turn_below=1.5)
 
 
 def test_yunet_onet_places_landmarks_only_on_the_turn_it_keeps(monkeypatch) -> None:
@@ -858,7 +877,7 @@ def test_yunet_onet_places_landmarks_only_on_the_turn_it_keeps(monkeypatch) -> N
     # YuNet (fake): a face scores 0.95 in the image turned back upright, 0.5 as given
     monkeypatch.setattr(det.YuNetDetector, "_detect", lambda self, rgb: [
         Face((10, 10, 20, 20), 0.95 if rgb[0, -1, 0] == 7 else 0.5, {}, "yunet")])
-    detector = get_detector("yunet-onet")
+    detector = get_detector("yunet-onet", min_side=None)
     patches = []
 
     def onet(batch):
@@ -884,7 +903,7 @@ def test_a_group_photos_faces_stay_for_one_face_found_turned(monkeypatch) -> Non
     monkeypatch.setattr(det.YuNetDetector, "_detect", fake)
     image = np.zeros((60, 80, 3), np.uint8)
     image[0, 0] = 7
-    faces = get_detector("yunet").detect_faces(image)
+    faces = get_detector("yunet", min_side=None).detect_faces(image)
     assert [f.confidence for f in faces] == [0.8, 0.8]
 
 
@@ -902,6 +921,23 @@ def test_a_real_photo_turned_without_exif_reads_as_upright(turns, name) -> None:
     # the chip cropped from the turned photo is the upright photo's, to a few pixels' noise
     chip = crop_face(np.rot90(rgb, turns), found)
     assert np.abs(chip.astype(float) - crop_face(rgb, upright).astype(float)).mean() < 12
+
+
+@pytest.mark.skipif(not (SHARED_PHOTOS / "fr_biden.jpg").is_file(), reason="needs ../shared/photos")
+@pytest.mark.parametrize("name", ["yunet", "yunet-onet"])
+def test_a_small_photos_face_is_found_enlarged_and_cropped_from_the_photo(name) -> None:
+    if name == "yunet-onet":
+        pytest.importorskip("mtcnn")
+    whole = Image.fromarray(to_rgb(SHARED_PHOTOS / "fr_biden.jpg"))
+    small = whole.copy()
+    small.thumbnail((64, 64), Image.LANCZOS)  # the face about 15 px wide
+    rgb = np.asarray(small)
+    assert get_detector(name, min_side=None).detect_faces(rgb) == []  # as YuNet sees it as it is
+    (face,) = get_detector(name).detect_faces(rgb)
+    (big,) = get_detector(name).detect_faces(np.asarray(whole))
+    k = max(small.size) / max(whole.size)
+    assert np.allclose(face.box, np.asarray(big.box) * k, atol=3)  # in the small photo's pixels
+    assert crop_face(rgb, face).shape == (200, 200, 3)
 
 
 @pytest.mark.skipif(not (SHARED_PHOTOS / "fr_obama.jpg").is_file(), reason="needs ../shared/photos")

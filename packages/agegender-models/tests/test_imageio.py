@@ -154,7 +154,8 @@ def test_a_heic_photo_without_the_plugin_says_what_to_install(tmp_path: Path, mo
     monkeypatch.setattr(Image, "ID", [i for i in Image.ID if i != "HEIF"])  # Pillow without it
     with pytest.raises(ImageReadError, match=r"IMG_0001\.HEIC: cannot read image: a HEIC/HEIF photo: "
                                              r"reading it needs the pillow-heif plugin \(pip install "
-                                             r"'agegender-models\[heif\]'\)$"):
+                                             r"'agegender-models\[heif\]'; from a checkout of agegender: "
+                                             r"pip install '\./packages/agegender\[heif\]'\)$"):
         read_image(heif)
     assert imageio.unsupported_format(b"\0\0\0\x18ftypavif") is None  # Pillow reads AVIF itself
 
@@ -173,6 +174,11 @@ def test_floating_point_pixels_are_refused_by_name(tmp_path: Path) -> None:
 def test_read_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         read_image(tmp_path / "missing.jpg")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(FileNotFoundError, match=r"link\.jpg is a broken symbolic link \(to .*gone\.jpg\)$"):
+        read_image(tmp_path / "link.jpg")
+    with pytest.raises(ImageReadError, match=r": cannot read image: a folder, not an image file$"):
+        read_image(tmp_path)
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
     with pytest.raises(ImageReadError, match=r"notes\.jpg: cannot read image: not an image"):

@@ -95,6 +95,54 @@ def test_predict_lists_a_folders_images_and_says_what_it_passed_over(tiny_model_
     assert "subfolder" not in err
 
 
+def test_predict_checks_its_inputs_and_annotate_folder_before_loading_a_model(
+        tiny_model_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    original = photos / "face.jpg"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(original)
+    before = original.read_bytes()
+
+    def no_model(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "_load_for_inference", no_model)
+    # annotated copies written into the photos' own folder would replace them
+    for target in (str(photos), f"{photos}/"):
+        assert cli.main(["predict", "--annotate", target, str(photos)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"agegender: error: --annotate {target}: the folder holds 1 of the input photos (first: "
+            f"{original}), which their annotated copies could replace; choose another folder")
+    assert original.read_bytes() == before
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["predict", "--annotate", str(tmp_path / "afile"), str(original)]) == 2
+    assert "not a folder (a file of that name exists)" in capsys.readouterr().err
+    assert cli.main(["predict", "--batch-size", "0", str(original)]) == 2
+    assert "--batch-size must be a positive integer. Received: 0" in capsys.readouterr().err
+    # nothing readable: the errors at once, no model loaded, no table header over nothing
+    assert cli.main(["predict", str(tmp_path / "missing.jpg")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and f"error: {tmp_path / 'missing.jpg'}: no such file or folder" in err
+
+
+def test_annotate_never_writes_over_an_input_and_says_where_a_clash_went(
+        tiny_model_file: Path, tmp_path: Path, capsys) -> None:
+    for folder, grey in (("a", 90), ("b", 60)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((40, 40, 3), grey, np.uint8)).save(tmp_path / folder / "face.jpg")
+    out = tmp_path / "out"
+    assert cli.main(["predict", "--detect", "none", "--model", str(tiny_model_file), "--annotate", str(out),
+                     str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["face-2.jpg", "face.jpg"]
+    assert f"annotated {tmp_path / 'b' / 'face.jpg'} as {out / 'face-2.jpg'}" in err
+    assert f"annotated 2 photos in {out}" in err
+    from agegender.annotate import write_annotated
+
+    written = write_annotated([], [str(tmp_path / "a" / "face.jpg")], tmp_path / "a")  # the library
+    assert written == [tmp_path / "a" / "face-2.jpg"]
+
+
 def test_predict_exit_status_says_whether_every_input_gave_a_result(tiny_model_file: Path,
                                                                      tmp_path: Path, capsys) -> None:
     good = tmp_path / "face.jpg"

@@ -42,9 +42,10 @@ def test_nothing_passed_over_gives_no_note(tmp_path: Path) -> None:
 def test_links_to_folders_are_not_followed(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"x")
     os.symlink(tmp_path, tmp_path / "loop")
-    files, note = list_images(tmp_path, recursive=True)
-    assert files == [str(tmp_path / "a.jpg")]
-    assert note is None or "loop" not in note
+    for recursive in (False, True):
+        files, note = list_images(tmp_path, recursive=recursive)
+        assert files == [str(tmp_path / "a.jpg")]
+        assert note == f"{tmp_path}: passed over 1 link to a folder (not followed)"
 
 
 def test_an_unreadable_subfolder_is_counted_and_an_unreadable_folder_is_an_error(

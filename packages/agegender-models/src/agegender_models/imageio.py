@@ -230,7 +230,12 @@ def _read(path: str | os.PathLike, *, max_pixels: int, reduce_to: int | None = N
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(name)
     except FileNotFoundError:
+        if os.path.islink(name):
+            raise FileNotFoundError(f"image file not found: {name} is a broken symbolic link "
+                                    f"(to {os.readlink(name)})") from None
         raise FileNotFoundError(f"image file not found: {name}") from None
+    except IsADirectoryError:
+        raise ImageReadError(name, "cannot read image: a folder, not an image file") from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(name, refused_by_pillow(exc, max_pixels)) from None
     except Image.UnidentifiedImageError:
@@ -253,8 +258,8 @@ def unsupported_format(head: bytes) -> str | None:
     """Why a file that Pillow (with the plugins installed) did not recognise is still an image
     we know of, from its first bytes ``head`` (12 are enough); None when it is none we know."""
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS and pillow_heif is None:
-        return ("a HEIC/HEIF photo: reading it needs the pillow-heif plugin "
-                "(pip install 'agegender-models[heif]')")
+        return ("a HEIC/HEIF photo: reading it needs the pillow-heif plugin (pip install "
+                "'agegender-models[heif]'; from a checkout of agegender: pip install './packages/agegender[heif]')")
     return None
 
 

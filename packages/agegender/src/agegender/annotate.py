@@ -76,7 +76,8 @@ def annotate(image: Image.Image, faces: Iterable[dict[str, Any]]) -> Image.Image
 def write_annotated(predictions: Iterable[dict[str, Any]], files: Iterable[str], out_dir: str | Path,
                     *, read=None) -> list[Path]:
     """One annotated JPEG per file in ``out_dir`` (named after the file), with the faces of
-    ``predictions`` that belong to it; a photo without a face is written unboxed. ``read(path)``
+    ``predictions`` that belong to it (``<stem>.jpg``; ``<stem>-2.jpg`` and on when that name
+    is taken by an earlier file or is an input); a photo without a face is written unboxed. ``read(path)``
     opens a photo upright (default: Pillow with EXIF orientation applied). Returns the paths."""
     from PIL import ImageOps
 
@@ -87,6 +88,8 @@ def write_annotated(predictions: Iterable[dict[str, Any]], files: Iterable[str],
         if "box" in p:
             by_file.setdefault(p["file"], []).append(p)
     written: list[Path] = []
+    files = list(files)
+    inputs = {Path(f).resolve() for f in files}  # never written over
     for file in files:
         if read is not None:
             image = read(file)
@@ -95,7 +98,8 @@ def write_annotated(predictions: Iterable[dict[str, Any]], files: Iterable[str],
                 image = ImageOps.exif_transpose(opened).convert("RGB")
         target = out_dir / f"{Path(file).stem}.jpg"
         n = 2
-        while target in written:  # two inputs of the same name from different folders
+        # two inputs of the same name from different folders, or an input in out_dir
+        while target in written or target.resolve() in inputs:
             target = out_dir / f"{Path(file).stem}-{n}.jpg"
             n += 1
         annotate(image, by_file.get(file, [])).save(target, quality=90)

@@ -75,7 +75,12 @@ def setup(args: argparse.Namespace) -> None:
     from agegender._tf import load_tensorflow
 
     load_tensorflow(verbose=getattr(args, "verbose", False))
-    # the library's own progress lines (agegender_models.runtime's "auto") show the same way
+    _show_log_lines()
+
+
+def _show_log_lines() -> None:
+    """The run's log lines on stderr as ``agegender: ...``; the library's own progress lines
+    (agegender_models.runtime's "auto") show the same way."""
     for logger in (logging.getLogger("agegender"), logging.getLogger("agegender_models")):
         if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
             handler = _StderrHandler()
@@ -308,7 +313,8 @@ def _print_csv(rows, errors, detect: bool) -> None:
 def _print_table(rows, errors, detect: bool) -> None:
     width = max([len(r["file"]) for r in rows] + [4])
     face_head = f"  {'face':>4}  {'box (x y w h)':<21}" if detect else ""
-    print(f"{'file':<{width}}{face_head}  {'age':>5}  {'gender':<6}  p_female")
+    if rows:  # no header over nothing: every input is an error line
+        print(f"{'file':<{width}}{face_head}  {'age':>5}  {'gender':<6}  p_female")
     for r in rows:
         face = f"  {r['face']:>4}  {' '.join(map(str, r['box'])):<21}" if detect else ""
         print(f"{r['file']:<{width}}{face}  {r['age']:>5.1f}  {r['gender']:<6}  {r['p_female']:.3f}")
@@ -316,9 +322,36 @@ def _print_table(rows, errors, detect: bool) -> None:
         print(f"error: {e['file']}: {e['reason']}", file=sys.stderr)
 
 
+def _check_annotate(folder: str, files: list[str]) -> None:
+    """--annotate DIR, before anything is loaded: a folder that can be made, holding none of the
+    inputs (their annotated copies would replace them)."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--annotate {folder}: not a folder (a file of that name exists)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"--annotate {folder}: cannot make the folder: {exc.strerror or exc}") from None
+    inside = [f for f in files if Path(f).resolve().parent == path.resolve()]
+    if inside:
+        raise CLIError(f"--annotate {folder}: the folder holds {len(inside)} of the input photos "
+                       f"(first: {inside[0]}), which their annotated copies could replace; "
+                       "choose another folder")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be a positive integer. Received: {args.batch_size}")
     files, errors, notes = expand_inputs(args.inputs, recursive=args.recursive)
+    if args.annotate:
+        _check_annotate(args.annotate, files)
     detector = None if args.detect == "none" else args.detect
+    if not files:  # nothing to read: no model to load either
+        _show_log_lines()
+        for note in notes:
+            logging.getLogger("agegender").info("%s", note)
+        _print_results([], errors, args, bool(detector))
+        return 1
     model = _load_for_inference(args)
     for note in notes:
         logging.getLogger("agegender").info("%s", note)
@@ -351,16 +384,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                            progress=bar.update)
         predictions.extend(found)
         errors.extend(bad)
-    rows = _rows(predictions, bool(detector))
     if args.annotate:
         _annotate(args.annotate, predictions, files, errors)
+    _print_results(predictions, errors, args, bool(detector))
+    return 1 if errors else 0
+
+
+def _print_results(predictions, errors, args: argparse.Namespace, detect: bool) -> None:
+    rows = _rows(predictions, detect)
     if args.json:
         print(json.dumps({"predictions": rows, "errors": errors}, indent=2))
     elif args.csv:
-        _print_csv(rows, errors, bool(detector))
+        _print_csv(rows, errors, detect)
     else:
-        _print_table(rows, errors, bool(detector))
-    return 1 if errors else 0
+        _print_table(rows, errors, detect)
 
 
 def _annotate(out_dir: str, predictions, files: list[str], errors: list[dict[str, str]]) -> None:
@@ -374,7 +411,11 @@ def _annotate(out_dir: str, predictions, files: list[str], errors: list[dict[str
     readable = [f for f in files if f not in unreadable]
     written = write_annotated(predictions, readable, out_dir,
                               read=lambda path: Image.fromarray(read_image(path)))
-    logging.getLogger("agegender").info("annotated %d photos in %s", len(written), out_dir)
+    log = logging.getLogger("agegender")
+    for file, target in zip(readable, written, strict=True):
+        if target.stem != Path(file).stem:  # another input has its name
+            log.info("annotated %s as %s", file, target)
+    log.info("annotated %d photo%s in %s", len(written), "" if len(written) == 1 else "s", out_dir)
 
 
 def _cmd_predict_batch(args: argparse.Namespace) -> int:

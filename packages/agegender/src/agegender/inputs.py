@@ -43,7 +43,9 @@ def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> tuple[
             else:
                 other[Path(name).suffix.lower() or "no ending"] += 1
         passed["hidden folder{s}"] += sum(d.startswith(".") for d in dirs)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        links = [d for d in dirs if not d.startswith(".") and os.path.islink(os.path.join(top, d))]
+        passed["link{s} to a folder (not followed)"] += len(links)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in links)
         if not recursive:
             passed["subfolder{s} (--recursive reads them)"] += len(dirs)
             dirs.clear()
