@@ -85,6 +85,16 @@ def summarise(labels: dict[str, str], faces: dict[str, dict]) -> dict:
     return out
 
 
+def detector_option(name: str, min_side: str | None):
+    """``--detect NAME`` with ``--min-side`` (a number, or ``none`` to enlarge nothing; not
+    given: the detector's default) as ``Predictor`` takes it."""
+    if name == "none" or min_side is None:
+        return None if name == "none" else name
+    from agegender_models.detect import get_detector
+
+    return get_detector(name, min_side=None if min_side == "none" else int(min_side))
+
+
 def _shrunk(files: list[str], side: int, folder: Path) -> list[str]:
     """Each photo (upright) shrunk to ``side`` px on its longer side, as JPEG 90 under its own
     name in ``folder`` (a ``.png`` name holds JPEG data: every reader goes by the content)."""
@@ -112,8 +122,9 @@ def main(argv=None) -> int:
     parser.add_argument("--details", action="store_true", help="also list each photo's answer")
     parser.add_argument("--shrink", type=int, default=None,
                         help="shrink each photo to this many px on its longer side first (JPEG 90)")
-    parser.add_argument("--min-side", type=int, default=None,
-                        help="the detector's min_side: a smaller photo is enlarged to it for detection")
+    parser.add_argument("--min-side", default=None,
+                        help="the detector's min_side: a smaller photo is enlarged to it for detection "
+                             "('none': never; default: the detector's own)")
     args = parser.parse_args(argv)
 
     from agegender_models import Predictor, flip_tta, load_model, load_pretrained
@@ -123,12 +134,7 @@ def main(argv=None) -> int:
         model = flip_tta(model)
     labels = _labels(args.photos)
     files = [str(args.photos / name) for name in sorted(labels)]
-    detector = None if args.detect == "none" else args.detect
-    if detector and args.min_side is not None:
-        from agegender_models.detect import get_detector
-
-        detector = get_detector(detector, min_side=args.min_side)
-    predictor = Predictor(model, detector=detector, threshold=args.threshold)
+    predictor = Predictor(model, detector=detector_option(args.detect, args.min_side), threshold=args.threshold)
     with tempfile.TemporaryDirectory() as tmp:
         if args.shrink:
             files = _shrunk(files, args.shrink, Path(tmp))

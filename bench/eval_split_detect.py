@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from eval_photos import detector_option
+
 
 def _changed(files: list[str], folder: Path, *, zoom: float = 1.0, shrink: int | None = None) -> list[str]:
     """Each chip centre-cropped to ``zoom`` of its width and height, then (``shrink``) resized
@@ -66,8 +68,9 @@ def main(argv=None) -> int:
                         help="centre-crop each chip to this fraction of its side first (default 1: as it is)")
     parser.add_argument("--shrink", type=int, default=None,
                         help="then shrink each chip to this many px on its longer side (a small photo's face)")
-    parser.add_argument("--min-side", type=int, default=None,
-                        help="the detector's min_side: a smaller image is enlarged to it for detection")
+    parser.add_argument("--min-side", default=None,
+                        help="the detector's min_side: a smaller image is enlarged to it for detection "
+                             "('none': never; default: the detector's own)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, default=None,
                         help="also write one row per chip with a face (path, age, gender, race, age_pred, "
@@ -93,12 +96,7 @@ def main(argv=None) -> int:
     files = [str(args.data_dir / p) for p in frame["path"]]
     tolerance = ({"chip_tolerance": None} if args.crop_chips_again else
                  {} if args.chip_tolerance is None else {"chip_tolerance": args.chip_tolerance})
-    detector = None if args.detect == "none" else args.detect
-    if detector and args.min_side is not None:
-        from agegender_models.detect import get_detector
-
-        detector = get_detector(detector, min_side=args.min_side)
-    predictor = Predictor(model, detector=detector, **tolerance)
+    predictor = Predictor(model, detector=detector_option(args.detect, args.min_side), **tolerance)
     with tempfile.TemporaryDirectory() as tmp:
         inputs = (files if args.zoom == 1 and not args.shrink
                   else _changed(files, Path(tmp), zoom=args.zoom, shrink=args.shrink))

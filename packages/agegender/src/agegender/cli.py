@@ -346,15 +346,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.annotate:
         _check_annotate(args.annotate, files)
     detector = None if args.detect == "none" else args.detect
-    if not files:  # nothing to read: no model to load either
+    if files:
+        model = _load_for_inference(args)
+    else:  # nothing to read: no model to load either
         _show_log_lines()
-        for note in notes:
-            logging.getLogger("agegender").info("%s", note)
-        _print_results([], errors, args, bool(detector))
-        return 1
-    model = _load_for_inference(args)
     for note in notes:
         logging.getLogger("agegender").info("%s", note)
+    if not files:
+        _print_results([], errors, args, bool(detector))
+        return 1
     import numpy as np
 
     from agegender._tf import native_noise_dropped
