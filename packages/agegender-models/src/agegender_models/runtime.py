@@ -274,6 +274,8 @@ def _measure(model, check, calibration, threads):
     skipped: dict[str, str] = {}
     check = _check_set(model, check)
     reference = runners["keras"].run(check.images)  # the Keras model's, once for every candidate
+    log.info("runtime auto: timing this model's runtimes, once per model and machine (about a "
+             "minute; the verdict is cached)")
     for runtime, quantize in _candidates(calibration):
         name = runtime if quantize == "none" else f"{runtime} {quantize}"
         log.info("runtime auto: converting and checking %s", name)
