@@ -211,10 +211,17 @@ def _model_path(ref: str) -> Path:
     return Path(ref) if Path(ref).is_file() else pretrained_path(ref)
 
 
-def _load_for_inference(args: argparse.Namespace):
+def _checked_model_refs(args: argparse.Namespace) -> list[str]:
+    """--model's references (the shipped default when none), every one checked before any is
+    loaded: a typo is reported at once."""
     refs = args.model or [_shipped_models().get("default", "")]
-    for ref in refs:  # every model before loading any: a typo is reported at once
+    for ref in refs:
         _check_model_ref(ref)
+    return refs
+
+
+def _load_for_inference(args: argparse.Namespace):
+    refs = _checked_model_refs(args)
     setup(args)
     from agegender_models import ensemble, flip_tta, load_model
 
@@ -342,6 +349,7 @@ def _check_annotate(folder: str, files: list[str]) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be a positive integer. Received: {args.batch_size}")
+    _checked_model_refs(args)
     files, errors, notes = expand_inputs(args.inputs, recursive=args.recursive)
     if args.annotate:
         _check_annotate(args.annotate, files)
@@ -419,9 +427,7 @@ def _annotate(out_dir: str, predictions, files: list[str], errors: list[dict[str
 
 
 def _cmd_predict_batch(args: argparse.Namespace) -> int:
-    refs = args.model or [_shipped_models().get("default", "")]
-    for ref in refs:
-        _check_model_ref(ref)
+    refs = _checked_model_refs(args)
     for name in ("workers", "cpus_per_worker", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be a positive integer. "
