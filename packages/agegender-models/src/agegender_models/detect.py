@@ -250,9 +250,10 @@ class MTCNNDetector(_DownscalingDetector):
     name = "mtcnn"
 
     def __init__(
-        self, *, min_confidence: float = 0.9, max_side: int = 1024, min_face_size: int = 20
+        self, *, min_confidence: float = 0.9, max_side: int = 1024, min_face_size: int = 20,
+        min_side: int | None = None,
     ) -> None:
-        super().__init__(max_side=max_side, min_face_size=min_face_size)
+        super().__init__(max_side=max_side, min_face_size=min_face_size, min_side=min_side)
         self.min_confidence = _confidence(min_confidence)
         try:
             from mtcnn import MTCNN
@@ -451,8 +452,9 @@ class HaarDetector(_DownscalingDetector):
         min_neighbors: int = 5,
         max_side: int = 1024,
         min_face_size: int = 30,
+        min_side: int | None = None,
     ) -> None:
-        super().__init__(max_side=max_side, min_face_size=min_face_size)
+        super().__init__(max_side=max_side, min_face_size=min_face_size, min_side=min_side)
         if not scale_factor > 1.0:
             raise ValueError(f"`scale_factor` must be > 1. Received: scale_factor={scale_factor!r}")
         if not isinstance(min_neighbors, int) or min_neighbors < 0:
