@@ -44,7 +44,7 @@ def _changed(files: list[str], folder: Path, *, zoom: float = 1.0, shrink: int |
         ch, cw = round(h * zoom), round(w * zoom)
         top, left = (h - ch) // 2, (w - cw) // 2
         image = Image.fromarray(rgb[top:top + ch, left:left + cw])
-        if shrink:
+        if shrink and shrink < max(image.size):
             k = shrink / max(image.size)
             image = image.resize((max(1, round(image.width * k)), max(1, round(image.height * k))), Image.BOX)
         path = folder / f"{i:05d}.png"

@@ -921,6 +921,15 @@ def test_a_real_photo_turned_without_exif_reads_as_upright(turns, name) -> None:
     # the chip cropped from the turned photo is the upright photo's, to a few pixels' noise
     chip = crop_face(np.rot90(rgb, turns), found)
     assert np.abs(chip.astype(float) - crop_face(rgb, upright).astype(float)).mean() < 12
+    # a small photo, enlarged for detection and searched turned: the same crop as upright
+    small = Image.fromarray(rgb)
+    small.thumbnail((120, 120), Image.LANCZOS)
+    small = np.asarray(small)
+    (upright,), _ = detector.detect_faces_turned(small)
+    (found,), kept = detector.detect_faces_turned(np.ascontiguousarray(np.rot90(small, turns)))
+    assert kept == 4 - turns
+    chip = crop_face(np.rot90(small, turns), found)
+    assert np.abs(chip.astype(float) - crop_face(small, upright).astype(float)).mean() < 3
 
 
 @pytest.mark.skipif(not (SHARED_PHOTOS / "fr_biden.jpg").is_file(), reason="needs ../shared/photos")

@@ -155,9 +155,11 @@ def test_a_heic_photo_without_the_plugin_says_what_to_install(tmp_path: Path, mo
     with pytest.raises(ImageReadError, match=r"IMG_0001\.HEIC: cannot read image: a HEIC/HEIF photo: "
                                              r"reading it needs the pillow-heif plugin \(pip install "
                                              r"'agegender-models\[heif\]'; from a checkout of agegender: "
-                                             r"pip install '\./packages/agegender\[heif\]'\)$"):
+                                             r"pip install '\./packages/agegender-models\[heif\]'\)$"):
         read_image(heif)
     assert imageio.unsupported_format(b"\0\0\0\x18ftypavif") is None  # Pillow reads AVIF itself
+    assert imageio.unsupported_format(b"\0\0\0\x1cftypmif1\0\0\0\0mif1avif") is None  # an AVIF too
+    assert imageio.unsupported_format(b"\0\0\0\x1cftypmif1\0\0\0\0mif1heic") is not None
 
 
 def test_floating_point_pixels_are_refused_by_name(tmp_path: Path) -> None:

@@ -76,6 +76,14 @@ def test_nothing_to_predict_is_one_line_and_status_2(tree: Path, tmp_path: Path,
     assert code == 2 and "model file not found" in capsys.readouterr().err
     code = main(["predict-batch", str(tree), "--model", str(model), "--out", "o", "--workers", "0"])
     assert code == 2 and "--workers must be a positive integer" in capsys.readouterr().err
+    # a folder of no images: what its listing passed over is on stderr, then the one error line
+    (tree / "c").mkdir()
+    (tree / "c" / "notes.txt").write_text("x")
+    code = main(["predict-batch", str(tree / "c"), "--model", str(model), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines() == [
+        f"agegender: {tree / 'c'}: passed over 1 file not named as images (.txt)",
+        f"agegender: error: no image files in {tree / 'c'}"], err
 
 
 def test_help_answers_fast_without_tensorflow_or_ray() -> None:

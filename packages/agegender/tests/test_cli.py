@@ -143,6 +143,33 @@ def test_annotate_never_writes_over_an_input_and_says_where_a_clash_went(
     assert written == [tmp_path / "a" / "face-2.jpg"]
 
 
+def test_annotate_inside_an_input_folder_read_recursively_skips_its_own_copies(
+        tiny_model_file: Path, tmp_path: Path, capsys) -> None:
+    photos = tmp_path / "photos"
+    (photos / "out").mkdir(parents=True)
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photos / "face.jpg")
+    args = ["predict", "--detect", "none", "--model", str(tiny_model_file), "--json", "-r",
+            "--annotate", str(photos / "out"), str(photos)]
+    for _ in range(2):  # the second run finds the first run's copy in photos/out
+        assert cli.main(args) == 0
+        out, err = capsys.readouterr()
+        assert [r["file"] for r in json.loads(out)["predictions"]] == [str(photos / "face.jpg")]
+    assert f"{photos / 'out'}: passed over 1 file in the --annotate folder" in err
+    assert sorted(p.name for p in (photos / "out").iterdir()) == ["face.jpg"]
+
+
+def test_predict_without_a_detector_says_when_images_look_like_photos(
+        tiny_model_file: Path, tmp_path: Path, capsys) -> None:
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / "chip.jpg")
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(tmp_path / "photo.jpg")
+    args = ["predict", "--detect", "none", "--model", str(tiny_model_file)]
+    assert cli.main([*args, str(tmp_path / "chip.jpg")]) == 0
+    assert "square" not in capsys.readouterr().err
+    assert cli.main([*args, str(tmp_path / "chip.jpg"), str(tmp_path / "photo.jpg")]) == 0
+    assert (f"1 of the images are far from square (e.g. {tmp_path / 'photo.jpg'}: 60x40), yet without a "
+            "detector each is read whole as one face chip") in capsys.readouterr().err
+
+
 def test_predict_exit_status_says_whether_every_input_gave_a_result(tiny_model_file: Path,
                                                                      tmp_path: Path, capsys) -> None:
     good = tmp_path / "face.jpg"

@@ -34,6 +34,13 @@ def test_recursive_reads_subfolders_but_not_hidden_ones(folder: Path) -> None:
     assert note.endswith("2 hidden files and 1 hidden folder")
 
 
+def test_a_pipe_named_like_an_image_is_passed_over(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "stream.jpg")  # opening it would wait for a writer
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # listed: an error, when read
+    assert list_images(tmp_path) == ([str(tmp_path / "gone.jpg")],
+                                     f"{tmp_path}: passed over 1 special file (not a regular file)")
+
+
 def test_nothing_passed_over_gives_no_note(tmp_path: Path) -> None:
     (tmp_path / "only.png").write_bytes(b"x")
     assert list_images(tmp_path) == ([str(tmp_path / "only.png")], None)

@@ -196,7 +196,7 @@ def test_a_heic_upload_is_read_or_refused_saying_what_to_install(client, monkeyp
     assert response.status_code == 415
     assert response.json()["errors"] == [{"file": "IMG_0001.HEIC", "reason": (
         "a HEIC/HEIF photo: reading it needs the pillow-heif plugin (pip install 'agegender-models[heif]'; "
-        "from a checkout of agegender: pip install './packages/agegender[heif]')")}]
+        "from a checkout of agegender: pip install './packages/agegender-models[heif]')")}]
 
 
 def test_malformed_requests_are_400_with_a_reason(client) -> None:

@@ -165,8 +165,9 @@ def _missing_extra(name: str, exc: ImportError) -> ImportError:
 
 
 class _DownscalingDetector:
-    """Shared by the built-in detectors: check the image, downscale it to ``max_side``,
-    detect, map the faces back, sort them left to right."""
+    """Shared by the built-in detectors: check the image, downscale it to ``max_side`` (or
+    enlarge it to ``min_side``, where given), detect, map the faces back, sort them left to
+    right."""
 
     name = ""
 
@@ -286,7 +287,7 @@ class YuNetDetector(_DownscalingDetector):
     The photo is shrunk to ``max_side`` (640 px by default: the network's speed follows the pixel
     count; on ``../shared/photos`` it found a face in every photo MTCNN did at 640 px, see
     bench/RESULTS.md). Faces below ``min_confidence`` or narrower than ``min_face_size`` pixels
-    (of the shrunk photo) are dropped: at 0.6, 32 of the 33 photos of ``../shared/photos`` whose
+    (of the photo as the network sees it: shrunk, or enlarged, below) are dropped: at 0.6, 32 of the 33 photos of ``../shared/photos`` whose
     faces are counted get exactly that count (0.8: all 33, but a third of 0.6's faces in a
     crowd). (libfacedetection never returns a face under 0.2; a lower ``min_confidence`` does.)
 

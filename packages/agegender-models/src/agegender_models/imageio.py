@@ -59,6 +59,7 @@ __all__ = [
     "read_image",
     "read_image_reduced",
     "to_rgb",
+    "unsupported_format",
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -79,8 +80,10 @@ _TRANSPOSE = {
 }
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-# the ISO base media file brands of HEIF images coded with HEVC (bytes 8-12, after "ftyp")
-_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+# the ISO base media file brands of HEIF images coded with HEVC (the major brand: bytes 8-12,
+# after "ftyp"); "mif1"/"msf1" (any HEIF) count unless an AVIF brand is among the compatible ones
+_HEIC_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx")
+_HEIF_BRANDS = (b"mif1", b"msf1")
 
 
 class ImageReadError(ValueError):
@@ -184,14 +187,14 @@ def _image_to_rgb(image: Image.Image, *, max_pixels: int, name: str, reduce_to: 
         width, height = image.size
         factor = max(image.size) / reduce_to  # draft keeps at least the requested size
         image.draft(image.mode, (max(1, int(width / factor)), max(1, int(height / factor))))
+    if image.mode == "F":  # from the header: refused before anything is decoded
+        raise ImageReadError(name, "cannot read image: 32-bit floating-point pixels (mode F) have no "
+                                   "standard 0-255 scale; save it with 8 or 16 bits per sample")
     orientation = exif_orientation(image)
     try:
         image.load()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
         raise ImageReadError(name, f"cannot decode image: {_one_line(exc)}") from None
-    if image.mode == "F":
-        raise ImageReadError(name, "cannot read image: 32-bit floating-point pixels (mode F) have no "
-                                   "standard 0-255 scale; save it with 8 or 16 bits per sample")
     if orientation != 1:
         image = image.transpose(_TRANSPOSE[orientation])
     return np.ascontiguousarray(_pixels_to_rgb(image))
@@ -240,7 +243,7 @@ def _read(path: str | os.PathLike, *, max_pixels: int, reduce_to: int | None = N
         raise ImageTooLargeError(name, refused_by_pillow(exc, max_pixels)) from None
     except Image.UnidentifiedImageError:
         with open(name, "rb") as f:
-            head = f.read(12)
+            head = f.read(64)
         reason = ("empty file" if not head else unsupported_format(head)
                   or "not an image Pillow can read (unknown format or not an image file)")
         raise ImageReadError(name, f"cannot read image: {reason}") from None
@@ -256,10 +259,14 @@ def _read(path: str | os.PathLike, *, max_pixels: int, reduce_to: int | None = N
 
 def unsupported_format(head: bytes) -> str | None:
     """Why a file that Pillow (with the plugins installed) did not recognise is still an image
-    we know of, from its first bytes ``head`` (12 are enough); None when it is none we know."""
-    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS and pillow_heif is None:
+    we know of, from its first bytes ``head`` (its ``ftyp`` box: 64 are enough); None when it
+    is none we know."""
+    if head[4:8] != b"ftyp" or pillow_heif is not None:
+        return None
+    brand, compatible = head[8:12], head[16:int.from_bytes(head[:4], "big")]
+    if brand in _HEIC_BRANDS or (brand in _HEIF_BRANDS and b"avif" not in compatible and b"avis" not in compatible):
         return ("a HEIC/HEIF photo: reading it needs the pillow-heif plugin (pip install "
-                "'agegender-models[heif]'; from a checkout of agegender: pip install './packages/agegender[heif]')")
+                "'agegender-models[heif]'; from a checkout of agegender: pip install './packages/agegender-models[heif]')")
     return None
 
 

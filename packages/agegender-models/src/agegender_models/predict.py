@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -25,6 +26,11 @@ from .saving import load_model, model_problem
 PREDICTED_GENDER_NAMES: tuple[str, str] = ("male", "female")
 """What ``Predictor`` writes as ``gender``: index 1 when the model's ``gender`` output, P(female),
 is above the threshold, else index 0 (the training labels' codes: 0 male, 1 female)."""
+
+
+# without a detector, an image whose longer side is over this times its shorter one is not a face
+# chip (UTKFace's are square; a 3:2 photo is 1.5)
+FAR_FROM_SQUARE = 1.25
 
 
 def _to_rgb_array(
@@ -232,6 +238,7 @@ class Predictor:
             raise ValueError(f"`workers` must be a positive int. Received: workers={workers!r}")
         results = Predictions()
         self.errors = results.errors  # the same list
+        self._not_square: list[tuple[Any, int, int]] = []
         pending: list[tuple[str | None, dict[str, Any], np.ndarray]] = []
         for file, outcome in self._prepared(self._items(images_or_paths), workers):
             if isinstance(outcome, BaseException):
@@ -247,6 +254,7 @@ class Predictor:
                 progress(1)
         if pending:
             self._run(pending, results)
+        self._warn_not_square()
         return self._returned(results, return_errors)
 
     def _prepared(self, items: list[Any], workers: int):
@@ -279,7 +287,22 @@ class Predictor:
         """One input -> its model-sized crops: every face found (detector), else the image."""
         if self.detector is not None:
             return self._faces(item)
-        return [({}, _to_rgb_array(item, self.input_size, max_pixels=self.max_pixels))]
+        rgb = to_rgb(item, max_pixels=self.max_pixels)
+        height, width = rgb.shape[:2]
+        if max(height, width) > FAR_FROM_SQUARE * min(height, width):
+            self._not_square.append((item, width, height))
+        return [({}, _to_rgb_array(rgb, self.input_size))]
+
+    def _warn_not_square(self) -> None:
+        """Without a detector every image is read whole as one face: say so when some are
+        shaped like photos rather than face chips."""
+        if self._not_square:
+            item, width, height = self._not_square[0]
+            name = os.fspath(item) if isinstance(item, str | os.PathLike) else "an array"
+            logging.getLogger("agegender_models").warning(
+                "%d of the images are far from square (e.g. %s: %dx%d), yet without a detector "
+                "each is read whole as one face chip; for photos, find the faces (detector='auto'; "
+                "agegender predict without --detect none)", len(self._not_square), name, width, height)
 
     def _run(self, batch: list[tuple[str | None, dict[str, Any], np.ndarray]],
              results: Predictions) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from agegender.cluster import ClusterError, cluster_task
 from agegender.config import add_train_options, list_recipes, resolve_config
+from agegender.inputs import IMAGE_SUFFIXES, list_images
 from agegender.readouts import DEFAULTS as READOUT_DEFAULTS
 
 # agegender_models.detect.DETECTORS and agegender_models.export.FORMATS, repeated here so that
@@ -271,8 +272,6 @@ def expand_inputs(inputs: Sequence[str], *, recursive: bool = False,
                   ) -> tuple[list[str], list[dict[str, str]], list[str]]:
     """Files as given, folders expanded to their image files (:mod:`agegender.inputs`); returns
     (files, errors, notes of what the folders' listings passed over)."""
-    from agegender.inputs import list_images
-
     files: list[str] = []
     errors: list[dict[str, str]] = []
     notes: list[str] = []
@@ -329,6 +328,20 @@ def _print_table(rows, errors, detect: bool) -> None:
         print(f"error: {e['file']}: {e['reason']}", file=sys.stderr)
 
 
+def _outside_annotate(folder: str, inputs: Sequence[str], files: list[str], notes: list[str],
+                      ) -> tuple[list[str], list[str]]:
+    """Where --annotate DIR lies inside an input folder read with -r, the files listed from DIR
+    (an earlier run's annotated copies) are not inputs: left out, and counted."""
+    out = Path(folder).resolve()
+    if not any(Path(i).is_dir() and Path(i).resolve() in out.parents for i in inputs):
+        return files, notes
+    kept = [f for f in files if out != Path(f).resolve().parent and out not in Path(f).resolve().parents]
+    if len(kept) == len(files):
+        return files, notes
+    n = len(files) - len(kept)
+    return kept, [*notes, f"{folder}: passed over {n} file{'s' if n != 1 else ''} in the --annotate folder"]
+
+
 def _check_annotate(folder: str, files: list[str]) -> None:
     """--annotate DIR, before anything is loaded: a folder that can be made, holding none of the
     inputs (their annotated copies would replace them)."""
@@ -352,6 +365,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     _checked_model_refs(args)
     files, errors, notes = expand_inputs(args.inputs, recursive=args.recursive)
     if args.annotate:
+        files, notes = _outside_annotate(args.annotate, args.inputs, files, notes)
         _check_annotate(args.annotate, files)
     detector = None if args.detect == "none" else args.detect
     if files:
@@ -370,7 +384,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     # builds the detector before any image is read: a missing 'detect' extra is one clear line
     predictor = Predictor(model, detector=detector, runtime="keras")
-    if predictor.detector is not None and files:
+    if predictor.detector is not None:
         # YuNet runs on LiteRT whatever runs the model: TFLite's XNNPACK notice (printed once a
         # process) comes here, held back, rather than amid the runtime's first measurement
         with native_noise_dropped(verbose=args.verbose):
@@ -378,20 +392,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor.runner = _runner(args, model)
     if predictor.detector is not None:
         logging.getLogger("agegender").info("faces found by %s", predictor.detector_name)
-    predictions: list[dict[str, Any]] = []
-    if files:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        with native_noise_dropped(verbose=args.verbose):  # TFLite's XNNPACK notice, first call
-            predictor.runner(np.zeros((1, *predictor.input_size, 3), np.uint8))
-
-        # a progress bar on stderr for several inputs, when it is a terminal (never in a pipe)
-        with tqdm(total=len(files), unit="image", file=sys.stderr, leave=False,
-                  disable=None if len(files) > 1 else True) as bar:
-            found, bad = predictor.predict(files, batch_size=args.batch_size, return_errors=True,
-                                           progress=bar.update)
-        predictions.extend(found)
-        errors.extend(bad)
+    with native_noise_dropped(verbose=args.verbose):  # TFLite's XNNPACK notice, first call
+        predictor.runner(np.zeros((1, *predictor.input_size, 3), np.uint8))
+    # a progress bar on stderr for several inputs, when it is a terminal (never in a pipe)
+    with tqdm(total=len(files), unit="image", file=sys.stderr, leave=False,
+              disable=None if len(files) > 1 else True) as bar:
+        predictions, bad = predictor.predict(files, batch_size=args.batch_size, return_errors=True,
+                                             progress=bar.update)
+    errors.extend(bad)
     if args.annotate:
         _annotate(args.annotate, predictions, files, errors)
     _print_results(predictions, errors, args, bool(detector))
@@ -427,6 +437,7 @@ def _annotate(out_dir: str, predictions, files: list[str], errors: list[dict[str
 
 
 def _cmd_predict_batch(args: argparse.Namespace) -> int:
+    _show_log_lines()  # list_inputs says what a folder's listing passed over
     refs = _checked_model_refs(args)
     for name in ("workers", "cpus_per_worker", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -586,9 +597,8 @@ def _add_predict(commands) -> None:
     )
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                          help="image files (any format Pillow reads; HEIC with the 'heif' extra) "
-                         "or folders: their files named as images (.jpg .jpeg .png .webp .bmp "
-                         ".tif .gif .avif .heic and the like); what a folder's listing passes "
-                         "over is counted on stderr")
+                         f"or folders: their files named as images ({' '.join(IMAGE_SUFFIXES)}); "
+                         "what a folder's listing passes over is counted on stderr")
     predict.add_argument("-r", "--recursive", action="store_true",
                          help="read the folders' subfolders too (symbolic links to folders are "
                          "not followed)")

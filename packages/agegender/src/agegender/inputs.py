@@ -29,7 +29,7 @@ def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> tuple[
         pass
     found: list[str] = []
     other: Counter[str] = Counter()
-    passed = Counter[str]()
+    passed: Counter[str] = Counter()
 
     def unreadable(_: OSError) -> None:
         passed["subfolder{s} that could not be read"] += 1
@@ -39,7 +39,11 @@ def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> tuple[
             if name.startswith("."):
                 passed["hidden file{s}"] += 1
             elif name.lower().endswith(IMAGE_SUFFIXES):
-                found.append(os.path.join(top, name))
+                path = os.path.join(top, name)
+                if os.path.isfile(path) or os.path.islink(path):  # a broken link: an error later
+                    found.append(path)
+                else:  # a pipe or a device named like an image: reading it could wait forever
+                    passed["special file{s} (not a regular file)"] += 1
             else:
                 other[Path(name).suffix.lower() or "no ending"] += 1
         passed["hidden folder{s}"] += sum(d.startswith(".") for d in dirs)

@@ -140,7 +140,7 @@ def read_upload(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
     except Image.DecompressionBombError as exc:
         raise UploadError(413, refused_by_pillow(exc, max_pixels)) from None
     except UnidentifiedImageError:
-        raise UploadError(415, unsupported_format(data[:12]) or "not an image: no known image format") from None
+        raise UploadError(415, unsupported_format(data[:64]) or "not an image: no known image format") from None
     except Exception as exc:  # a header Pillow recognises but cannot parse
         raise UploadError(422, f"corrupt image: {_one_line(exc)}") from None
     try:
