@@ -7,9 +7,11 @@ A file is taken by the ending of its name (:data:`IMAGE_SUFFIXES`, any case): th
 models library reads (``agegender_models.imageio``; HEIC/HEIF with its ``heif`` extra, and
 without it each such file is an error that says so, never skipped). Nothing is passed over
 silently: the note says how many files were not images by name (with their endings), how many
-were hidden (a name starting with ``.``, such as macOS's ``._IMG_0001.jpg`` resource files) and
-how many subfolders were not read (``recursive=False``) or could not be (no permission).
-Symbolic links to folders are not followed (no loops).
+were hidden (a name starting with ``.``, such as macOS's ``._IMG_0001.jpg`` resource files),
+how many were named like images but are no regular files (a pipe would block the reader), and
+how many subfolders were not read (``recursive=False``), were symbolic links (never followed: no
+loops) or could not be read (no permission). A broken link named like an image is listed: it
+is an error, with its reason, when read.
 """
 
 from __future__ import annotations
