@@ -260,6 +260,7 @@ def test_the_page_and_its_assets_come_from_the_app(client) -> None:
         response = client.get(f"/static/{asset}")
         assert response.status_code == 200 and kind in response.headers["content-type"]
         assert "http://" not in response.text and "https://" not in response.text
+    assert 'accept="image/*,.heic,.heif"' in page.text  # iPhone photos are offered too
     assert client.get("/static/serve.py").status_code == 404
     assert client.get("/static/..%2Fserve.py").status_code == 404
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
