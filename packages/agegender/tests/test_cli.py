@@ -170,6 +170,15 @@ def test_predict_without_a_detector_says_when_images_look_like_photos(
             "detector each is read whole as one face chip") in capsys.readouterr().err
 
 
+def test_predict_help_names_the_default_model(capsys) -> None:
+    from agegender_models.pretrained import default_pretrained
+
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "--help"])
+    text = re.sub(r"-\n\s*", "-", capsys.readouterr().out)  # argparse wraps after hyphens too
+    assert f"(default: {default_pretrained()})" in " ".join(text.split())
+
+
 def test_predict_exit_status_says_whether_every_input_gave_a_result(tiny_model_file: Path,
                                                                      tmp_path: Path, capsys) -> None:
     good = tmp_path / "face.jpg"

@@ -173,7 +173,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     """``--model`` (repeatable: an ensemble; not ``required``: the shipped default model) and
     ``--flip-tta``, for evaluate/predict/export."""
-    default = "" if required else " (default: the model that ships with agegender-models)"
+    shipped = _shipped_models().get("default") or "the model that ships with agegender-models"
+    default = "" if required else f" (default: {shipped})"
     parser.add_argument("--model", required=required, action="append", metavar="NAME_OR_PATH",
                         help="a saved model (.keras) or the name of a shipped one"
                         f"{_shipped_names_text()}; give it more than once to average several "
