@@ -27,13 +27,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".t
 def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> tuple[list[str], str | None]:
     """The image files in ``folder`` (sorted; with ``recursive``, at any depth) and a one-line
     note of what was passed over (None when nothing was)."""
-    with os.scandir(folder):  # an OSError that names the folder when it cannot be listed
-        pass
     found: list[str] = []
     other: Counter[str] = Counter()
     passed: Counter[str] = Counter()
 
-    def unreadable(_: OSError) -> None:
+    def unreadable(exc: OSError) -> None:
+        if exc.filename == os.fspath(folder):  # the folder itself: an OSError that names it
+            raise exc
         passed["subfolder{s} that could not be read"] += 1
 
     for top, dirs, names in os.walk(folder, onerror=unreadable):
