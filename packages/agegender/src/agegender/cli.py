@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib.util
 import io
 import json
@@ -183,9 +184,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
                         help="average each prediction with the one on the mirrored image (2x slower)")
 
 
+@functools.cache
 def _shipped_models() -> dict[str, object]:
     """agegender_models' registry of shipped models, read without importing the library (and
-    TensorFlow with it); {} if it cannot be found."""
+    TensorFlow with it), once a process (every subcommand's --model help names them); {} if it
+    cannot be found."""
     spec = importlib.util.find_spec("agegender_models")
     for folder in (spec.submodule_search_locations or []) if spec else []:
         registry = Path(folder) / "pretrained" / "registry.json"
@@ -363,7 +366,6 @@ def _check_annotate(folder: str, files: list[str]) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be a positive integer. Received: {args.batch_size}")
-    _checked_model_refs(args)
     files, errors, notes = expand_inputs(args.inputs, recursive=args.recursive)
     if args.annotate:
         files, notes = _outside_annotate(args.annotate, args.inputs, files, notes)
@@ -371,7 +373,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     detector = None if args.detect == "none" else args.detect
     if files:
         model = _load_for_inference(args)
-    else:  # nothing to read: no model to load either
+    else:  # nothing to read: no model to load either (but a --model typo is still one)
+        _checked_model_refs(args)
         _show_log_lines()
     for note in notes:
         logging.getLogger("agegender").info("%s", note)
