@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from eval_photos import _labels, _largest_faces, summarise
+from eval_photos import _labels, _largest_faces, detector_option, summarise
 
 VARIANTS = ("as_is", "rotated_20", "rotated_90_no_exif", "rotated_180_no_exif", "small_320", "grayscale",
             "tight_crop")
@@ -73,13 +73,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from agegender_models import Predictor, load_model, load_pretrained
-    from agegender_models.detect import get_detector
     from agegender_models.imageio import read_image
 
     model = load_model(args.model) if args.model else load_pretrained()
-    options = {} if args.turn_below is None else {
-        "turn_below": None if args.turn_below == "none" else float(args.turn_below)}
-    detector = get_detector(args.detect, **options)
+    detector = detector_option(args.detect, turn_below=args.turn_below)
     predictor = Predictor(model, detector=detector)
     labels = _labels(args.photos)
     upright = {name: read_image(args.photos / name) for name in sorted(labels)}

@@ -85,14 +85,16 @@ def summarise(labels: dict[str, str], faces: dict[str, dict]) -> dict:
     return out
 
 
-def detector_option(name: str, min_side: str | None):
-    """``--detect NAME`` with ``--min-side`` (a number, or ``none`` to enlarge nothing; not
-    given: the detector's default) as ``Predictor`` takes it."""
-    if name == "none" or min_side is None:
-        return None if name == "none" else name
+def detector_option(name: str, **options: str | None):
+    """``--detect NAME`` (``none``: no detector) with detector options given on the command line
+    as text: a number, ``none`` (the option off) or not given (None: the detector's default)."""
+    if name == "none":
+        return None
     from agegender_models.detect import get_detector
 
-    return get_detector(name, min_side=None if min_side == "none" else int(min_side))
+    given = {k: None if v == "none" else float(v) if "." in v else int(v)
+             for k, v in options.items() if v is not None}
+    return get_detector(name, **given)
 
 
 def _shrunk(files: list[str], side: int, folder: Path) -> list[str]:
@@ -134,7 +136,7 @@ def main(argv=None) -> int:
         model = flip_tta(model)
     labels = _labels(args.photos)
     files = [str(args.photos / name) for name in sorted(labels)]
-    predictor = Predictor(model, detector=detector_option(args.detect, args.min_side), threshold=args.threshold)
+    predictor = Predictor(model, detector=detector_option(args.detect, min_side=args.min_side), threshold=args.threshold)
     with tempfile.TemporaryDirectory() as tmp:
         if args.shrink:
             files = _shrunk(files, args.shrink, Path(tmp))

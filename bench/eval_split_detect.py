@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     files = [str(args.data_dir / p) for p in frame["path"]]
     tolerance = ({"chip_tolerance": None} if args.crop_chips_again else
                  {} if args.chip_tolerance is None else {"chip_tolerance": args.chip_tolerance})
-    predictor = Predictor(model, detector=detector_option(args.detect, args.min_side), **tolerance)
+    predictor = Predictor(model, detector=detector_option(args.detect, min_side=args.min_side), **tolerance)
     with tempfile.TemporaryDirectory() as tmp:
         inputs = (files if args.zoom == 1 and not args.shrink
                   else _changed(files, Path(tmp), zoom=args.zoom, shrink=args.shrink))
