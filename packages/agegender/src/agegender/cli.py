@@ -339,7 +339,7 @@ def _outside_annotate(folder: str, inputs: Sequence[str], files: list[str], note
     out = Path(folder).resolve()
     if not any(Path(i).is_dir() and Path(i).resolve() in out.parents for i in inputs):
         return files, notes
-    kept = [f for f in files if out != Path(f).resolve().parent and out not in Path(f).resolve().parents]
+    kept = [f for f in files if out not in Path(f).resolve().parents]
     if len(kept) == len(files):
         return files, notes
     n = len(files) - len(kept)
@@ -356,7 +356,8 @@ def _check_annotate(folder: str, files: list[str]) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CLIError(f"--annotate {folder}: cannot make the folder: {exc.strerror or exc}") from None
-    inside = [f for f in files if Path(f).resolve().parent == path.resolve()]
+    folder_path = path.resolve()
+    inside = [f for f in files if Path(f).resolve().parent == folder_path]
     if inside:
         raise CLIError(f"--annotate {folder}: the folder holds {len(inside)} of the input photos "
                        f"(first: {inside[0]}), which their annotated copies could replace; "
