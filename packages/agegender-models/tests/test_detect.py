@@ -140,17 +140,37 @@ def test_get_detector_by_name_instance_and_unknown() -> None:
         get_detector(object())
 
 
-def test_auto_is_yunet_onet_where_mtcnn_is_installed_else_yunet(monkeypatch) -> None:
-    import importlib.util
-
-    real_find_spec = importlib.util.find_spec
-    if real_find_spec("mtcnn") is not None:
-        assert det.resolve_detector_name("auto") == "yunet-onet"
-        assert isinstance(get_detector(), det.YuNetONetDetector)  # "auto" is the default
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "mtcnn" else real_find_spec(name, *a))
-    assert det.resolve_detector_name("auto") == "yunet"  # YuNet without mtcnn: its own landmarks
+def test_auto_is_yunet_onet_whether_or_not_mtcnn_is_installed(monkeypatch) -> None:
+    assert det.resolve_detector_name("auto") == "yunet-onet"
+    monkeypatch.setitem(sys.modules, "mtcnn", None)  # `import mtcnn` now raises ImportError
+    assert isinstance(get_detector(), det.YuNetONetDetector)  # "auto" is the default
     assert det.resolve_detector_name("haar") == "haar"
+
+
+def test_the_shipped_onet_is_mtcnns_onet() -> None:
+    pytest.importorskip("mtcnn")
+    from mtcnn.network.onet import ONet
+    from mtcnn.utils.tensorflow import load_weights
+
+    from agegender_models.onet import ONet as ShippedONet
+
+    reference = ONet()
+    reference.build()
+    reference.set_weights(load_weights("onet.lz4"))
+    rng = np.random.default_rng(0)
+    shipped = ShippedONet()
+    for n in (1, 3):  # one face and a group photo's batch
+        patches = (rng.integers(0, 256, (n, 48, 48, 3)).astype(np.float32) - 127.5) / 128
+        expected = np.asarray(reference(patches, training=False)[1])
+        # measured: 8e-7 at most (float32, the same weights)
+        np.testing.assert_allclose(shipped(patches), expected, atol=1e-5)
+
+
+def test_a_missing_onet_file_is_one_clear_error(tmp_path) -> None:
+    from agegender_models.onet import ONet
+
+    with pytest.raises(FileNotFoundError, match="onet.tflite: ONet's network file is missing"):
+        ONet(tmp_path / "onet.tflite")
 
 
 def test_yunet_runs_without_the_yuface_wheel(monkeypatch) -> None:
@@ -210,7 +230,6 @@ def _yunet_images():
 
 
 def test_yunet_onet_keeps_yunets_faces_and_places_onets_landmarks_on_the_square(monkeypatch) -> None:
-    pytest.importorskip("mtcnn")
     detector = get_detector("yunet-onet")
     found = Face((100.0, 50.0, 40.0, 60.0), 0.9, {"left_eye": (0.0, 0.0)}, "yunet")
     monkeypatch.setattr(det.YuNetDetector, "_detect", lambda self, rgb: [found])
@@ -218,8 +237,7 @@ def test_yunet_onet_keeps_yunets_faces_and_places_onets_landmarks_on_the_square(
 
     def onet(patches):  # every landmark at 1/4 of the square across, 3/4 down
         seen.append(np.asarray(patches))
-        marks = np.concatenate([np.full((len(patches), 5), 0.25), np.full((len(patches), 5), 0.75)], 1)
-        return None, marks, None
+        return np.concatenate([np.full((len(patches), 5), 0.25), np.full((len(patches), 5), 0.75)], 1)
 
     detector._onet = onet
     image = np.zeros((300, 400, 3), np.uint8)
@@ -392,7 +410,6 @@ def test_chip_mismatch_is_near_zero_for_a_chip_and_large_for_a_face_in_a_photo(s
 @pytest.mark.skipif(not (SHARED_UTKFACE.is_dir() and SHARED_PHOTOS.is_dir()),
                     reason="needs ../shared/utkface and ../shared/photos")
 def test_real_chips_are_under_the_chip_mismatch_limit_and_real_photos_over_it() -> None:
-    pytest.importorskip("mtcnn")
     detector = get_detector("yunet-onet")
 
     def mismatches(path: Path) -> list[float]:
@@ -731,7 +748,7 @@ def test_predict_reads_ahead_in_threads_keeps_the_order_and_reports_progress(
 # the real detectors (the `detect` extra) on generated images
 
 
-MODULES = {"mtcnn": "mtcnn", "haar": "cv2", "yunet": "numpy", "yunet-onet": "mtcnn"}
+MODULES = {"mtcnn": "mtcnn", "haar": "cv2", "yunet": "numpy", "yunet-onet": "numpy"}
 
 
 @pytest.mark.parametrize("name", ["yunet-onet", "yunet", "mtcnn", "haar"])
@@ -873,7 +890,6 @@ def test_a_sideways_photo_is_searched_turned_and_its_faces_come_back_upright(mon
 
 
 def test_yunet_onet_places_landmarks_only_on_the_turn_it_keeps(monkeypatch) -> None:
-    pytest.importorskip("mtcnn")
     # YuNet (fake): a face scores 0.95 in the image turned back upright, 0.5 as given
     monkeypatch.setattr(det.YuNetDetector, "_detect", lambda self, rgb: [
         Face((10, 10, 20, 20), 0.95 if rgb[0, -1, 0] == 7 else 0.5, {}, "yunet")])
@@ -882,7 +898,7 @@ def test_yunet_onet_places_landmarks_only_on_the_turn_it_keeps(monkeypatch) -> N
 
     def onet(batch):
         patches.append(len(batch))
-        return None, np.full((len(batch), 10), 0.5), None
+        return np.full((len(batch), 10), 0.5)
 
     detector._onet = onet
     upright = np.zeros((60, 80, 3), np.uint8)
@@ -911,8 +927,6 @@ def test_a_group_photos_faces_stay_for_one_face_found_turned(monkeypatch) -> Non
 @pytest.mark.parametrize("name", ["yunet", "yunet-onet"])
 @pytest.mark.parametrize("turns", [1, 2, 3])
 def test_a_real_photo_turned_without_exif_reads_as_upright(turns, name) -> None:
-    if name == "yunet-onet":
-        pytest.importorskip("mtcnn")
     rgb = to_rgb(SHARED_PHOTOS / "fr_obama.jpg")
     detector = get_detector(name)
     (upright,) = detector.detect_faces(rgb)
@@ -935,8 +949,6 @@ def test_a_real_photo_turned_without_exif_reads_as_upright(turns, name) -> None:
 @pytest.mark.skipif(not (SHARED_PHOTOS / "fr_biden.jpg").is_file(), reason="needs ../shared/photos")
 @pytest.mark.parametrize("name", ["yunet", "yunet-onet"])
 def test_a_small_photos_face_is_found_enlarged_and_cropped_from_the_photo(name) -> None:
-    if name == "yunet-onet":
-        pytest.importorskip("mtcnn")
     whole = Image.fromarray(to_rgb(SHARED_PHOTOS / "fr_biden.jpg"))
     small = whole.copy()
     small.thumbnail((64, 64), Image.LANCZOS)  # the face about 15 px wide

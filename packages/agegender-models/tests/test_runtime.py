@@ -199,3 +199,91 @@ def test_auto_measures_for_real(model, cache) -> None:
     assert runner.name in expected and all(v > 0 for v in verdict["latency_ms"].values())
     got = runner(_images())
     np.testing.assert_allclose(got[1], np.ravel(model(_images())["age"]), atol=1e-2)
+
+
+# ------------------------------------------------------------------------------------------------
+# a model file run on "auto" before starts from the cache, without Keras or TensorFlow
+
+NO_TENSORFLOW = """
+import json, sys
+sys.modules["tensorflow"] = sys.modules["keras"] = None  # importing either now fails
+import numpy as np
+from agegender_models import Predictor
+predictor = Predictor(sys.argv[1])
+images = np.load(sys.argv[2])
+print(json.dumps({"runner": predictor.runner.name, "size": predictor.input_size,
+                  "ages": [r["age"] for r in predictor.predict(images)]}))
+"""
+
+
+def test_a_model_file_run_on_auto_before_starts_without_tensorflow(model, stubbed, cache, tmp_path,
+                                                                   monkeypatch) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from agegender_models import save_model
+    from agegender_models.runtime import cached_runner
+
+    monkeypatch.delenv("AGEGENDER_RUNTIME", raising=False)  # "auto", as for a user
+    speeds, calls = stubbed
+    speeds.update({"keras": 100, "tflite": 200, "onnx": 150})
+    path = tmp_path / "model.keras"
+    save_model(model, path)
+    assert cached_runner(path) is None  # never run from this file
+    first = Predictor(path)
+    assert first.runner.name == "tflite" and calls["timed"] == 1
+    expected = [r["age"] for r in first.predict(_images(3))]
+    # a new process where importing TensorFlow or Keras fails gets the same answers
+    np.save(tmp_path / "images.npy", _images(3))
+    result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, str(path), str(tmp_path / "images.npy")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout.splitlines()[-1])
+    assert got["runner"] == "tflite" and got["size"] == list(SIZE)
+    np.testing.assert_allclose(got["ages"], expected, rtol=1e-6)
+    # here: the cached start; the Keras model loads only when asked for
+    again = Predictor(path)
+    assert calls["timed"] == 1 and again._model is None
+    assert again.model.count_params() == model.count_params()
+    # other bytes (another model, or the file changed) are not that verdict
+    keras.utils.set_random_seed(6)
+    save_model(create_model("custom_cnn", input_shape=(*SIZE, 3)), path)
+    assert cached_runner(path) is None
+
+
+def test_a_cached_keras_verdict_loads_the_model(model, stubbed, cache, tmp_path, monkeypatch) -> None:
+    from agegender_models import save_model
+    from agegender_models.runtime import cached_runner
+
+    monkeypatch.delenv("AGEGENDER_RUNTIME", raising=False)
+    speeds, _ = stubbed
+    speeds.update({"keras": 100, "tflite": 10, "onnx": 10})
+    path = tmp_path / "model.keras"
+    save_model(model, path)
+    assert Predictor(path).runner.name == "keras"
+    assert cached_runner(path) is None  # Keras won: the model must be loaded to run it
+    predictor = Predictor(path)
+    assert predictor.runner.name == "keras" and predictor._model is not None
+
+    # other settings are other verdicts: threads, int8 calibration, a check on real faces
+    speeds.update({"keras": 10, "tflite": 200})
+    clear_runtime_cache()
+    Predictor(path)
+    assert cached_runner(path) is not None
+    assert cached_runner(path, threads=99) is None and cached_runner(path, int8=True) is None
+    assert cached_runner(path, check="given") is None
+
+
+def test_resize_is_tensorflows_bilinear_resize_pixel_for_pixel() -> None:
+    import tensorflow as tf
+
+    from agegender_models.imageio import resize_bilinear
+
+    rng = np.random.default_rng(0)
+    for (h, w), size in [((200, 200), (192, 192)), ((200, 200), (224, 224)), ((37, 91), (128, 128)),
+                         ((500, 300), (160, 128)), ((1, 1), (5, 5)), ((3, 7), (2, 2))]:
+        image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        expected = tf.image.resize(image, size, method="bilinear", antialias=False).numpy()
+        expected = np.clip(np.rint(expected), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(resize_bilinear(image, size), expected)

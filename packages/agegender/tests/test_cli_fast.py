@@ -125,8 +125,8 @@ def test_predict_auto_uses_the_run_folder_faces(run_folder: Path, monkeypatch) -
     calibrate int8 on, read only if there is something to measure."""
     seen = {}
 
-    def auto(model, *, check, calibration, threads, cache):
-        seen.update(check=check(), calibration=calibration())
+    def auto(model, *, check, calibration, threads, cache, source):
+        seen.update(check=check(), calibration=calibration(), source=source)
         return runtime_module.keras_runner(model)
 
     monkeypatch.setattr(runtime_module, "_auto", auto)
@@ -138,6 +138,42 @@ def test_predict_auto_uses_the_run_folder_faces(run_folder: Path, monkeypatch) -
     assert seen["check"].description == f"16 real faces of {run_folder / 'splits' / 'test.csv'}"
     assert sorted(seen["check"].labels["gender"]) == [0.0] * 8 + [1.0] * 8
     assert seen["calibration"].shape == (24, 32, 32, 3)
+    assert seen["source"] == str(run_folder / "model.keras")  # its verdict filed under the file
+
+
+NO_TENSORFLOW = ("import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None; "
+                 "from agegender.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_predict_starts_from_a_cached_runtime_without_tensorflow(tmp_path, monkeypatch) -> None:
+    """A model file run on "auto" before: the next `predict` imports neither TensorFlow nor
+    Keras, and answers as the first did."""
+    import sys
+
+    monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("AGEGENDER_RUNTIME")
+    monkeypatch.setattr(runtime_module, "onnx_available", lambda: False)  # one conversion: TFLite
+    keras.utils.set_random_seed(3)
+    model = tmp_path / "model.keras"  # outside a run folder, as the shipped models are
+    save_model(create_model("custom_cnn", input_shape=(PX, PX, 3)), model)
+    rows = _faces(tmp_path / "faces", 2, seed=9)
+    images = [str(tmp_path / "faces" / row["path"]) for row in rows]
+    args = ["predict", "--model", str(model), "--detect", "none", "--json", *images]
+    first = _cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "runtime: tflite (auto" in first.stderr
+    again = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, *args], capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "runtime: tflite (auto" in again.stderr and "measured 20" in again.stderr
+    want, got = json.loads(first.stdout)["predictions"], json.loads(again.stdout)["predictions"]
+    assert [r["file"] for r in got] == images
+    assert [r["age"] for r in got] == pytest.approx([r["age"] for r in want], rel=1e-6)
+    # flip TTA (a model made from the file) and a forced runtime load the model as before
+    for extra in (["--flip-tta"], ["--runtime", "tflite"]):
+        loaded = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, *args, *extra],
+                                capture_output=True, text=True, timeout=300)
+        assert loaded.returncode != 0 and "import of keras halted" in loaded.stderr, extra
 
 
 def test_export_a_mixed_bfloat16_run_checked_on_its_test_faces(run_folder: Path, tmp_path) -> None:

@@ -120,6 +120,8 @@ def load_backbone_plugins(*, reload: bool = False) -> list[str]:
     returns the names that are registered by plugins. A broken plugin is skipped with a warning.
     """
     global _plugins_loaded
+    from . import backbones  # noqa: F401  (the built-in backbones register first, on first use)
+
     if _plugins_loaded and not reload:
         return [k for k, s in _backbones.items() if s.source.startswith("plugin:")]
     _plugins_loaded = True

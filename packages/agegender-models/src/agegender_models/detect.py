@@ -17,12 +17,13 @@ image reader: EXIF orientation applied (boxes are in pixels of the upright photo
 palette and transparent images converted by its rules, images over its pixel limit refused
 before decoding.
 
-Detectors (``pip install 'agegender-models[detect]'``; each ships its weights in its wheel, so
-they work offline):
+Detectors (each works offline: the first two ship their networks with this package; the last
+two, ``pip install 'agegender-models[detect]'``, ship their weights in their wheels):
 
-* ``"auto"`` (default): ``"yunet-onet"`` where mtcnn is installed, else ``"yunet"``.
+* ``"auto"`` (default): ``"yunet-onet"``.
 * ``"yunet-onet"``: YuNet's faces, each given five landmarks by MTCNN's last stage (ONet) on a
-  48x48 patch: YuNet's speed, and crops the models read as well as MTCNN's.
+  48x48 patch: YuNet's speed, and crops the models read as well as MTCNN's. Both networks ship
+  with this package and run on LiteRT (:mod:`agegender_models.onet`; no extra, no TensorFlow).
 * ``"yunet"``: YuNet, libfacedetection's detector, its network shipped with this package and run
   by LiteRT (:mod:`agegender_models.yunet`; no extra needed); a box, a confidence and five
   landmarks per face, many times faster than MTCNN on 2 CPU cores.
@@ -387,7 +388,8 @@ class YuNetONetDetector(YuNetDetector):
     0.897 / 4.41 against 0.891 / 4.42; see the model card), and ONet alone is cheap: one 48x48 patch per
     face, the square around YuNet's box, as MTCNN feeds it the square around its own proposal.
     Boxes and confidences stay YuNet's; landmarks are cropped by MTCNN's measured geometry.
-    Needs ``mtcnn`` (the 'detect' extra).
+    ONet ships with the package as a LiteRT network (:mod:`agegender_models.onet`), made from the
+    ``mtcnn`` wheel's weights: no extra, and no TensorFlow, is needed.
     """
 
     name = "yunet-onet"
@@ -395,18 +397,9 @@ class YuNetONetDetector(YuNetDetector):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        try:
-            import tensorflow as tf
-            from mtcnn.network.onet import ONet
-            from mtcnn.utils.tensorflow import load_weights
-        except ImportError as exc:
-            raise _missing_extra(self.name, exc) from None
-        onet = ONet()
-        onet.build()
-        onet.set_weights(load_weights("onet.lz4"))  # the weights inside the mtcnn wheel
-        # one traced graph for any number of faces (an eager call costs about 6 ms, this 1.6)
-        self._onet = tf.function(lambda x: onet(x, training=False), autograph=False,
-                                 input_signature=[tf.TensorSpec([None, self._PATCH, self._PATCH, 3])])
+        from .onet import ONet
+
+        self._onet = ONet()  # (N, 48, 48, 3) MTCNN-normalised patches -> (N, 10) landmarks
 
     def _refine(self, rgb: np.ndarray, faces: list[Face]) -> list[Face]:
         if not faces:
@@ -428,7 +421,7 @@ class YuNetONetDetector(YuNetDetector):
                                      (x0 - left, y0 - top, x0 + side - left, y0 + side - top),
                                      Image.Resampling.BILINEAR, fillcolor=(128, 128, 128))
             patches.append(np.asarray(patch, dtype=np.float32))
-        _, marks, _ = self._onet((np.stack(patches) - 127.5) / 128)
+        marks = self._onet((np.stack(patches) - 127.5) / 128)
         refined = []
         # ONet's landmarks are fractions of the square: x0 + f * (side + 1) - 1, as
         # mtcnn.utils.landmarks.adjust_landmarks maps them (xs first, then ys)
@@ -536,13 +529,9 @@ _CLASSES = {"yunet-onet": YuNetONetDetector, "yunet": YuNetDetector, "mtcnn": MT
 
 
 def resolve_detector_name(name: str) -> str:
-    """``"auto"`` -> ``"yunet-onet"`` where mtcnn (for ONet's landmarks) is installed, else
-    ``"yunet"``; other names as given."""
-    if name == "auto":
-        import importlib.util
-
-        return "yunet-onet" if importlib.util.find_spec("mtcnn") is not None else "yunet"
-    return name
+    """``"auto"`` -> ``"yunet-onet"`` (both networks ship with the package); other names as
+    given."""
+    return "yunet-onet" if name == "auto" else name
 
 
 def get_detector(detector: str | FaceDetector = "auto", **kwargs: Any) -> FaceDetector:

@@ -61,6 +61,7 @@ __all__ = [
     "exif_orientation",
     "read_image",
     "read_image_reduced",
+    "resize_bilinear",
     "to_rgb",
     "unsupported_format",
 ]
@@ -300,3 +301,31 @@ def to_rgb(image: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if arr.dtype != np.uint8:
         arr = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(arr)
+
+
+def _bilinear_axis(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index along one axis: the lower and upper source index and the weight of
+    the upper, with half-pixel centres, as TensorFlow's resize computes them (float32)."""
+    scale = np.float32(in_size / out_size)
+    source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(source)
+    lower = np.maximum(floor, 0).astype(np.intp)
+    upper = np.minimum(np.ceil(source), in_size - 1).astype(np.intp)
+    return lower, upper, (source - floor).astype(np.float32)
+
+
+def resize_bilinear(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An HxWxC uint8 image resized to ``size`` (h, w) as ``tf.image.resize(..., "bilinear",
+    antialias=False)`` resizes it (half-pixel centres, float32), rounded back to uint8: the
+    training pipeline's resize, in numpy, so that prediction needs no TensorFlow."""
+    height, width = size
+    y0, y1, dy = _bilinear_axis(height, rgb.shape[0])
+    x0, x1, dx = _bilinear_axis(width, rgb.shape[1])
+    pixels = rgb.astype(np.float32)
+    dx = dx[None, :, None]
+    top_left, top_right = pixels[y0][:, x0], pixels[y0][:, x1]
+    bottom_left, bottom_right = pixels[y1][:, x0], pixels[y1][:, x1]
+    top = top_left + (top_right - top_left) * dx
+    bottom = bottom_left + (bottom_right - bottom_left) * dx
+    out = top + (bottom - top) * dy[:, None, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

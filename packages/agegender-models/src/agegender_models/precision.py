@@ -19,11 +19,12 @@ import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import keras
+from typing import TYPE_CHECKING, Any
 
 from ._cache import cache_dir, machine_id, read_json, write_json
+
+if TYPE_CHECKING:  # Keras loads when a policy is set or read, not at import
+    import keras
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 MODES = ("train", "inference")
@@ -276,6 +277,8 @@ def set_precision(
     """Set the global Keras dtype policy for models built afterwards; returns the policy name.
     ``backbone``, ``image_size``, ``batch_size``, ``mode``: the workload ``"auto"`` measures
     (see :func:`choose_precision`)."""
+    import keras
+
     policy = resolve_precision(precision, backbone=backbone, image_size=image_size,
                                batch_size=batch_size, mode=mode)
     keras.mixed_precision.set_global_policy(policy)
@@ -284,6 +287,8 @@ def set_precision(
 
 def get_precision() -> str:
     """Name of the active global Keras dtype policy (e.g. ``"float32"``, ``"mixed_bfloat16"``)."""
+    import keras
+
     return keras.mixed_precision.global_policy().name
 
 
@@ -292,6 +297,8 @@ active_precision = get_precision
 
 
 def _backbones(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    import keras
+
     for layer in model.layers:
         if layer.name == "backbone":
             yield layer
@@ -356,4 +363,6 @@ def precision_scope(
     try:
         yield policy
     finally:
+        import keras
+
         keras.mixed_precision.set_global_policy(previous)

@@ -7,9 +7,9 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 from PIL import Image
 
@@ -19,9 +19,12 @@ from .imageio import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
     read_image_reduced,
+    resize_bilinear,
     to_rgb,
 )
-from .saving import load_model, model_problem
+
+if TYPE_CHECKING:
+    import keras
 
 PREDICTED_GENDER_NAMES: tuple[str, str] = ("male", "female")
 """What ``Predictor`` writes as ``gender``: index 1 when the model's ``gender`` output, P(female),
@@ -43,10 +46,7 @@ def _to_rgb_array(
     if arr.shape[:2] != (h, w):
         # exactly as utkface_data's training pipeline resizes (bilinear, no antialiasing, rounded):
         # a model must see the same pixels at serving time as in training
-        import tensorflow as tf
-
-        resized = tf.image.resize(arr, (h, w), method="bilinear", antialias=False).numpy()
-        arr = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+        arr = resize_bilinear(arr, (h, w))
     return arr
 
 
@@ -81,13 +81,21 @@ class Predictions(list):
         return f"Predictions({list.__repr__(self)}, errors={self.errors!r})"
 
 
-def _load_named_or_file(ref: str | os.PathLike) -> keras.Model:
-    """A ``.keras`` path, or the name of a model that ships with the package."""
-    from .pretrained import list_pretrained, load_pretrained
+def _model_file(ref: str | os.PathLike | None) -> tuple[Path, str | None]:
+    """The file of a ``.keras`` path or of a shipped model's name (``None``: the default), and
+    its SHA-256 where the registry gives it (checked here)."""
+    from .pretrained import list_pretrained, pretrained_info, pretrained_path
 
-    if not os.path.isfile(ref) and str(ref) in list_pretrained():
-        return load_pretrained(str(ref))
-    return load_model(ref, compile=False)
+    if ref is None or (not os.path.isfile(ref) and str(ref) in list_pretrained()):
+        name = None if ref is None else str(ref)
+        return pretrained_path(name), pretrained_info(name)["sha256"]
+    return Path(ref), None
+
+
+def _load_file(path: Path) -> keras.Model:
+    from .saving import load_model
+
+    return load_model(path, compile=False)
 
 
 class Predictor:
@@ -139,7 +147,10 @@ class Predictor:
     model on the fastest of Keras, TFLite and ONNX Runtime that passed a parity check against it,
     measured once per model and machine and cached; ``"keras"``, ``"tflite"`` or ``"onnx"``
     forces one, and a :class:`~agegender_models.runtime.Runner` is used as is (see
-    :mod:`agegender_models.runtime`). ``predictor.runner.describe()`` says which runs.
+    :mod:`agegender_models.runtime`). ``predictor.runner.describe()`` says which runs. A model
+    given by its path or name that has run on ``"auto"`` on this machine before starts from that
+    cached runtime without loading Keras or TensorFlow (:func:`~agegender_models.runtime.cached_runner`;
+    ``predictor.model`` loads the Keras model when asked for).
     """
 
     def __init__(
@@ -152,19 +163,10 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chip_tolerance: float | None = CHIP_MISMATCH,
     ):
-        if model_or_path is None:  # the model that ships with the package
-            from .pretrained import load_pretrained
-
-            model_or_path = load_pretrained()
-        elif isinstance(model_or_path, str | os.PathLike):
-            model_or_path = _load_named_or_file(model_or_path)
-        if not isinstance(model_or_path, keras.Model):
-            raise TypeError(
-                f"Predictor needs a keras.Model or a .keras path. Received: {type(model_or_path)}"
-            )
-        problem = model_problem(model_or_path)
-        if problem is not None:
-            raise ValueError(f"Predictor needs an age and gender model: {problem}")
+        self._source: Path | None = None
+        digest = None
+        if model_or_path is None or isinstance(model_or_path, str | os.PathLike):
+            self._source, digest = _model_file(model_or_path)  # None: the shipped default
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1). Received: threshold={threshold}")
         if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels <= 0:
@@ -177,9 +179,7 @@ class Predictor:
                              f"Received: chip_tolerance={chip_tolerance!r}")
         self.max_pixels = max_pixels
         self.chip_tolerance = chip_tolerance
-        self.model = model_or_path
         self.threshold = float(threshold)
-        self.input_size = tuple(int(d) for d in self.model.input_shape[1:3])
         self.errors: list[dict[str, str]] = []
         self.detector = None
         self._detect_lock = threading.Lock()
@@ -187,9 +187,39 @@ class Predictor:
             from .detect import get_detector  # the detectors import the 'detect' extra lazily
 
             self.detector = get_detector(detector)
-        from .runtime import get_runner  # "auto" may convert and time the model once (cached)
+        from .runtime import cached_runner, get_runner, is_auto
 
-        self.runner = get_runner(self.model, runtime)
+        # a model file run on "auto" before: its measured runtime, without loading Keras
+        cached = None
+        if self._source is not None and self._source.is_file() and is_auto(runtime):
+            cached = cached_runner(self._source, digest=digest)
+        self._model: keras.Model | None = None
+        if cached is not None:
+            self.runner, self.input_size = cached
+            return
+        model = model_or_path if self._source is None else _load_file(self._source)
+        import keras
+
+        from .saving import model_problem
+
+        if not isinstance(model, keras.Model):
+            raise TypeError(
+                f"Predictor needs a keras.Model or a .keras path. Received: {type(model)}"
+            )
+        problem = model_problem(model)
+        if problem is not None:
+            raise ValueError(f"Predictor needs an age and gender model: {problem}")
+        self._model = model
+        self.input_size = tuple(int(d) for d in model.input_shape[1:3])
+        # "auto" may convert and time the model once (cached)
+        self.runner = get_runner(model, runtime, source=self._source)
+
+    @property
+    def model(self) -> keras.Model:
+        """The Keras model; loaded on first use when the runner came from the cache."""
+        if self._model is None:
+            self._model = _load_file(self._source)
+        return self._model
 
     @property
     def detector_name(self) -> str | None:

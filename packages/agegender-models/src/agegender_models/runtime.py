@@ -15,7 +15,10 @@ returns ``(p_female, age)``, two float32 arrays of shape ``(N,)``, whatever runs
   images in interleaved rounds; the fastest that passed is kept. The verdict and the winning
   artefact are cached per model (a hash of its architecture and weights), machine, library
   versions and thread count under ``<cache_dir>/runtimes/`` (``agegender cache --clear``,
-  :func:`clear_runtime_cache`), so the conversions and timings run once.
+  :func:`clear_runtime_cache`), so the conversions and timings run once. A model loaded from a
+  ``.keras`` file (``source``) also has its verdict filed under the file's SHA-256, so that
+  :func:`cached_runner` finds the winner again without loading the model: a process that only
+  predicts then needs neither Keras nor TensorFlow (about 6 s to import).
 
 int8 candidates need real ``calibration`` faces: quantization ranges calibrated on generated
 images would pass a check on generated images and could still fail on faces.
@@ -44,6 +47,7 @@ from ._cache import cache_dir, machine_id, read_json, write_json
 RUNTIMES = ("auto", "keras", "tflite", "onnx")
 RUNTIME_ENV = "AGEGENDER_RUNTIME"
 RUNTIMES_FOLDER = "runtimes"
+FILES_FOLDER = "files"  # under RUNTIMES_FOLDER: a model file's SHA-256 -> its model's fingerprint
 TIMING_BATCH = 32
 # an exported runtime replaces Keras only when clearly faster (timings on a shared machine wobble)
 MIN_SPEEDUP = 1.05
@@ -205,6 +209,11 @@ def _resolve_runtime(runtime: str | None) -> str:
     return runtime
 
 
+def is_auto(runtime: Any) -> bool:
+    """Whether ``runtime`` (a :func:`get_runner` argument) means ``"auto"``."""
+    return not isinstance(runtime, Runner) and _resolve_runtime(runtime) == "auto"
+
+
 def model_fingerprint(model) -> str:
     """A hash of the model's architecture and weights (what a cached verdict belongs to)."""
     digest = hashlib.sha256(model.to_json().encode())
@@ -302,13 +311,48 @@ def _measure(model, check, calibration, threads):
     return runners, contents, verdict
 
 
-def _cache_key(model, calibration, check, threads: int) -> str:
+def _check_label(check) -> str:
+    return "generated" if check is None else getattr(check, "description", "given")
+
+
+def _cache_key(fingerprint: str, *, int8: bool, check: str, threads: int) -> str:
     parts = {
-        "model": model_fingerprint(model), "machine": machine_id(), "versions": _versions(),
-        "threads": threads, "int8": calibration is not None,
-        "check": "generated" if check is None else getattr(check, "description", "given"),
+        "model": fingerprint, "machine": machine_id(), "versions": _versions(),
+        "threads": threads, "int8": int8, "check": check,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_record(digest: str) -> Path:
+    return cache_dir() / RUNTIMES_FOLDER / FILES_FOLDER / f"{digest}.json"
+
+
+def cached_runner(source: str | os.PathLike, *, check: str = "generated", int8: bool = False,
+                  threads: int | None = None, digest: str | None = None,
+                  ) -> tuple[Runner, tuple[int, int]] | None:
+    """The ``"auto"`` runner already measured for the model in the ``.keras`` file ``source``, and
+    the model's input size, found without loading the model (no Keras, no TensorFlow): ``None``
+    when there is none yet (the model was never run from this file with ``"auto"`` on this
+    machine, with these library versions and settings) or when Keras itself won. ``check``:
+    ``"generated"`` (``get_runner``'s ``check=None``) or the description of the check set used;
+    ``int8``: whether calibration faces were given; ``digest``: the file's SHA-256 when known."""
+    record = read_json(_file_record(digest or file_digest(source)))
+    fingerprint, size = record.get("fingerprint"), record.get("input_size")
+    if not isinstance(fingerprint, str) or not isinstance(size, list) or len(size) != 2:
+        return None
+    threads = _threads(threads)
+    key = _cache_key(fingerprint, int8=int8, check=check, threads=threads)
+    runner = _from_cache(cache_dir() / RUNTIMES_FOLDER / key, None, threads)
+    return None if runner is None else (runner, (int(size[0]), int(size[1])))
 
 
 def _from_cache(folder: Path, model, threads: int) -> Runner | None:
@@ -317,6 +361,8 @@ def _from_cache(folder: Path, model, threads: int) -> Runner | None:
     if not isinstance(name, str):
         return None
     if name == "keras":
+        if model is None:  # asked without the model (cached_runner): it must be loaded
+            return None
         runner = keras_runner(model)
     else:
         runtime, _, quantize = name.partition(" ")
@@ -328,8 +374,14 @@ def _from_cache(folder: Path, model, threads: int) -> Runner | None:
     return runner
 
 
-def _auto(model, *, check, calibration, threads: int, cache: bool) -> Runner:
-    folder = cache_dir() / RUNTIMES_FOLDER / _cache_key(model, calibration, check, threads)
+def _auto(model, *, check, calibration, threads: int, cache: bool, source) -> Runner:
+    fingerprint = model_fingerprint(model)
+    if source is not None:  # cached_runner finds this verdict from the file, without the model
+        size = [int(d) for d in model.inputs[0].shape[1:3]]
+        write_json(_file_record(file_digest(source)), {"fingerprint": fingerprint, "input_size": size})
+    key = _cache_key(fingerprint, int8=calibration is not None, check=_check_label(check),
+                     threads=threads)
+    folder = cache_dir() / RUNTIMES_FOLDER / key
     if cache:
         found = _from_cache(folder, model, threads)
         if found is not None:
@@ -360,6 +412,7 @@ def get_runner(
     calibration: np.ndarray | None = None,
     threads: int | None = None,
     cache: bool = True,
+    source: str | os.PathLike | None = None,
 ) -> Runner:
     """A :class:`Runner` for the Keras ``model`` (see the module docstring).
 
@@ -369,7 +422,9 @@ def get_runner(
     (default: generated images); ``calibration``: uint8 faces at the model's input size, which
     also make ``"auto"`` consider int8 exports. Either may be a function returning it, called
     only when there is no cached verdict to use. ``threads``: TFLite/ONNX Runtime threads
-    (default: every CPU); ``cache=False`` measures again.
+    (default: every CPU); ``cache=False`` measures again. ``source``: the ``.keras`` file the
+    model was loaded from; ``"auto"`` then also files its verdict under the file's SHA-256, for
+    :func:`cached_runner` to find without loading the model.
     """
     if isinstance(runtime, Runner):
         return runtime
@@ -378,7 +433,8 @@ def get_runner(
         return keras_runner(model)
     threads = _threads(threads)
     if runtime == "auto":
-        return _auto(model, check=check, calibration=calibration, threads=threads, cache=cache)
+        return _auto(model, check=check, calibration=calibration, threads=threads, cache=cache,
+                     source=source)
     from .export import convert_model
 
     if runtime == "onnx" and not onnx_available():

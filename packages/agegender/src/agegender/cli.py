@@ -372,9 +372,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         files, notes = _outside_annotate(args.annotate, args.inputs, files, notes)
         _check_annotate(args.annotate, files)
     detector = None if args.detect == "none" else args.detect
-    if files:
+    # a model run on "auto" here before starts from its cached runtime, without TensorFlow
+    predictor = _cached_predictor(args, detector) if files else None
+    cached = predictor is not None
+    if files and not cached:
         model = _load_for_inference(args)
-    else:  # nothing to read: no model to load either (but a --model typo is still one)
+    else:  # a cached runtime, or nothing to read (a --model typo is still reported)
         _checked_model_refs(args)
         _show_log_lines()
     for note in notes:
@@ -387,14 +390,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from agegender._tf import native_noise_dropped
     from agegender_models import Predictor
 
-    # builds the detector before any image is read: a missing 'detect' extra is one clear line
-    predictor = Predictor(model, detector=detector, runtime="keras")
+    if not cached:
+        # builds the detector before any image is read: a missing 'detect' extra is one clear line
+        predictor = Predictor(model, detector=detector, runtime="keras")
     if predictor.detector is not None:
         # YuNet runs on LiteRT whatever runs the model: TFLite's XNNPACK notice (printed once a
         # process) comes here, held back, rather than amid the runtime's first measurement
         with native_noise_dropped(verbose=args.verbose):
             predictor.detector.detect_faces(np.zeros((64, 64, 3), np.uint8))
-    predictor.runner = _runner(args, model)
+    if cached:
+        logging.getLogger("agegender").info("runtime: %s", predictor.runner.describe())
+    else:  # the model loaded here: its runtime chosen now (or read from the cache)
+        predictor.runner = _runner(args, model)
     if predictor.detector is not None:
         logging.getLogger("agegender").info("faces found by %s", predictor.detector_name)
     from tqdm import tqdm
@@ -470,6 +477,29 @@ def _cmd_predict_batch(args: argparse.Namespace) -> int:
 # export
 
 
+def _cached_predictor(args: argparse.Namespace, detector: str | None):
+    """predict's Predictor on the runtime cached for its model file (one model, no flip TTA,
+    ``--runtime auto``, a model outside a run folder with real faces: as the shipped ones are),
+    built without TensorFlow; ``None`` where there is none yet (the model is then loaded)."""
+    refs = _checked_model_refs(args)
+    runtime = args.runtime or os.environ.get("AGEGENDER_RUNTIME") or "auto"
+    if len(refs) != 1 or args.flip_tta or runtime != "auto":
+        return None
+    from agegender.export_data import locate_faces
+
+    path = _model_path(refs[0])
+    sources = locate_faces(path)
+    if sources.check_split is not None and sources.root is not None:
+        return None  # its verdict was checked on the run's real faces: _runner's cache key
+    from agegender_models.predict import Predictor
+    from agegender_models.runtime import cached_runner
+
+    if cached_runner(path) is None:
+        return None
+    args.model = [str(path)]
+    return Predictor(path, detector=detector, runtime="auto")
+
+
 def _runner(args: argparse.Namespace, model):
     """The runtime ``--runtime`` asks for; "auto" checks on the run folder's real faces (and
     considers int8 exports calibrated on them) when the model sits in one."""
@@ -491,9 +521,12 @@ def _runner(args: argparse.Namespace, model):
             return loaded[0]
 
         real = sources.check_split is not None and sources.root is not None
+        # one model file, as it is: its verdict is also filed under the file (_cached_predictor)
+        source = args.model[0] if len(args.model) == 1 and not args.flip_tta else None
         runner = get_runner(
             model, "auto", check=(lambda: faces().check) if real else None,
-            calibration=(lambda: faces().calibration) if real and sources.calibration_split else None)
+            calibration=(lambda: faces().calibration) if real and sources.calibration_split else None,
+            source=source)
     logging.getLogger("agegender").info("runtime: %s", runner.describe())
     return runner
 
@@ -525,7 +558,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    setup(args)
+    # the verdicts are JSON files: nothing here loads TensorFlow
     from agegender_models._cache import cache_dir
     from agegender_models.precision import clear_precision_cache, precision_verdicts
     from agegender_models.runtime import clear_runtime_cache, runtime_verdicts
