@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from _common import cpu_name
-
+# answers rounded as predict --json rounds them: the arms' runtimes may differ in the last digits
 LIBRARY = ("import sys; from agegender_models import Predictor; "
-           "print(Predictor(detector='auto').predict(sys.argv[1]))")
+           "print([(r['box'], r['gender'], round(r['age'], 1), round(r['p_female'], 3)) "
+           "for r in Predictor(detector='auto').predict(sys.argv[1])])")
 
 
 def commands(photo: str) -> dict[str, list[str]]:
@@ -82,7 +82,11 @@ def main() -> None:
     for label in runs:
         row = ", ".join(f"{a} {m:.2f} s" for a, m in medians[label].items())
         print(f"{label}: {row} (median of {args.rounds})")
-    report = {"command": " ".join(sys.argv), "cpu": cpu_name(), "photo": args.photo,
+    from agegender_models._cache import cpu_description
+
+    cpu = cpu_description()
+    report = {"command": "python " + " ".join(sys.argv), "cpu": cpu["model"],
+              "avx512_bf16": cpu["avx512_bf16"], "amx": cpu["amx_bf16"], "photo": args.photo,
               "date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds,
               "median_s": medians, "seconds": seconds,
               "same_answers": {c: len(set(a.values())) == 1 for c, a in answers.items()},

@@ -142,9 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here (JSON)")
     args = parser.parse_args(argv)
 
-    from agegender_models import Predictor, load_pretrained
+    from agegender_models import Predictor
     from agegender_models._cache import cpu_description
-    from agegender_models.predict import _load_named_or_file
     from agegender_models.pretrained import list_pretrained
 
     for ref in args.models:
@@ -152,8 +151,8 @@ def main(argv=None) -> int:
             parser.error(f"--models: {ref} is neither a file nor a shipped model ({', '.join(list_pretrained())})")
     if len(set(args.models)) != len(args.models):
         parser.error("--models: a model is given twice")
-    models = {ref or "default": _load_named_or_file(ref) if ref else load_pretrained()
-              for ref in args.models}
+    # by name or file, as predict loads them (None: the shipped default)
+    models = {ref or "default": ref for ref in args.models}
     cpu = cpu_description()
     photos = photos_in(args.photos)
     result = {"command": "python bench/bench_photos.py " + " ".join(sys.argv[1:] if argv is None else argv),

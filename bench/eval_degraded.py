@@ -57,13 +57,12 @@ def main(argv=None) -> int:
 
     import utkface_data
     from agegender.evaluation import evaluate_predictions
-    from agegender_models import load_pretrained
-    from agegender_models.predict import _load_named_or_file
+    from agegender_models import load_model, load_pretrained
 
     frame = utkface_data.load_split_file(args.split, root=args.data_dir).reset_index(drop=True)
     chips = [Image.open(args.data_dir / p).convert("RGB") for p in frame["path"]]
-    models = {ref or "default": _load_named_or_file(ref) if ref else load_pretrained()
-              for ref in args.model or [None]}
+    models = {ref or "default": load_model(ref, compile=False) if ref and Path(ref).is_file()
+              else load_pretrained(ref) for ref in args.model or [None]}
     summary = {"split": str(args.split), "images": len(frame), "models": {n: {} for n in models}}
     for condition, degrade in _conditions().items():
         degraded = [degrade(im) for im in chips]  # once for every model

@@ -222,21 +222,22 @@ def load_served_model(model: Any = None, *, detector: Any = "auto", runtime: Any
                       max_pixels: int | None = None) -> ServedModel:
     """Load the model to serve: ``None`` (the shipped default), a shipped name, a ``.keras`` path,
     or a ``keras.Model`` (tests). ``detector``: a name or an object with ``detect_faces``."""
-    from agegender_models import Predictor, load_model, load_pretrained, pretrained_info
+    from agegender_models import Predictor, pretrained_info
     from agegender_models.imageio import DEFAULT_MAX_PIXELS
 
     summary = figures = None
     if model is None or isinstance(model, str | os.PathLike):
+        # a shipped name or a file, as Predictor loads it: its "auto" runtime is then filed under
+        # the file (a later start finds it without loading the model)
         source, value = resolve_model(None if model is None else os.fspath(model))
         if source == "shipped":
             info = pretrained_info(value)
             name, summary, figures = value, info.get("summary"), info.get("figures")
-            keras_model = load_pretrained(value)
         else:
-            name, keras_model = Path(value).name, load_model(value, compile=False)
+            name = Path(value).name
     else:
-        source, name, keras_model = "object", str(getattr(model, "name", "model")), model
-    predictor = Predictor(keras_model, detector=detector, runtime=runtime,
+        source, name, value = "object", str(getattr(model, "name", "model")), model
+    predictor = Predictor(value, detector=detector, runtime=runtime,
                           max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     return ServedModel(name=name, source=source, predictor=predictor, summary=summary,
                        figures=figures, detector=predictor.detector_name)
