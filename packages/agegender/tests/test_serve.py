@@ -332,6 +332,25 @@ def test_shipped_model_names_are_read_as_the_library_lists_them() -> None:
     assert serve.shipped_models() == list_pretrained()
 
 
+def test_tensorflow_loads_only_without_a_cached_runtime(model_path, monkeypatch) -> None:
+    from agegender_models import runtime
+
+    seen = []
+
+    def cached(path, *, digest=None, **_):
+        seen.append((Path(path), digest))
+        return "a runner" if Path(path) == model_path else None
+
+    monkeypatch.setattr(runtime, "cached_runner", cached)
+    monkeypatch.delenv("AGEGENDER_RUNTIME", raising=False)  # "auto", as for a user
+    assert serve.needs_tensorflow(str(model_path)) is False
+    assert serve.needs_tensorflow(None) is True  # the shipped default: no runtime cached here
+    default = seen[-1]
+    assert default[0].suffix == ".keras" and len(default[1]) == 64  # its registry SHA-256
+    monkeypatch.setenv("AGEGENDER_RUNTIME", "tflite")  # a runtime asked for: converted by TF
+    assert serve.needs_tensorflow(str(model_path)) is True
+
+
 def test_serve_help_loads_neither_tensorflow_nor_fastapi() -> None:
     probe = ("import sys, contextlib, io\nfrom agegender.cli import main\n"
              "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"

@@ -127,10 +127,10 @@ class Predictor:
     input size) is refused at once with one line (``ValueError``; ``ModelFileError`` for a file).
 
     **Photos, not chips.** The models expect UTKFace-like chips (a face aligned and cropped
-    tightly). For ordinary photos pass ``detector="auto"`` (YuNet with MTCNN's landmarks, or
-    YuNet's own without mtcnn; or ``"yunet-onet"``, ``"yunet"``, ``"mtcnn"``, ``"haar"``, or any
-    object with a ``detect_faces`` method; see :mod:`agegender_models.detect`: ``"yunet"`` ships
-    with the package, the others need ``pip install 'agegender-models[detect]'``). Each face
+    tightly). For ordinary photos pass ``detector="auto"`` (YuNet with MTCNN's landmarks,
+    ``"yunet-onet"``; or ``"yunet"``, ``"mtcnn"``, ``"haar"``, or any object with a
+    ``detect_faces`` method; see :mod:`agegender_models.detect`: the YuNet detectors ship with the
+    package, the others need ``pip install 'agegender-models[detect]'``). Each face
     found is cropped like a chip and predicted, giving one dict per face, in input order and left
     to right within an image (an image that already is a UTKFace-like chip, square with a level
     face filling it as a chip's does, is read as it is: :func:`~agegender_models.detect.is_chip`

@@ -649,8 +649,7 @@ def _add_predict(commands) -> None:
                          "like a UTKFace chip (an image that already is one, square with a level "
                          "face filling it, is read as it is), one result per face with 'face', 'box' and "
                          "'confidence' (a photo with no face is listed in errors as 'no face "
-                         "found'). 'auto' (default): yunet-onet (yunet where mtcnn is not "
-                         "installed); 'yunet-onet' is YuNet's faces with "
+                         "found'). 'auto' (default): yunet-onet, YuNet's faces with "
                          "MTCNN's landmarks (its last stage), 'yunet' YuNet's own landmarks (crops "
                          "the models read less well); 'mtcnn' is about 5x slower; 'haar' "
                          "is lighter and less accurate; 'none' takes every input as one "
@@ -686,7 +685,7 @@ def _add_predict_batch(commands) -> None:
     batch.add_argument("--detect", choices=(*DETECTORS, "none"), default="auto",
                        help="as predict's: faces found and cropped like chips, one row per face "
                        "(a photo without one is an error, 'no face found'); 'none' takes every "
-                       "input as one pre-cropped chip. Default: auto (yunet-onet; yunet without mtcnn)")
+                       "input as one pre-cropped chip. Default: auto (yunet-onet)")
     batch.add_argument("--runner", default="local", metavar="local|auto|ADDRESS",
                        help="'local' (default): Ray on this machine; 'auto': the Ray cluster started "
                        "here with 'ray start'; 'ray://HOST:10001': a cluster elsewhere")

@@ -418,8 +418,7 @@ def create_app(model: Any = None, *, detector: Any = "auto", runtime: Any = None
                served: ServedModel | None = None) -> FastAPI:
     """The FastAPI app serving ``model`` (``None``: the shipped default; a shipped name, a
     ``.keras`` path or a ``keras.Model``), loaded now, once. ``detector``: ``"auto"`` (what
-    ``agegender predict`` uses for photos: YuNet with MTCNN's landmarks, or YuNet's own where
-    mtcnn is not installed), a detector name or an object with ``detect_faces``.
+    ``agegender predict`` uses for photos: YuNet with MTCNN's landmarks), a detector name or an object with ``detect_faces``.
     ``max_upload_mb``: the limit per file; ``max_pixels``: the library's pixel limit (default
     :data:`agegender_models.imageio.DEFAULT_MAX_PIXELS`)."""
     from agegender_models.imageio import DEFAULT_MAX_PIXELS
@@ -510,12 +509,25 @@ def _contract(predictions: list[dict[str, Any]], errors: list[dict[str, str]]) -
 # the command
 
 
+def needs_tensorflow(spec: str | None) -> bool:
+    """Whether serving ``--model`` loads Keras and TensorFlow: not when the runtime ``"auto"``
+    chose for its file is cached on this machine (the model then runs from that file)."""
+    from agegender_models.predict import _model_file
+    from agegender_models.runtime import cached_runner, is_auto
+
+    _, value = resolve_model(spec)
+    path, digest = _model_file(value)
+    return not (is_auto(None) and cached_runner(path, digest=digest) is not None)
+
+
 def app_from_env() -> FastAPI:
     """The app of one ``--workers`` process: options from ``$AGEGENDER_SERVE_CONFIG``."""
     options = json.loads(os.environ.get(CONFIG_ENV) or "{}")
     from agegender._tf import load_tensorflow
 
-    load_tensorflow(verbose=bool(options.pop("verbose", False)))
+    verbose = bool(options.pop("verbose", False))
+    if needs_tensorflow(options.get("model")):
+        load_tensorflow(verbose=verbose)
     return create_app(options.get("model"), max_upload_mb=options.get("max_upload_mb",
                                                                       DEFAULT_MAX_UPLOAD_MB))
 
@@ -532,7 +544,8 @@ def _check_options(args) -> None:
 def serve_from_args(args, *, setup=None) -> int:
     """``agegender serve``: check the options and the model, then run uvicorn until stopped.
     ``setup()`` loads TensorFlow (the command's quiet start-up) in the process that loads the
-    model: this one with one worker; each worker process, not this one, with several."""
+    model: this one with one worker; each worker process, not this one, with several; neither
+    when the model runs from its cached runtime (:func:`needs_tensorflow`)."""
     import uvicorn
 
     _check_options(args)
@@ -543,7 +556,7 @@ def serve_from_args(args, *, setup=None) -> int:
               "without authentication", file=sys.stderr)
     log_level = "info" if args.verbose else "warning"
     if args.workers == 1:
-        if setup is not None:
+        if setup is not None and needs_tensorflow(args.model):
             setup()
         app = create_app(args.model, max_upload_mb=args.max_upload_mb)
         print(f"agegender serve: {app.state.served.name} on {where} (Ctrl-C stops)", flush=True)
