@@ -204,6 +204,20 @@ def test_auto_measures_for_real(model, cache) -> None:
 # ------------------------------------------------------------------------------------------------
 # a model file run on "auto" before starts from the cache, without Keras or TensorFlow
 
+
+@pytest.fixture()
+def saved(model, stubbed, cache, tmp_path, monkeypatch):
+    """The module's model saved as ``model.keras``; "auto" as for a user (TFLite the faster):
+    (path, speeds, calls)."""
+    from agegender_models import save_model
+
+    monkeypatch.delenv("AGEGENDER_RUNTIME", raising=False)
+    speeds, calls = stubbed
+    speeds.update({"keras": 100, "tflite": 200, "onnx": 150})
+    path = tmp_path / "model.keras"
+    save_model(model, path)
+    return path, speeds, calls
+
 NO_TENSORFLOW = """
 import json, sys
 sys.modules["tensorflow"] = sys.modules["keras"] = None  # importing either now fails
@@ -216,8 +230,7 @@ print(json.dumps({"runner": predictor.runner.name, "size": predictor.input_size,
 """
 
 
-def test_a_model_file_run_on_auto_before_starts_without_tensorflow(model, stubbed, cache, tmp_path,
-                                                                   monkeypatch) -> None:
+def test_a_model_file_run_on_auto_before_starts_without_tensorflow(model, saved, tmp_path) -> None:
     import json
     import subprocess
     import sys
@@ -225,11 +238,7 @@ def test_a_model_file_run_on_auto_before_starts_without_tensorflow(model, stubbe
     from agegender_models import save_model
     from agegender_models.runtime import cached_runner
 
-    monkeypatch.delenv("AGEGENDER_RUNTIME", raising=False)  # "auto", as for a user
-    speeds, calls = stubbed
-    speeds.update({"keras": 100, "tflite": 200, "onnx": 150})
-    path = tmp_path / "model.keras"
-    save_model(model, path)
+    path, _, calls = saved
     assert cached_runner(path) is None  # never run from this file
     first = Predictor(path)
     assert first.runner.name == "tflite" and calls["timed"] == 1
@@ -252,15 +261,11 @@ def test_a_model_file_run_on_auto_before_starts_without_tensorflow(model, stubbe
     assert cached_runner(path) is None
 
 
-def test_a_cached_keras_verdict_loads_the_model(model, stubbed, cache, tmp_path, monkeypatch) -> None:
-    from agegender_models import save_model
+def test_a_cached_keras_verdict_loads_the_model(saved) -> None:
     from agegender_models.runtime import cached_runner
 
-    monkeypatch.delenv("AGEGENDER_RUNTIME", raising=False)
-    speeds, _ = stubbed
+    path, speeds, _ = saved
     speeds.update({"keras": 100, "tflite": 10, "onnx": 10})
-    path = tmp_path / "model.keras"
-    save_model(model, path)
     assert Predictor(path).runner.name == "keras"
     assert cached_runner(path) is None  # Keras won: the model must be loaded to run it
     predictor = Predictor(path)
@@ -287,3 +292,62 @@ def test_resize_is_tensorflows_bilinear_resize_pixel_for_pixel() -> None:
         expected = tf.image.resize(image, size, method="bilinear", antialias=False).numpy()
         expected = np.clip(np.rint(expected), 0, 255).astype(np.uint8)
         np.testing.assert_array_equal(resize_bilinear(image, size), expected)
+
+
+def test_a_read_only_cache_is_read_never_fatal(model, saved, monkeypatch) -> None:
+    from agegender_models.runtime import cached_runner
+
+    path, _, calls = saved
+    get_runner(model, "auto")  # the verdict cached, as a baked image would hold it
+
+    def read_only(path, data):
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr(runtime_module, "write_json", read_only)
+    predictor = Predictor(path)  # its file's record cannot be written: read, not fatal
+    assert predictor.runner.name == "tflite" and calls["timed"] == 1
+    assert cached_runner(path) is None
+
+
+def test_a_file_replaced_while_its_model_loads_is_not_filed(model, saved) -> None:
+    from agegender_models import save_model
+    from agegender_models.runtime import cached_runner, file_digest
+
+    path, _, _ = saved
+    before = file_digest(path)
+    keras.utils.set_random_seed(8)
+    save_model(create_model("custom_cnn", input_shape=(*SIZE, 3)), path)  # a checkpoint lands
+    get_runner(model, "auto", source=path, source_digest=before)
+    assert cached_runner(path) is None  # the new bytes are not the loaded model's
+    get_runner(model, "auto", source=path)  # no digest given: filed as it is now
+    assert cached_runner(path) is not None
+
+
+def test_the_lazily_loaded_model_is_the_runners_or_an_error(model, saved) -> None:
+    import time
+
+    from agegender_models import ModelFileError, save_model
+
+    path, _, _ = saved
+    Predictor(path)
+    predictor = Predictor(path)
+    assert predictor._model is None
+    time.sleep(0.01)  # another modification time
+    keras.utils.set_random_seed(9)
+    save_model(create_model("custom_cnn", input_shape=(*SIZE, 3)), path)
+    with pytest.raises(ModelFileError, match="has changed since this Predictor was made from it"):
+        predictor.model  # noqa: B018
+    predictor.model = model  # set by hand, as before
+    assert predictor.model is model
+
+
+def test_the_public_submodules_are_attributes_of_the_package() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys, agegender_models as m; "
+             "print(m.layers.quantized_copy.__name__, m.imageio.resize_bilinear.__name__, "
+             "m.predict.__name__, m.detect.get_detector.__name__)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["quantized_copy", "resize_bilinear", "predict", "get_detector"]

@@ -125,8 +125,8 @@ def test_predict_auto_uses_the_run_folder_faces(run_folder: Path, monkeypatch) -
     calibrate int8 on, read only if there is something to measure."""
     seen = {}
 
-    def auto(model, *, check, calibration, threads, cache, source):
-        seen.update(check=check(), calibration=calibration(), source=source)
+    def auto(model, *, check, calibration, threads, cache, source, source_digest):
+        seen.update(check=check(), calibration=calibration(), source=source, digest=source_digest)
         return runtime_module.keras_runner(model)
 
     monkeypatch.setattr(runtime_module, "_auto", auto)
@@ -138,7 +138,9 @@ def test_predict_auto_uses_the_run_folder_faces(run_folder: Path, monkeypatch) -
     assert seen["check"].description == f"16 real faces of {run_folder / 'splits' / 'test.csv'}"
     assert sorted(seen["check"].labels["gender"]) == [0.0] * 8 + [1.0] * 8
     assert seen["calibration"].shape == (24, 32, 32, 3)
-    assert seen["source"] == str(run_folder / "model.keras")  # its verdict filed under the file
+    # its verdict filed under the file, as hashed before it was loaded
+    assert seen["source"] == str(run_folder / "model.keras")
+    assert seen["digest"] == runtime_module.file_digest(run_folder / "model.keras")
 
 
 NO_TENSORFLOW = ("import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None; "
@@ -169,8 +171,9 @@ def test_predict_starts_from_a_cached_runtime_without_tensorflow(tmp_path, monke
     want, got = json.loads(first.stdout)["predictions"], json.loads(again.stdout)["predictions"]
     assert [r["file"] for r in got] == images
     assert [r["age"] for r in got] == pytest.approx([r["age"] for r in want], rel=1e-6)
-    # flip TTA (a model made from the file) and a forced runtime load the model as before
-    for extra in (["--flip-tta"], ["--runtime", "tflite"]):
+    # flip TTA (a model made from the file), a forced runtime and MTCNN (TensorFlow's) load the
+    # model as before
+    for extra in (["--flip-tta"], ["--runtime", "tflite"], ["--detect", "mtcnn"]):
         loaded = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, *args, *extra],
                                 capture_output=True, text=True, timeout=300)
         assert loaded.returncode != 0 and "import of keras halted" in loaded.stderr, extra

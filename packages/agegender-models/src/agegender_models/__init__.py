@@ -35,9 +35,14 @@ _EXPORTS = {
     ".weights": ("WeightsMismatchError", "WeightsNotFoundError", "weights_search_dirs"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+# the public submodules, reachable as attributes after `import agegender_models` as before
+_SUBMODULES = ("backbones", "detect", "export", "face_descriptor", "imageio", "layers", "onet",
+               "precision", "pretrained", "runtime", "saving", "weights", "yunet")
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # which binds it here
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -49,7 +54,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_MODULE_OF})
+    return sorted({*globals(), *_MODULE_OF, *_SUBMODULES})
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly

@@ -72,7 +72,9 @@ def machine_id() -> str:
     """``"<CPU model> flags:<12 hex>"`` (+ ``" gpu:<names>"``): what a measured verdict holds for."""
     name, flags = _cpuinfo()
     digest = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:12]
-    gpus = _gpu_names()
+    # CUDA_VISIBLE_DEVICES="" (or -1) hides the GPUs from TensorFlow: measured without them
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1")
+    gpus = [] if hidden else _gpu_names()
     return f"{name} flags:{digest}" + (f" gpu:{','.join(gpus)}" if gpus else "")
 
 

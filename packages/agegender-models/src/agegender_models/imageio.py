@@ -321,10 +321,10 @@ def resize_bilinear(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     y0, y1, dy = _bilinear_axis(height, rgb.shape[0])
     x0, x1, dx = _bilinear_axis(width, rgb.shape[1])
-    pixels = rgb.astype(np.float32)
+    top, bottom = rgb[y0], rgb[y1]  # the rows needed, then the pixels, before float32
+    top_left, top_right = top[:, x0].astype(np.float32), top[:, x1].astype(np.float32)
+    bottom_left, bottom_right = bottom[:, x0].astype(np.float32), bottom[:, x1].astype(np.float32)
     dx = dx[None, :, None]
-    top_left, top_right = pixels[y0][:, x0], pixels[y0][:, x1]
-    bottom_left, bottom_right = pixels[y1][:, x0], pixels[y1][:, x1]
     top = top_left + (top_right - top_left) * dx
     bottom = bottom_left + (bottom_right - bottom_left) * dx
     out = top + (bottom - top) * dy[:, None, None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -163,10 +164,16 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chip_tolerance: float | None = CHIP_MISMATCH,
     ):
+        from .runtime import cached_runner, file_digest, get_runner, is_auto
+
         self._source: Path | None = None
         digest = None
         if model_or_path is None or isinstance(model_or_path, str | os.PathLike):
             self._source, digest = _model_file(model_or_path)  # None: the shipped default
+            if digest is None and self._source.is_file():
+                with contextlib.suppress(OSError):  # unreadable: loading it says why
+                    digest = file_digest(self._source)  # taken before the model is loaded
+        self._digest = digest
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1). Received: threshold={threshold}")
         if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels <= 0:
@@ -187,13 +194,12 @@ class Predictor:
             from .detect import get_detector  # the detectors import the 'detect' extra lazily
 
             self.detector = get_detector(detector)
-        from .runtime import cached_runner, get_runner, is_auto
-
         # a model file run on "auto" before: its measured runtime, without loading Keras
         cached = None
-        if self._source is not None and self._source.is_file() and is_auto(runtime):
+        if digest is not None and is_auto(runtime):
             cached = cached_runner(self._source, digest=digest)
         self._model: keras.Model | None = None
+        self._model_lock = threading.Lock()
         if cached is not None:
             self.runner, self.input_size = cached
             return
@@ -212,14 +218,26 @@ class Predictor:
         self._model = model
         self.input_size = tuple(int(d) for d in model.input_shape[1:3])
         # "auto" may convert and time the model once (cached)
-        self.runner = get_runner(model, runtime, source=self._source)
+        self.runner = get_runner(model, runtime, source=self._source, source_digest=digest)
 
     @property
     def model(self) -> keras.Model:
-        """The Keras model; loaded on first use when the runner came from the cache."""
-        if self._model is None:
-            self._model = _load_file(self._source)
+        """The Keras model; loaded on first use when the runner came from the cache (the file
+        must still be the one the runner was made from)."""
+        with self._model_lock:
+            if self._model is None:
+                from .runtime import file_digest
+                from .saving import ModelFileError
+
+                if file_digest(self._source) != self._digest:
+                    raise ModelFileError(f"{self._source} has changed since this Predictor was "
+                                         "made from it; make a new Predictor")
+                self._model = _load_file(self._source)
         return self._model
+
+    @model.setter
+    def model(self, value: keras.Model) -> None:
+        self._model = value
 
     @property
     def detector_name(self) -> str | None:

@@ -6,8 +6,8 @@ returns ``(p_female, age)``, two float32 arrays of shape ``(N,)``, whatever runs
 
 * ``"keras"``: the model itself (``model(x, training=False)``), exactly as before.
 * ``"tflite"`` / ``"onnx"``: its float32 export (:func:`agegender_models.export.convert_model`),
-  run by the LiteRT interpreter (``ai_edge_litert`` if installed, else ``tf.lite.Interpreter``;
-  XNNPACK on) or ONNX Runtime's CPU provider (the ``onnx`` extra).
+  run by the LiteRT interpreter (``ai-edge-litert``, a dependency; XNNPACK on) or ONNX
+  Runtime's CPU provider (the ``onnx`` extra).
 * ``"auto"`` (the default; ``$AGEGENDER_RUNTIME`` overrides it): each runtime present, float32,
   and with ``calibration`` faces also its int8 export, is converted, checked against the Keras
   model (:func:`agegender_models.export.check_parity`: gender accuracy within 0.5 points and age
@@ -323,13 +323,21 @@ def _cache_key(fingerprint: str, *, int8: bool, check: str, threads: int) -> str
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+_digests: dict[tuple[str, int, int], str] = {}
+
+
 def file_digest(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The SHA-256 of a file's bytes (hex); computed once a process for a file as it is (its
+    path, modification time and size)."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
 
 
 def _file_record(digest: str) -> Path:
@@ -343,9 +351,13 @@ def cached_runner(source: str | os.PathLike, *, check: str = "generated", int8: 
     the model's input size, found without loading the model (no Keras, no TensorFlow): ``None``
     when there is none yet (the model was never run from this file with ``"auto"`` on this
     machine, with these library versions and settings) or when Keras itself won. ``check``:
-    ``"generated"`` (``get_runner``'s ``check=None``) or the description of the check set used;
+    ``"generated"`` (``get_runner``'s ``check=None``), the ``description`` of the
+    :class:`~agegender_models.export.CheckSet` given, or ``"given"`` for one given as a function;
     ``int8``: whether calibration faces were given; ``digest``: the file's SHA-256 when known."""
-    record = read_json(_file_record(digest or file_digest(source)))
+    try:
+        record = read_json(_file_record(digest or file_digest(source)))
+    except OSError:  # unreadable: loading the model says why, in one line
+        return None
     fingerprint, size = record.get("fingerprint"), record.get("input_size")
     if not isinstance(fingerprint, str) or not isinstance(size, list) or len(size) != 2:
         return None
@@ -374,11 +386,24 @@ def _from_cache(folder: Path, model, threads: int) -> Runner | None:
     return runner
 
 
-def _auto(model, *, check, calibration, threads: int, cache: bool, source) -> Runner:
+def _remember_file(source, digest: str | None, fingerprint: str, model) -> None:
+    """File the model's fingerprint under its file's SHA-256, for :func:`cached_runner`: not when
+    the file changed since ``digest`` was taken (before the model was loaded), nor when it is
+    filed already; never fatal (a cache on a read-only disk is read, not written)."""
+    with contextlib.suppress(OSError):
+        now = file_digest(source)
+        if digest is not None and now != digest:
+            return
+        record = {"fingerprint": fingerprint,
+                  "input_size": [int(d) for d in model.inputs[0].shape[1:3]]}
+        if read_json(_file_record(now)) != record:
+            write_json(_file_record(now), record)
+
+
+def _auto(model, *, check, calibration, threads: int, cache: bool, source, source_digest) -> Runner:
     fingerprint = model_fingerprint(model)
     if source is not None:  # cached_runner finds this verdict from the file, without the model
-        size = [int(d) for d in model.inputs[0].shape[1:3]]
-        write_json(_file_record(file_digest(source)), {"fingerprint": fingerprint, "input_size": size})
+        _remember_file(source, source_digest, fingerprint, model)
     key = _cache_key(fingerprint, int8=calibration is not None, check=_check_label(check),
                      threads=threads)
     folder = cache_dir() / RUNTIMES_FOLDER / key
@@ -413,6 +438,7 @@ def get_runner(
     threads: int | None = None,
     cache: bool = True,
     source: str | os.PathLike | None = None,
+    source_digest: str | None = None,
 ) -> Runner:
     """A :class:`Runner` for the Keras ``model`` (see the module docstring).
 
@@ -424,7 +450,8 @@ def get_runner(
     only when there is no cached verdict to use. ``threads``: TFLite/ONNX Runtime threads
     (default: every CPU); ``cache=False`` measures again. ``source``: the ``.keras`` file the
     model was loaded from; ``"auto"`` then also files its verdict under the file's SHA-256, for
-    :func:`cached_runner` to find without loading the model.
+    :func:`cached_runner` to find without loading the model (``source_digest``: that SHA-256
+    taken before the model was loaded; a file replaced since is then not filed).
     """
     if isinstance(runtime, Runner):
         return runtime
@@ -434,7 +461,7 @@ def get_runner(
     threads = _threads(threads)
     if runtime == "auto":
         return _auto(model, check=check, calibration=calibration, threads=threads, cache=cache,
-                     source=source)
+                     source=source, source_digest=source_digest)
     from .export import convert_model
 
     if runtime == "onnx" and not onnx_available():

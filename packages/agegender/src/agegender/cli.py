@@ -233,9 +233,20 @@ def _load_for_inference(args: argparse.Namespace):
     # later steps see paths only
     args.model = [str(_model_path(ref)) for ref in refs]
     paths = [Path(path) for path in args.model]
+    # one file's SHA-256, taken before it is loaded: its "auto" verdict is filed under it
+    args.model_digest = _digest_or_none(paths[0]) if len(paths) == 1 else None
     models = [load_model(path) for path in paths]
     model = models[0] if len(models) == 1 else ensemble(models)
     return flip_tta(model) if args.flip_tta else model
+
+
+def _digest_or_none(path: Path) -> str | None:
+    from agegender_models.runtime import file_digest
+
+    try:
+        return file_digest(path)
+    except OSError:  # unreadable: loading it says why, in one line
+        return None
 
 
 def _model_label(args: argparse.Namespace) -> str:
@@ -483,7 +494,8 @@ def _cached_predictor(args: argparse.Namespace, detector: str | None):
     built without TensorFlow; ``None`` where there is none yet (the model is then loaded)."""
     refs = _checked_model_refs(args)
     runtime = args.runtime or os.environ.get("AGEGENDER_RUNTIME") or "auto"
-    if len(refs) != 1 or args.flip_tta or runtime != "auto":
+    # MTCNN runs on TensorFlow: then it loads as the slow path loads it, quietly
+    if len(refs) != 1 or args.flip_tta or runtime != "auto" or detector == "mtcnn":
         return None
     from agegender.export_data import locate_faces
 
@@ -526,7 +538,7 @@ def _runner(args: argparse.Namespace, model):
         runner = get_runner(
             model, "auto", check=(lambda: faces().check) if real else None,
             calibration=(lambda: faces().calibration) if real and sources.calibration_split else None,
-            source=source)
+            source=source, source_digest=getattr(args, "model_digest", None))
     logging.getLogger("agegender").info("runtime: %s", runner.describe())
     return runner
 
