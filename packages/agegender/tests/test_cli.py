@@ -193,3 +193,18 @@ def test_predict_exit_status_says_whether_every_input_gave_a_result(tiny_model_f
     assert capsys.readouterr().err.strip() == (f"agegender: error: model file not found: {tmp_path / 'none.keras'} "
                                                "(not a file, nor a shipped model (mobilenet-v2-utkface, mobilenet-v2x3-dlib-childweight-utkface, "
                                                "mobilenet-v2x3-dlib-degrade-utkface))")
+
+
+def test_predict_lists_errors_in_the_order_the_inputs_were_given(tiny_model_file: Path,
+                                                                   tmp_path: Path, capsys) -> None:
+    good = tmp_path / "face.jpg"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(good)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "empty").mkdir()
+    given = [tmp_path / "broken.jpg", tmp_path / "missing.jpg", good, tmp_path / "empty"]
+    assert cli.main(["predict", "--detect", "none", "--model", str(tiny_model_file), "--json",
+                     *map(str, given)]) == 1
+    result = json.loads(capsys.readouterr().out)
+    # the unreadable file is found out after the missing one and the empty folder: still first
+    assert [e["file"] for e in result["errors"]] == [str(given[0]), str(given[1]), str(given[3])]
+    assert [p["file"] for p in result["predictions"]] == [str(good)]

@@ -284,29 +284,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def expand_inputs(inputs: Sequence[str], *, recursive: bool = False,
-                  ) -> tuple[list[str], list[dict[str, str]], list[str]]:
+                  ) -> tuple[list[str], list[dict[str, str]], list[str], dict[str, int]]:
     """Files as given, folders expanded to their image files (:mod:`agegender.inputs`); returns
-    (files, errors, notes of what the folders' listings passed over)."""
+    (files, errors, notes of what the folders' listings passed over, and each file's or refused
+    input's place in the order given: errors are listed in it)."""
     files: list[str] = []
     errors: list[dict[str, str]] = []
     notes: list[str] = []
+    places: dict[str, int] = {}
+
+    def refuse(item: str, reason: str) -> None:
+        errors.append({"file": item, "reason": reason})
+        places.setdefault(item, len(places))
+
     for item in inputs:
         path = Path(item)
+        found = []
         if path.is_dir():
             try:
                 found, note = list_images(path, recursive=recursive)
             except OSError as exc:
-                errors.append({"file": item, "reason": f"cannot list folder: {exc.strerror or exc}"})
+                refuse(item, f"cannot list folder: {exc.strerror or exc}")
                 continue
             if not found:
-                errors.append({"file": item, "reason": "folder contains no image files"})
+                refuse(item, "folder contains no image files")
             notes.extend([note] if note else [])
-            files.extend(found)
         elif path.is_file():
-            files.append(item)
+            found = [item]
         else:
-            errors.append({"file": item, "reason": "no such file or folder"})
-    return files, errors, notes
+            refuse(item, "no such file or folder")
+        files.extend(found)
+        for file in found:
+            places.setdefault(file, len(places))
+    return files, errors, notes, places
 
 
 def _rows(predictions: list[dict[str, Any]], detect: bool) -> list[dict[str, Any]]:
@@ -378,7 +388,7 @@ def _check_annotate(folder: str, files: list[str]) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be a positive integer. Received: {args.batch_size}")
-    files, errors, notes = expand_inputs(args.inputs, recursive=args.recursive)
+    files, errors, notes, places = expand_inputs(args.inputs, recursive=args.recursive)
     if args.annotate:
         files, notes = _outside_annotate(args.annotate, args.inputs, files, notes)
         _check_annotate(args.annotate, files)
@@ -425,6 +435,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         predictions, bad = predictor.predict(files, batch_size=args.batch_size, return_errors=True,
                                              progress=bar.update)
     errors.extend(bad)
+    errors.sort(key=lambda error: places.get(error["file"], len(places)))  # in the order given
     if args.annotate:
         _annotate(args.annotate, predictions, files, errors)
     _print_results(predictions, errors, args, bool(detector))
