@@ -208,3 +208,39 @@ def test_predict_lists_errors_in_the_order_the_inputs_were_given(tiny_model_file
     # the unreadable file is found out after the missing one and the empty folder: still first
     assert [e["file"] for e in result["errors"]] == [str(given[0]), str(given[1]), str(given[3])]
     assert [p["file"] for p in result["predictions"]] == [str(good)]
+
+
+def test_predict_reads_one_image_from_standard_input(tiny_model_file: Path, tmp_path: Path,
+                                                     capsys, monkeypatch) -> None:
+    import io
+
+    face = tmp_path / "face.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(face)
+
+    class Piped(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return False
+
+    def stdin(data: bytes) -> None:
+        monkeypatch.setattr(sys, "stdin", Piped(io.BytesIO(data)))
+
+    args = ["predict", "--detect", "none", "--model", str(tiny_model_file), "--json"]
+    stdin(face.read_bytes())
+    assert cli.main([*args, "-", str(face)]) == 0
+    first, second = json.loads(capsys.readouterr().out)["predictions"]
+    assert first["file"] == "-" and second["file"] == str(face)
+    assert first["age"] == pytest.approx(second["age"])  # the same image, read from the pipe
+    stdin(b"")
+    assert cli.main([*args, "-"]) == 1
+    assert json.loads(capsys.readouterr().out)["errors"] == [
+        {"file": "-", "reason": "cannot read image: empty file"}]
+    assert cli.main([*args, "-", "-"]) == 2
+    assert "'-' (an image on standard input) can be given once" in capsys.readouterr().err
+
+    class Terminal(Piped):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"")))
+    assert cli.main([*args, "-"]) == 2
+    assert "which is a terminal here: pipe one in" in capsys.readouterr().err

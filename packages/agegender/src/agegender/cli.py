@@ -385,7 +385,30 @@ def _check_annotate(folder: str, files: list[str]) -> None:
                        "choose another folder")
 
 
+STDIN = "-"
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    """``predict``; ``-`` among the inputs is one image read from standard input (kept in a
+    temporary file while the command runs, and named ``-`` in the results)."""
+    if STDIN not in args.inputs:
+        return _predict(args)
+    if args.inputs.count(STDIN) > 1:
+        raise CLIError("'-' (an image on standard input) can be given once")
+    if sys.stdin is None or sys.stdin.isatty():
+        raise CLIError("'-' reads an image from standard input, which is a terminal here: "
+                       "pipe one in (agegender predict - < photo.jpg)")
+    import tempfile
+
+    data = sys.stdin.buffer.read()
+    with tempfile.TemporaryDirectory(prefix="agegender_stdin_") as folder:
+        args.stdin_file = str(Path(folder) / "stdin")
+        Path(args.stdin_file).write_bytes(data)
+        args.inputs = [args.stdin_file if item == STDIN else item for item in args.inputs]
+        return _predict(args)
+
+
+def _predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be a positive integer. Received: {args.batch_size}")
     files, errors, notes, places = expand_inputs(args.inputs, recursive=args.recursive)
@@ -443,6 +466,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _print_results(predictions, errors, args: argparse.Namespace, detect: bool) -> None:
+    stdin = getattr(args, "stdin_file", None)
+    if stdin is not None:  # the image read from standard input is "-", as it was given
+        predictions = [{**p, "file": STDIN} if p.get("file") == stdin else p for p in predictions]
+        errors = [{**e, "file": STDIN} if e.get("file") == stdin else e for e in errors]
     rows = _rows(predictions, detect)
     if args.json:
         print(json.dumps({"predictions": rows, "errors": errors}, indent=2))
@@ -659,7 +686,9 @@ def _add_predict(commands) -> None:
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                          help="image files (any format Pillow reads; HEIC with the 'heif' extra) "
                          f"or folders: their files named as images ({' '.join(IMAGE_SUFFIXES)}); "
-                         "what a folder's listing passes over is counted on stderr")
+                         "what a folder's listing passes over is counted on stderr; '-': one "
+                         "image read from standard input (named '-' in the results, 'stdin' "
+                         "when annotated)")
     predict.add_argument("-r", "--recursive", action="store_true",
                          help="read the folders' subfolders too (symbolic links to folders are "
                          "not followed)")
