@@ -242,6 +242,10 @@ def test_a_model_file_run_on_auto_before_starts_without_tensorflow(model, saved,
     assert cached_runner(path) is None  # never run from this file
     first = Predictor(path)
     assert first.runner.name == "tflite" and calls["timed"] == 1
+    # asked only whether there is one: answered from the JSON files, no runtime started
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime_module, "artefact_runner", lambda *a, **k: pytest.fail("started"))
+        assert runtime_module.has_cached_runner(path)
     expected = [r["age"] for r in first.predict(_images(3))]
     # a new process where importing TensorFlow or Keras fails gets the same answers
     np.save(tmp_path / "images.npy", _images(3))
@@ -268,6 +272,7 @@ def test_a_cached_keras_verdict_loads_the_model(saved) -> None:
     speeds.update({"keras": 100, "tflite": 10, "onnx": 10})
     assert Predictor(path).runner.name == "keras"
     assert cached_runner(path) is None  # Keras won: the model must be loaded to run it
+    assert not runtime_module.has_cached_runner(path)
     predictor = Predictor(path)
     assert predictor.runner.name == "keras" and predictor._model is not None
 

@@ -339,9 +339,9 @@ def test_tensorflow_loads_only_without_a_cached_runtime(model_path, monkeypatch)
 
     def cached(path, *, digest=None, **_):
         seen.append((Path(path), digest))
-        return "a runner" if Path(path) == model_path else None
+        return Path(path) == model_path
 
-    monkeypatch.setattr(runtime, "cached_runner", cached)
+    monkeypatch.setattr(runtime, "has_cached_runner", cached)
     monkeypatch.delenv("AGEGENDER_RUNTIME", raising=False)  # "auto", as for a user
     assert serve.needs_tensorflow(str(model_path)) is False
     assert serve.needs_tensorflow(None) is True  # the shipped default: no runtime cached here

@@ -344,6 +344,21 @@ def _file_record(digest: str) -> Path:
     return cache_dir() / RUNTIMES_FOLDER / FILES_FOLDER / f"{digest}.json"
 
 
+def _filed_verdict(source, *, check: str, int8: bool, threads: int,
+                   digest: str | None) -> tuple[Path, tuple[int, int]] | None:
+    """The folder of the ``"auto"`` verdict filed for the model file ``source`` under these
+    settings, and the model's input size; None when the file has no record (or is unreadable)."""
+    try:
+        record = read_json(_file_record(digest or file_digest(source)))
+    except OSError:  # unreadable: loading the model says why, in one line
+        return None
+    fingerprint, size = record.get("fingerprint"), record.get("input_size")
+    if not isinstance(fingerprint, str) or not isinstance(size, list) or len(size) != 2:
+        return None
+    key = _cache_key(fingerprint, int8=int8, check=check, threads=threads)
+    return cache_dir() / RUNTIMES_FOLDER / key, (int(size[0]), int(size[1]))
+
+
 def cached_runner(source: str | os.PathLike, *, check: str = "generated", int8: bool = False,
                   threads: int | None = None, digest: str | None = None,
                   ) -> tuple[Runner, tuple[int, int]] | None:
@@ -354,34 +369,50 @@ def cached_runner(source: str | os.PathLike, *, check: str = "generated", int8: 
     ``"generated"`` (``get_runner``'s ``check=None``), the ``description`` of the
     :class:`~agegender_models.export.CheckSet` given, or ``"given"`` for one given as a function;
     ``int8``: whether calibration faces were given; ``digest``: the file's SHA-256 when known."""
-    try:
-        record = read_json(_file_record(digest or file_digest(source)))
-    except OSError:  # unreadable: loading the model says why, in one line
-        return None
-    fingerprint, size = record.get("fingerprint"), record.get("input_size")
-    if not isinstance(fingerprint, str) or not isinstance(size, list) or len(size) != 2:
-        return None
     threads = _threads(threads)
-    key = _cache_key(fingerprint, int8=int8, check=check, threads=threads)
-    runner = _from_cache(cache_dir() / RUNTIMES_FOLDER / key, None, threads)
-    return None if runner is None else (runner, (int(size[0]), int(size[1])))
+    filed = _filed_verdict(source, check=check, int8=int8, threads=threads, digest=digest)
+    if filed is None:
+        return None
+    runner = _from_cache(filed[0], None, threads)
+    return None if runner is None else (runner, filed[1])
 
 
-def _from_cache(folder: Path, model, threads: int) -> Runner | None:
+def has_cached_runner(source: str | os.PathLike, *, check: str = "generated", int8: bool = False,
+                      threads: int | None = None, digest: str | None = None) -> bool:
+    """Whether :func:`cached_runner` would find a runner, answered from the cache's JSON files
+    alone: no artefact read, no runtime started."""
+    filed = _filed_verdict(source, check=check, int8=int8, threads=_threads(threads), digest=digest)
+    winner = None if filed is None else _winner(filed[0])
+    return winner is not None and winner[3] is not None
+
+
+def _winner(folder: Path) -> tuple[dict[str, Any], str, str, Path | None] | None:
+    """The verdict cached in ``folder``, its runtime, its quantization and its artefact (None
+    when Keras won); None when there is no verdict or its artefact is missing."""
     verdict = read_json(folder / "verdict.json")
     name = verdict.get("runtime")
     if not isinstance(name, str):
         return None
     if name == "keras":
+        return verdict, "keras", "none", None
+    runtime, _, quantize = name.partition(" ")
+    path = folder / f"model{SUFFIX.get(runtime, '')}"
+    if runtime not in SUFFIX or not path.is_file():
+        return None
+    return verdict, runtime, quantize or "none", path
+
+
+def _from_cache(folder: Path, model, threads: int) -> Runner | None:
+    winner = _winner(folder)
+    if winner is None:
+        return None
+    verdict, runtime, quantize, path = winner
+    if path is None:  # Keras won
         if model is None:  # asked without the model (cached_runner): it must be loaded
             return None
         runner = keras_runner(model)
     else:
-        runtime, _, quantize = name.partition(" ")
-        path = folder / f"model{SUFFIX.get(runtime, '')}"
-        if runtime not in SUFFIX or not path.is_file():
-            return None
-        runner = artefact_runner(runtime, path.read_bytes(), threads=threads, quantize=quantize or "none")
+        runner = artefact_runner(runtime, path.read_bytes(), threads=threads, quantize=quantize)
     runner.verdict = verdict
     return runner
 

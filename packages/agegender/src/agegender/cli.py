@@ -530,10 +530,11 @@ def _cached_predictor(args: argparse.Namespace, detector: str | None):
     """predict's Predictor on the runtime cached for its model file (one model, no flip TTA,
     ``--runtime auto``, a model outside a run folder with real faces: as the shipped ones are),
     built without TensorFlow; ``None`` where there is none yet (the model is then loaded)."""
+    from agegender_models.runtime import has_cached_runner, is_auto
+
     refs = _checked_model_refs(args)
-    runtime = args.runtime or os.environ.get("AGEGENDER_RUNTIME") or "auto"
     # MTCNN runs on TensorFlow: then it loads as the slow path loads it, quietly
-    if len(refs) != 1 or args.flip_tta or runtime != "auto" or detector == "mtcnn":
+    if len(refs) != 1 or args.flip_tta or not is_auto(args.runtime) or detector == "mtcnn":
         return None
     from agegender.export_data import locate_faces
 
@@ -541,11 +542,10 @@ def _cached_predictor(args: argparse.Namespace, detector: str | None):
     sources = locate_faces(path)
     if sources.check_split is not None and sources.root is not None:
         return None  # its verdict was checked on the run's real faces: _runner's cache key
-    from agegender_models.predict import Predictor
-    from agegender_models.runtime import cached_runner
-
-    if cached_runner(path) is None:
+    if not has_cached_runner(path):
         return None
+    from agegender_models.predict import Predictor
+
     args.model = [str(path)]
     return Predictor(path, detector=detector, runtime="auto")
 

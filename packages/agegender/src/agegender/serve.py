@@ -513,11 +513,11 @@ def needs_tensorflow(spec: str | None) -> bool:
     """Whether serving ``--model`` loads Keras and TensorFlow: not when the runtime ``"auto"``
     chose for its file is cached on this machine (the model then runs from that file)."""
     from agegender_models.predict import _model_file
-    from agegender_models.runtime import cached_runner, is_auto
+    from agegender_models.runtime import has_cached_runner, is_auto
 
     _, value = resolve_model(spec)
     path, digest = _model_file(value)
-    return not (is_auto(None) and cached_runner(path, digest=digest) is not None)
+    return not (is_auto(None) and has_cached_runner(path, digest=digest))
 
 
 def app_from_env() -> FastAPI:
