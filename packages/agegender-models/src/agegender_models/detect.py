@@ -70,6 +70,7 @@ from PIL import Image
 # one image reader for the package: a path, a PIL image or an array -> upright RGB uint8
 # (EXIF orientation, 16-bit/CMYK/alpha rules, pixel limit); re-exported here
 from .imageio import to_rgb
+from .onet import PATCH as ONET_PATCH  # numpy only: the network loads when a detector is built
 
 CHIP_SIZE = 200
 # MTCNN landmarks in a chip (fractions of the chip side; medians over 1,000 chips). MTCNN gives
@@ -393,7 +394,7 @@ class YuNetONetDetector(YuNetDetector):
     """
 
     name = "yunet-onet"
-    _PATCH = 48
+    _PATCH = ONET_PATCH
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
