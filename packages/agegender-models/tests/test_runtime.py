@@ -285,6 +285,48 @@ def test_a_cached_keras_verdict_loads_the_model(saved) -> None:
     assert cached_runner(path, check="given") is None
 
 
+@pytest.mark.parametrize("runtime", ["tflite", "onnx"])
+def test_a_forced_runtime_starts_from_its_conversion_without_the_model(model, saved, runtime,
+                                                                        monkeypatch) -> None:
+    """--runtime tflite took 9 s a photo where "auto" (which chose TFLite) took 0.4: Keras was
+    loaded and the model fingerprinted on every start, and converted a second time."""
+    from agegender_models.runtime import cached_runner
+
+    if runtime not in runtime_module.SUFFIX or (runtime == "onnx" and not runtime_module.onnx_available()):
+        pytest.skip(f"{runtime} is not installed")
+    path, _, calls = saved
+    assert cached_runner(path, runtime=runtime) is None and cached_runner(path, runtime="keras") is None
+    first = Predictor(path, runtime=runtime)
+    assert first.runner.name == runtime and first._model is not None
+    assert calls["converted"] == [(runtime, "none")]
+    expected = first.predict(_images(3))
+    assert runtime_module.has_cached_runner(path, runtime=runtime)
+    assert not runtime_module.has_cached_runner(path)  # "auto" never ran: nothing to start from
+    assert not runtime_module.has_cached_runner(path, runtime="keras")  # Keras needs the model
+    again = Predictor(path, runtime=runtime)
+    assert again._model is None and again.runner.name == runtime
+    assert [r["age"] for r in again.predict(_images(3))] == [r["age"] for r in expected]
+    assert calls["converted"] == [(runtime, "none")]  # converted once
+    monkeypatch.setenv("AGEGENDER_RUNTIME", runtime)  # the variable forces it too
+    assert Predictor(path)._model is None
+
+
+def test_a_forced_runtime_runs_autos_conversion_when_auto_chose_it(model, saved, cache) -> None:
+    from agegender_models.runtime import cached_runner
+
+    path, _, calls = saved
+    assert Predictor(path).runner.name == "tflite"  # "auto" converted every candidate once
+    converted = list(calls["converted"])
+    forced = Predictor(path, runtime="tflite")
+    assert forced._model is None and forced.runner.name == "tflite"
+    assert calls["converted"] == converted  # nothing converted again
+    assert not (cache / "runtimes" / "forced").exists()  # and no second copy written
+    assert get_runner(model, "tflite").name == "tflite" and calls["converted"] == converted
+    # another runtime than "auto"'s choice is converted when forced
+    if runtime_module.onnx_available():
+        assert cached_runner(path, runtime="onnx") is None
+
+
 def test_resize_is_tensorflows_bilinear_resize_pixel_for_pixel() -> None:
     import tensorflow as tf
 

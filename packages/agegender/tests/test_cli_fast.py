@@ -171,9 +171,16 @@ def test_predict_starts_from_a_cached_runtime_without_tensorflow(tmp_path, monke
     want, got = json.loads(first.stdout)["predictions"], json.loads(again.stdout)["predictions"]
     assert [r["file"] for r in got] == images
     assert [r["age"] for r in got] == pytest.approx([r["age"] for r in want], rel=1e-6)
-    # flip TTA (a model made from the file), a forced runtime and MTCNN (TensorFlow's) load the
+    # TFLite asked for by name runs "auto"'s conversion, also without TensorFlow
+    forced = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, *args, "--runtime", "tflite"],
+                            capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "runtime: tflite (asked)" in forced.stderr
+    got = json.loads(forced.stdout)["predictions"]
+    assert [r["age"] for r in got] == pytest.approx([r["age"] for r in want], rel=1e-6)
+    # flip TTA (a model made from the file), Keras asked for and MTCNN (TensorFlow's) load the
     # model as before
-    for extra in (["--flip-tta"], ["--runtime", "tflite"], ["--detect", "mtcnn"]):
+    for extra in (["--flip-tta"], ["--runtime", "keras"], ["--detect", "mtcnn"]):
         loaded = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, *args, *extra],
                                 capture_output=True, text=True, timeout=300)
         assert loaded.returncode != 0 and "import of keras halted" in loaded.stderr, extra

@@ -149,9 +149,10 @@ class Predictor:
     measured once per model and machine and cached; ``"keras"``, ``"tflite"`` or ``"onnx"``
     forces one, and a :class:`~agegender_models.runtime.Runner` is used as is (see
     :mod:`agegender_models.runtime`). ``predictor.runner.describe()`` says which runs. A model
-    given by its path or name that has run on ``"auto"`` on this machine before starts from that
-    cached runtime without loading Keras or TensorFlow (:func:`~agegender_models.runtime.cached_runner`;
-    ``predictor.model`` loads the Keras model when asked for).
+    given by its path or name that has run on this machine before (on ``"auto"``, or on the
+    ``"tflite"`` or ``"onnx"`` asked for now) starts from that cached runtime without loading
+    Keras or TensorFlow (:func:`~agegender_models.runtime.cached_runner`; ``predictor.model``
+    loads the Keras model when asked for).
     """
 
     def __init__(
@@ -164,7 +165,7 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chip_tolerance: float | None = CHIP_MISMATCH,
     ):
-        from .runtime import cached_runner, file_digest, get_runner, is_auto
+        from .runtime import Runner, cached_runner, file_digest, get_runner
 
         self._source: Path | None = None
         digest = None
@@ -194,10 +195,11 @@ class Predictor:
             from .detect import get_detector  # the detectors import the 'detect' extra lazily
 
             self.detector = get_detector(detector)
-        # a model file run on "auto" before: its measured runtime, without loading Keras
+        # a model file run before: the runtime "auto" measured (or the one forced, converted),
+        # without loading Keras
         cached = None
-        if digest is not None and is_auto(runtime):
-            cached = cached_runner(self._source, digest=digest)
+        if digest is not None and not isinstance(runtime, Runner):
+            cached = cached_runner(self._source, runtime=runtime, digest=digest)
         self._model: keras.Model | None = None
         self._model_lock = threading.Lock()
         if cached is not None:

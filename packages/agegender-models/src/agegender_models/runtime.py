@@ -18,7 +18,9 @@ returns ``(p_female, age)``, two float32 arrays of shape ``(N,)``, whatever runs
   :func:`clear_runtime_cache`), so the conversions and timings run once. A model loaded from a
   ``.keras`` file (``source``) also has its verdict filed under the file's SHA-256, so that
   :func:`cached_runner` finds the winner again without loading the model: a process that only
-  predicts then needs neither Keras nor TensorFlow (about 6 s to import).
+  predicts then needs neither Keras nor TensorFlow (about 6 s to import). A forced ``"tflite"``
+  or ``"onnx"`` reuses ``"auto"``'s conversion when ``"auto"`` chose that runtime (else converts
+  once, cached), and is filed under the file too.
 
 int8 candidates need real ``calibration`` faces: quantization ranges calibrated on generated
 images would pass a check on generated images and could still fail on faces.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -160,11 +163,11 @@ def onnx_available() -> bool:
 
 def onnx_runner(content: bytes, *, threads: int | None = None, quantize: str = "none") -> Runner:
     """An ONNX model on ONNX Runtime's CPU provider."""
-    from .export import ONNX_INSTALL, ExportFormatError
-
     try:
         import onnxruntime as ort
     except ImportError as exc:
+        from .export import ONNX_INSTALL, ExportFormatError  # (export imports Keras)
+
         raise ExportFormatError(f"the onnx runtime needs onnxruntime ({exc}); install the extra: "
                                 f"{ONNX_INSTALL}") from exc
     options = ort.SessionOptions()
@@ -344,10 +347,9 @@ def _file_record(digest: str) -> Path:
     return cache_dir() / RUNTIMES_FOLDER / FILES_FOLDER / f"{digest}.json"
 
 
-def _filed_verdict(source, *, check: str, int8: bool, threads: int,
-                   digest: str | None) -> tuple[Path, tuple[int, int]] | None:
-    """The folder of the ``"auto"`` verdict filed for the model file ``source`` under these
-    settings, and the model's input size; None when the file has no record (or is unreadable)."""
+def _filed_model(source, digest: str | None) -> tuple[str, tuple[int, int]] | None:
+    """The fingerprint and input size filed for the model file ``source`` (by a run on
+    ``"auto"`` or a forced runtime); None when the file has no record (or is unreadable)."""
     try:
         record = read_json(_file_record(digest or file_digest(source)))
     except OSError:  # unreadable: loading the model says why, in one line
@@ -355,34 +357,82 @@ def _filed_verdict(source, *, check: str, int8: bool, threads: int,
     fingerprint, size = record.get("fingerprint"), record.get("input_size")
     if not isinstance(fingerprint, str) or not isinstance(size, list) or len(size) != 2:
         return None
-    key = _cache_key(fingerprint, int8=int8, check=check, threads=threads)
-    return cache_dir() / RUNTIMES_FOLDER / key, (int(size[0]), int(size[1]))
+    return fingerprint, (int(size[0]), int(size[1]))
 
 
-def cached_runner(source: str | os.PathLike, *, check: str = "generated", int8: bool = False,
-                  threads: int | None = None, digest: str | None = None,
-                  ) -> tuple[Runner, tuple[int, int]] | None:
-    """The ``"auto"`` runner already measured for the model in the ``.keras`` file ``source``, and
-    the model's input size, found without loading the model (no Keras, no TensorFlow): ``None``
-    when there is none yet (the model was never run from this file with ``"auto"`` on this
-    machine, with these library versions and settings) or when Keras itself won. ``check``:
-    ``"generated"`` (``get_runner``'s ``check=None``), the ``description`` of the
-    :class:`~agegender_models.export.CheckSet` given, or ``"given"`` for one given as a function;
-    ``int8``: whether calibration faces were given; ``digest``: the file's SHA-256 when known."""
-    threads = _threads(threads)
-    filed = _filed_verdict(source, check=check, int8=int8, threads=threads, digest=digest)
+def _forced_path(fingerprint: str, runtime: str) -> Path:
+    return cache_dir() / RUNTIMES_FOLDER / "forced" / f"{fingerprint[:24]}{SUFFIX[runtime]}"
+
+
+def _forced_artefact(fingerprint: str, runtime: str, threads: int) -> Path | None:
+    """The converted file a forced ``runtime`` runs for this model: ``"auto"``'s own when it
+    chose that runtime, unquantized, with its default check (the same conversion), else one
+    converted when the runtime was forced before; None when there is neither."""
+    key = _cache_key(fingerprint, int8=False, check="generated", threads=threads)
+    winner = _winner(cache_dir() / RUNTIMES_FOLDER / key)
+    if winner is not None and winner[1] == runtime and winner[2] == "none":
+        return winner[3]
+    path = _forced_path(fingerprint, runtime)
+    return path if path.is_file() else None
+
+
+def _filed_artefact(source, runtime: str, *, check: str, int8: bool, threads: int,
+                    digest: str | None) -> tuple[Path, str, tuple[int, int]] | None:
+    """What :func:`cached_runner` runs for the model file ``source``: for ``"auto"`` the folder
+    of its verdict, for a forced runtime the converted file; with the runtime (``"auto"``, or the
+    forced one) and the model's input size. None when nothing is filed."""
+    filed = _filed_model(source, digest)
     if filed is None:
         return None
-    runner = _from_cache(filed[0], None, threads)
-    return None if runner is None else (runner, filed[1])
+    fingerprint, size = filed
+    if runtime == "auto":
+        key = _cache_key(fingerprint, int8=int8, check=check, threads=threads)
+        return cache_dir() / RUNTIMES_FOLDER / key, runtime, size
+    if runtime == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+        return None  # (running a conversion needs ONNX Runtime, not tf2onnx, which imports TF)
+    path = _forced_artefact(fingerprint, runtime, threads)
+    return None if path is None else (path, runtime, size)
 
 
-def has_cached_runner(source: str | os.PathLike, *, check: str = "generated", int8: bool = False,
-                      threads: int | None = None, digest: str | None = None) -> bool:
-    """Whether :func:`cached_runner` would find a runner, answered from the cache's JSON files
+def cached_runner(source: str | os.PathLike, *, runtime: str | None = None,
+                  check: str = "generated", int8: bool = False, threads: int | None = None,
+                  digest: str | None = None) -> tuple[Runner, tuple[int, int]] | None:
+    """The runner already made for the model in the ``.keras`` file ``source``, and the model's
+    input size, found without loading the model (no Keras, no TensorFlow): ``None`` when there is
+    none yet or when it needs the model. ``runtime`` as :func:`get_runner` takes it: for
+    ``"auto"``, the runtime measured when the model was run from this file on this machine (with
+    these library versions and settings; None when Keras itself won); for ``"tflite"`` or
+    ``"onnx"``, that conversion of the model made before (by ``"auto"`` or by forcing it);
+    ``"keras"`` is always None. ``check`` (``"auto"`` only): ``"generated"`` (``get_runner``'s
+    ``check=None``), the ``description`` of the :class:`~agegender_models.export.CheckSet` given,
+    or ``"given"`` for one given as a function; ``int8``: whether calibration faces were given;
+    ``digest``: the file's SHA-256 when known."""
+    runtime, threads = _resolve_runtime(runtime), _threads(threads)
+    if runtime == "keras":
+        return None
+    filed = _filed_artefact(source, runtime, check=check, int8=int8, threads=threads, digest=digest)
+    if filed is None:
+        return None
+    path, runtime, size = filed
+    if runtime == "auto":
+        runner = _from_cache(path, None, threads)
+    else:
+        runner = artefact_runner(runtime, path.read_bytes(), threads=threads)
+    return None if runner is None else (runner, size)
+
+
+def has_cached_runner(source: str | os.PathLike, *, runtime: str | None = None,
+                      check: str = "generated", int8: bool = False, threads: int | None = None,
+                      digest: str | None = None) -> bool:
+    """Whether :func:`cached_runner` would find a runner, answered from the cache's files
     alone: no artefact read, no runtime started."""
-    filed = _filed_verdict(source, check=check, int8=int8, threads=_threads(threads), digest=digest)
-    winner = None if filed is None else _winner(filed[0])
+    runtime, threads = _resolve_runtime(runtime), _threads(threads)
+    if runtime == "keras":
+        return False
+    filed = _filed_artefact(source, runtime, check=check, int8=int8, threads=threads, digest=digest)
+    if filed is None or filed[1] != "auto":
+        return filed is not None
+    winner = _winner(filed[0])
     return winner is not None and winner[3] is not None
 
 
@@ -479,8 +529,10 @@ def get_runner(
     (default: generated images); ``calibration``: uint8 faces at the model's input size, which
     also make ``"auto"`` consider int8 exports. Either may be a function returning it, called
     only when there is no cached verdict to use. ``threads``: TFLite/ONNX Runtime threads
-    (default: every CPU); ``cache=False`` measures again. ``source``: the ``.keras`` file the
-    model was loaded from; ``"auto"`` then also files its verdict under the file's SHA-256, for
+    (default: every CPU); ``cache=False`` measures (or converts) again. A forced ``"tflite"`` or
+    ``"onnx"`` runs ``"auto"``'s conversion when ``"auto"`` chose that runtime, else converts
+    the model once (cached). ``source``: the ``.keras`` file the model was loaded from; the
+    verdict or conversion is then also filed under the file's SHA-256, for
     :func:`cached_runner` to find without loading the model (``source_digest``: that SHA-256
     taken before the model was loaded; a file replaced since is then not filed).
     """
@@ -500,16 +552,20 @@ def get_runner(
 
         raise ExportFormatError(f"runtime 'onnx' needs tf2onnx and onnxruntime; install the extra: "
                                 f"{ONNX_INSTALL}")
-    folder = cache_dir() / RUNTIMES_FOLDER / "forced"
-    path = folder / f"{model_fingerprint(model)[:24]}{SUFFIX[runtime]}"
-    if cache and path.is_file():
-        content = path.read_bytes()
+    fingerprint = model_fingerprint(model)
+    if source is not None:  # cached_runner finds this conversion from the file, without the model
+        _remember_file(source, source_digest, fingerprint, model)
+    found = _forced_artefact(fingerprint, runtime, threads) if cache else None
+    if found is not None:
+        content = found.read_bytes()
     else:
         content = convert_model(model, runtime)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
+        path = _forced_path(fingerprint, runtime)
+        with contextlib.suppress(OSError):  # a read-only cache is not written
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+            tmp.write_bytes(content)
+            os.replace(tmp, path)
     return artefact_runner(runtime, content, threads=threads)
 
 

@@ -527,27 +527,28 @@ def _cmd_predict_batch(args: argparse.Namespace) -> int:
 
 
 def _cached_predictor(args: argparse.Namespace, detector: str | None):
-    """predict's Predictor on the runtime cached for its model file (one model, no flip TTA,
-    ``--runtime auto``, a model outside a run folder with real faces: as the shipped ones are),
-    built without TensorFlow; ``None`` where there is none yet (the model is then loaded)."""
+    """predict's Predictor on the runtime cached for its model file (one model, no flip TTA;
+    for ``--runtime auto`` a model outside a run folder with real faces, as the shipped ones
+    are), built without TensorFlow; ``None`` where there is none yet (the model is then loaded)."""
     from agegender_models.runtime import has_cached_runner, is_auto
 
     refs = _checked_model_refs(args)
     # MTCNN runs on TensorFlow: then it loads as the slow path loads it, quietly
-    if len(refs) != 1 or args.flip_tta or not is_auto(args.runtime) or detector == "mtcnn":
+    if len(refs) != 1 or args.flip_tta or detector == "mtcnn":
         return None
     from agegender.export_data import locate_faces
 
     path = _model_path(refs[0])
-    sources = locate_faces(path)
-    if sources.check_split is not None and sources.root is not None:
-        return None  # its verdict was checked on the run's real faces: _runner's cache key
-    if not has_cached_runner(path):
+    if is_auto(args.runtime):
+        sources = locate_faces(path)
+        if sources.check_split is not None and sources.root is not None:
+            return None  # its verdict was checked on the run's real faces: _runner's cache key
+    if not has_cached_runner(path, runtime=args.runtime):
         return None
     from agegender_models.predict import Predictor
 
     args.model = [str(path)]
-    return Predictor(path, detector=detector, runtime="auto")
+    return Predictor(path, detector=detector, runtime=args.runtime)
 
 
 def _runner(args: argparse.Namespace, model):
@@ -556,8 +557,11 @@ def _runner(args: argparse.Namespace, model):
     from agegender_models.runtime import get_runner
 
     runtime = args.runtime or os.environ.get("AGEGENDER_RUNTIME") or "auto"
+    # one model file, as it is: its runner is also filed under the file (_cached_predictor)
+    source = args.model[0] if len(args.model) == 1 and not args.flip_tta else None
+    digest = getattr(args, "model_digest", None)
     if runtime != "auto":
-        runner = get_runner(model, runtime)
+        runner = get_runner(model, runtime, source=source, source_digest=digest)
     else:
         from agegender.export_data import locate_faces
 
@@ -571,12 +575,10 @@ def _runner(args: argparse.Namespace, model):
             return loaded[0]
 
         real = sources.check_split is not None and sources.root is not None
-        # one model file, as it is: its verdict is also filed under the file (_cached_predictor)
-        source = args.model[0] if len(args.model) == 1 and not args.flip_tta else None
         runner = get_runner(
             model, "auto", check=(lambda: faces().check) if real else None,
             calibration=(lambda: faces().calibration) if real and sources.calibration_split else None,
-            source=source, source_digest=getattr(args, "model_digest", None))
+            source=source, source_digest=digest)
     logging.getLogger("agegender").info("runtime: %s", runner.describe())
     return runner
 

@@ -510,14 +510,15 @@ def _contract(predictions: list[dict[str, Any]], errors: list[dict[str, str]]) -
 
 
 def needs_tensorflow(spec: str | None) -> bool:
-    """Whether serving ``--model`` loads Keras and TensorFlow: not when the runtime ``"auto"``
-    chose for its file is cached on this machine (the model then runs from that file)."""
+    """Whether serving ``--model`` loads Keras and TensorFlow: not when the runtime it runs on
+    (``"auto"``'s choice, or ``$AGEGENDER_RUNTIME``'s) is cached for its file on this machine (the
+    model then runs from that conversion)."""
     from agegender_models.predict import _model_file
-    from agegender_models.runtime import has_cached_runner, is_auto
+    from agegender_models.runtime import has_cached_runner
 
     _, value = resolve_model(spec)
     path, digest = _model_file(value)
-    return not (is_auto(None) and has_cached_runner(path, digest=digest))
+    return not has_cached_runner(path, digest=digest)
 
 
 def app_from_env() -> FastAPI:
