@@ -323,3 +323,35 @@ def test_a_large_jpeg_is_decoded_reduced_and_upright(tmp_path: Path) -> None:
     _gradient(44, 6000).save(strip)
     rgb, factor = read_image_reduced(strip, 640)
     assert (rgb.shape, factor) == ((750, 6, 3), 8)
+
+
+def test_an_image_files_bytes_read_as_the_file_does(linear_model, tmp_path: Path) -> None:
+    """Bytes (a web upload, an object store) by the same rules as the file: orientation, the
+    reduced decode, the pixel limit, one-line errors named ``<bytes>``."""
+    from agegender_models.imageio import read_image_reduced
+
+    path = tmp_path / "big.jpg"
+    _gradient(1400, 1000).save(path, quality=95, exif=_exif(6))
+    data = path.read_bytes()
+    for encoded in (data, bytearray(data), memoryview(data)):
+        np.testing.assert_array_equal(read_image(encoded), read_image(path))
+        np.testing.assert_array_equal(to_rgb(encoded), read_image(path))
+        got, want = read_image_reduced(encoded, 300), read_image_reduced(path, 300)
+        assert got[1] == want[1] == 4
+        np.testing.assert_array_equal(got[0], want[0])
+    with pytest.raises(ImageTooLargeError, match=r"^<bytes>: image too large: 1400x1000"):
+        read_image(data, max_pixels=1_000_000)
+    with pytest.raises(ImageReadError, match=r"^<bytes>: cannot read image: not an image"):
+        read_image(b"just some text")
+    with pytest.raises(ImageReadError, match=r"^<bytes>: cannot read image: empty file"):
+        read_image(b"")
+    with pytest.raises(ImageReadError, match=r"^<bytes>: cannot decode image: .*truncated"):
+        read_image(data[:2000])
+    # Predictor: one input or a list of them, never iterated as numbers
+    predictor = Predictor(linear_model)
+    (one,) = predictor.predict(data)
+    assert one["file"] is None and one["age"] == predictor.predict([path])[0]["age"]
+    found, errors = predictor.predict([data, b"not an image", path], return_errors=True)
+    assert [r["file"] for r in found] == [None, str(path)]
+    assert errors == [{"file": "<bytes>", "reason": "cannot read image: not an image Pillow can "
+                                                    "read (unknown format or not an image file)"}]

@@ -145,6 +145,38 @@ def test_predict_answers_as_predict_json_does(client, model_path, tmp_path, monk
     assert body["errors"] == [{"file": "c_none.jpg", "reason": "no face found"}]
 
 
+class ReducedDetector:
+    """Shrinks photos to 640 px as YuNet's detectors do (``max_side``): `predict` decodes a large
+    JPEG for it at a reduced scale. It finds a face only in that reduced image (700 px wide)."""
+
+    max_side = 640
+
+    def detect_faces(self, image):
+        return [Face((200, 150, 300, 300), 0.99)] if image.shape[1] == 700 else []
+
+
+def test_a_large_jpeg_is_read_as_predict_reads_it(model_path, tmp_path) -> None:
+    """The API decoded uploads whole where `predict` decodes a large JPEG reduced for the
+    detector: the same photo got other numbers through the two."""
+    from agegender_models import Predictor
+
+    x = np.linspace(0, 255, 1400)[None, :, None]
+    y = np.linspace(0, 255, 1000)[:, None, None]
+    picture = np.concatenate([np.broadcast_to(x, (1000, 1400, 1)), np.broadcast_to(y, (1000, 1400, 1)),
+                              np.full((1000, 1400, 1), 90.0)], -1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "JPEG", quality=90)
+    (tmp_path / "large.jpg").write_bytes(buffer.getvalue())
+    expected = Predictor(model_path, detector=ReducedDetector()).predict([tmp_path / "large.jpg"])
+    with TestClient(serve.create_app(str(model_path), detector=ReducedDetector())) as client:
+        response = post(client, ("large.jpg", buffer.getvalue()))
+    assert response.status_code == 200, response.text
+    (row,) = response.json()["predictions"]
+    assert row["box"] == expected[0]["box"] == [400, 300, 600, 600]  # in the photo's own pixels
+    assert row["age"] == pytest.approx(expected[0]["age"], abs=0.05)
+    assert row["p_female"] == pytest.approx(expected[0]["p_female"], abs=5e-4)
+
+
 def test_a_photo_without_a_face_is_200_with_the_reason(client) -> None:
     response = post(client, ("plain.jpg", photo(200)))
     assert response.status_code == 200

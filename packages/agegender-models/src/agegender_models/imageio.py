@@ -3,6 +3,7 @@
     from agegender_models.imageio import read_image
 
     rgb = read_image("photo.jpg")   # H x W x 3 uint8, as an image viewer shows the photo
+    rgb = read_image(data)          # the same from the file's bytes (an upload, an object store)
 
 :class:`~agegender_models.Predictor` and :mod:`agegender_models.detect` read files (and
 convert PIL images) only through this module. ``utkface_data``'s training pipeline has its
@@ -36,6 +37,7 @@ decoding it whole and shrinking it: what face detection needs from a phone photo
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -56,8 +58,10 @@ else:
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "ENCODED",
     "ImageReadError",
     "ImageTooLargeError",
+    "check_size",
     "exif_orientation",
     "read_image",
     "read_image_reduced",
@@ -65,6 +69,9 @@ __all__ = [
     "to_rgb",
     "unsupported_format",
 ]
+
+ENCODED = bytes | bytearray | memoryview
+"""The types read as an image file's bytes (what a web upload or an object store gives)."""
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """The largest image read (width x height): 8000 x 8000. 48-50 megapixel phone photos pass
@@ -174,7 +181,9 @@ def _over_the_limit(pixels: str, max_pixels: int) -> str:
     return f"image too large: {pixels} exceeds max_pixels={max_pixels} (decompression-bomb guard; not decoded)"
 
 
-def _check_size(image: Image.Image, *, max_pixels: int, name: str) -> None:
+def check_size(image: Image.Image, *, max_pixels: int, name: str) -> None:
+    """Refuse an opened (not yet decoded) image whose header claims more than ``max_pixels``
+    pixels: :class:`ImageTooLargeError` naming ``name``."""
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(name, _over_the_limit(f"{width}x{height} = {width * height} pixels",
@@ -185,7 +194,7 @@ def _image_to_rgb(image: Image.Image, *, max_pixels: int, name: str, reduce_to: 
                   ) -> np.ndarray:
     """Check the size from the header, decode (a JPEG at a reduced scale whose longer side stays
     at least ``reduce_to``, when given), orient and convert one PIL image."""
-    _check_size(image, max_pixels=max_pixels, name=name)
+    check_size(image, max_pixels=max_pixels, name=name)
     # MPO: a phone's JPEG with a second picture (a depth map, a preview) after the first
     if reduce_to is not None and image.format in ("JPEG", "MPO") and max(image.size) >= 2 * reduce_to:
         width, height = image.size
@@ -204,9 +213,10 @@ def _image_to_rgb(image: Image.Image, *, max_pixels: int, name: str, reduce_to: 
     return np.ascontiguousarray(_pixels_to_rgb(image))
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image file as an upright H x W x 3 uint8 RGB array (see the module docstring
-    for the rules).
+def read_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file (a path, or its bytes: ``bytes``, ``bytearray`` or ``memoryview``,
+    named ``<bytes>`` in errors) as an upright H x W x 3 uint8 RGB array (see the module
+    docstring for the rules).
 
     Raises ``FileNotFoundError`` for a missing file, :class:`ImageTooLargeError` for an image
     over ``max_pixels`` (not decoded) and :class:`ImageReadError` for anything else that cannot
@@ -215,7 +225,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     return _read(path, max_pixels=max_pixels)[0]
 
 
-def read_image_reduced(path: str | os.PathLike, reduce_to: int, *,
+def read_image_reduced(path: str | os.PathLike | bytes, reduce_to: int, *,
                        max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
     """:func:`read_image`, but a JPEG at least twice ``reduce_to`` on its longer side is decoded
     at 1/2, 1/4 or 1/8 of its size (the smallest that keeps the longer side at least
@@ -227,15 +237,16 @@ def read_image_reduced(path: str | os.PathLike, reduce_to: int, *,
     return _read(path, max_pixels=max_pixels, reduce_to=reduce_to)
 
 
-def _read(path: str | os.PathLike, *, max_pixels: int, reduce_to: int | None = None,
+def _read(path: str | os.PathLike | bytes, *, max_pixels: int, reduce_to: int | None = None,
           ) -> tuple[np.ndarray, int]:
     _check_max_pixels(max_pixels)
-    name = os.fspath(path)
+    encoded = isinstance(path, ENCODED)
+    name = "<bytes>" if encoded else os.fspath(path)
     try:
         with warnings.catch_warnings():
             # Pillow warns above its own limit at open; the size is checked below, by name
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(name)
+            image = Image.open(io.BytesIO(path) if encoded else name)
     except FileNotFoundError:
         if os.path.islink(name):
             raise FileNotFoundError(f"image file not found: {name} is a broken symbolic link "
@@ -246,8 +257,11 @@ def _read(path: str | os.PathLike, *, max_pixels: int, reduce_to: int | None = N
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(name, refused_by_pillow(exc, max_pixels)) from None
     except Image.UnidentifiedImageError:
-        with open(name, "rb") as f:
-            head = f.read(64)
+        if encoded:
+            head = bytes(path[:64])
+        else:
+            with open(name, "rb") as f:
+                head = f.read(64)
         reason = ("empty file" if not head else unsupported_format(head)
                   or "not an image Pillow can read (unknown format or not an image file)")
         raise ImageReadError(name, f"cannot read image: {reason}") from None
@@ -275,14 +289,15 @@ def unsupported_format(head: bytes) -> str | None:
 
 
 def to_rgb(image: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """An image file path, a PIL image or an H x W / H x W x 1 / H x W x 3 / H x W x 4 array
-    (0-255) -> H x W x 3 uint8 RGB.
+    """An image file path, an image file's bytes, a PIL image or an H x W / H x W x 1 /
+    H x W x 3 / H x W x 4 array (0-255) -> H x W x 3 uint8 RGB.
 
-    Paths go through :func:`read_image`; PIL images follow the same rules (orientation, modes,
-    ``max_pixels`` before decoding a lazily opened one). Arrays are taken as they are: gray is
-    repeated, a fourth channel is dropped, other dtypes are rounded and clipped to 0-255.
+    Paths and bytes go through :func:`read_image`; PIL images follow the same rules
+    (orientation, modes, ``max_pixels`` before decoding a lazily opened one). Arrays are taken
+    as they are: gray is repeated, a fourth channel is dropped, other dtypes are rounded and
+    clipped to 0-255.
     """
-    if isinstance(image, str | os.PathLike):
+    if isinstance(image, str | os.PathLike | ENCODED):
         return read_image(image, max_pixels=max_pixels)
     if isinstance(image, Image.Image):
         name = getattr(image, "filename", "") or "<image>"

@@ -18,6 +18,7 @@ from PIL import Image
 from .detect import CHIP_MISMATCH
 from .imageio import (
     DEFAULT_MAX_PIXELS,
+    ENCODED,
     ImageReadError,
     read_image_reduced,
     resize_bilinear,
@@ -104,9 +105,11 @@ class Predictor:
 
     ``Predictor(model_or_path)`` takes a model from :func:`create_model`, a ``.keras`` path
     (loaded in safe mode) or the name of a shipped model; ``Predictor()`` uses the shipped
-    default (:func:`agegender_models.load_pretrained`). :meth:`predict` takes one image or file path, a list of them, or
-    an ``(N, H, W, 3)`` array; images are 0-255 RGB of any size/mode and are converted to RGB
-    and resized to the model's input size. Files and PIL images are read by
+    default (:func:`agegender_models.load_pretrained`). :meth:`predict` takes one image, file path
+    or image file's bytes (``bytes``, ``bytearray``, ``memoryview``: an upload; ``"file"`` is
+    then None, ``"<bytes>"`` in ``errors``), a list of them, or an ``(N, H, W, 3)`` array; images
+    are 0-255 RGB of any size/mode and are converted to RGB and resized to the model's input
+    size. Files, bytes and PIL images are read by
     :func:`agegender_models.imageio.read_image`: EXIF orientation applied, 16-bit, CMYK,
     palette and transparent images converted by its rules (as the training pipeline reads them),
     images over ``max_pixels`` (default 64 million) refused without being decoded.
@@ -250,7 +253,7 @@ class Predictor:
         return getattr(self.detector, "name", "") or type(self.detector).__name__
 
     def _items(self, images_or_paths: Any) -> list[Any]:
-        if isinstance(images_or_paths, str | os.PathLike | Image.Image):
+        if isinstance(images_or_paths, str | os.PathLike | Image.Image | ENCODED):
             return [images_or_paths]
         if isinstance(images_or_paths, np.ndarray):
             return list(images_or_paths) if images_or_paths.ndim == 4 else [images_or_paths]
@@ -290,11 +293,11 @@ class Predictor:
         self.errors = results.errors  # the same list
         self._not_square: list[tuple[Any, int, int]] = []
         pending: list[tuple[str | None, dict[str, Any], np.ndarray]] = []
-        for file, outcome in self._prepared(self._items(images_or_paths), workers):
+        for file, unnamed, outcome in self._prepared(self._items(images_or_paths), workers):
             if isinstance(outcome, BaseException):
-                self.errors.append({"file": file or "<array>", "reason": _reason(outcome)})
+                self.errors.append({"file": file or unnamed, "reason": _reason(outcome)})
             elif not outcome:
-                self.errors.append({"file": file or "<array>", "reason": "no face found"})
+                self.errors.append({"file": file or unnamed, "reason": "no face found"})
             else:
                 pending.extend((file, extra, arr) for extra, arr in outcome)
             while len(pending) >= batch_size:
@@ -308,8 +311,9 @@ class Predictor:
         return self._returned(results, return_errors)
 
     def _prepared(self, items: list[Any], workers: int):
-        """``(file, crops or the exception)`` per input, in order; read ``workers`` at a time,
-        a few inputs ahead (PIL's decoder and the model release the GIL)."""
+        """``(file, its name in errors when it has none, crops or the exception)`` per input, in
+        order; read ``workers`` at a time, a few inputs ahead (PIL's decoder and the model
+        release the GIL)."""
         def prepare(item):
             try:
                 return self._prepare(item)
@@ -317,9 +321,10 @@ class Predictor:
                 return exc
 
         files = [os.fspath(i) if isinstance(i, str | os.PathLike) else None for i in items]
+        unnamed = ["<bytes>" if isinstance(i, ENCODED) else "<array>" for i in items]
         if workers == 1 or len(items) < 2:
-            for file, item in zip(files, items, strict=True):
-                yield file, prepare(item)
+            for file, name, item in zip(files, unnamed, items, strict=True):
+                yield file, name, prepare(item)
             return
         from concurrent.futures import ThreadPoolExecutor
 
@@ -331,7 +336,7 @@ class Predictor:
                 queue[i] = None  # let the crops go once they are predicted
                 if i + ahead < len(items):
                     queue.append(pool.submit(prepare, items[i + ahead]))
-                yield file, outcome
+                yield file, unnamed[i], outcome
 
     def _prepare(self, item: Any) -> list[tuple[dict[str, Any], np.ndarray]]:
         """One input -> its model-sized crops: every face found (detector), else the image."""
@@ -387,11 +392,11 @@ class Predictor:
         """Detect the faces in one image and crop each like a UTKFace chip, at the model's size."""
         from .detect import CHIP_SIZE, chip_side, crop_face, is_chip
 
-        # a file: upright, by imageio's rules; a large JPEG decoded at a reduced scale when the
-        # detector shrinks photos anyway (its max_side), read again whole only if a face would
-        # be cropped from fewer pixels than a chip has
+        # a file (or its bytes): upright, by imageio's rules; a large JPEG decoded at a reduced
+        # scale when the detector shrinks photos anyway (its max_side), read again whole only if
+        # a face would be cropped from fewer pixels than a chip has
         detect_side = getattr(self.detector, "max_side", None)
-        if isinstance(item, str | os.PathLike) and isinstance(detect_side, int) and detect_side >= 1:
+        if isinstance(item, str | os.PathLike | ENCODED) and isinstance(detect_side, int) and detect_side >= 1:
             rgb, factor = read_image_reduced(item, detect_side, max_pixels=self.max_pixels)
         else:
             rgb, factor = to_rgb(item, max_pixels=self.max_pixels), 1

@@ -5,8 +5,9 @@
 
 Endpoints (JSON in and out, except the page and its two assets):
 
-* ``POST /v1/predict`` -- a multipart form with one or more files in the field ``image``. Faces
-  are found with MTCNN and each is predicted; the answer is the ``agegender predict --json``
+* ``POST /v1/predict`` -- a multipart form with one or more files in the field ``image``. Each
+  file is read and its faces found and predicted as ``agegender predict`` does (its default
+  detector, ``auto``; the same answers); the answer is the ``agegender predict --json``
   contract, ``{"predictions": [{file, face, box, confidence, age, gender, p_female}],
   "errors": [{file, reason}]}``, where ``file`` is the upload's own file name (its last path
   component, control characters removed; never a path on the server).
@@ -60,7 +61,6 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 SERVE_INSTALL = "pip install './packages/agegender[serve]'"
@@ -119,15 +119,16 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def read_upload(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
-    """An uploaded file's bytes -> an upright H x W x 3 uint8 RGB array, by the library's rules
-    (:func:`agegender_models.imageio.to_rgb`: EXIF orientation, 16-bit, CMYK, transparency, the
-    pixel limit checked from the header before decoding). Raises :class:`UploadError`."""
+def check_upload(data: bytes, *, max_pixels: int) -> None:
+    """What an uploaded file's header tells, before anything is decoded: empty or not an image
+    (415; a HEIC photo without the ``heif`` extra says so), over the pixel limit (413: a
+    decompression bomb is never decoded), a header Pillow cannot parse (422). The file is then
+    decoded by the predictor, as ``agegender predict`` decodes a file (a large JPEG at a reduced
+    scale for the detector), so both answer alike. Raises :class:`UploadError`."""
     from agegender_models.imageio import (
-        ImageReadError,
         ImageTooLargeError,
+        check_size,
         refused_by_pillow,
-        to_rgb,
         unsupported_format,
     )
 
@@ -143,15 +144,21 @@ def read_upload(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
         raise UploadError(415, unsupported_format(data[:64]) or "not an image: no known image format") from None
     except Exception as exc:  # a header Pillow recognises but cannot parse
         raise UploadError(422, f"corrupt image: {_one_line(exc)}") from None
-    try:
-        with image:
-            return to_rgb(image, max_pixels=max_pixels)
-    except ImageTooLargeError as exc:
-        raise UploadError(413, exc.reason) from None
-    except ImageReadError as exc:
-        raise UploadError(422, f"corrupt image: {exc.reason}") from None
-    except Exception as exc:  # anything else Pillow raises while decoding
-        raise UploadError(422, f"corrupt image: {_one_line(exc)}") from None
+    with image:
+        try:
+            check_size(image, max_pixels=max_pixels, name="upload")
+        except ImageTooLargeError as exc:
+            raise UploadError(413, exc.reason) from None
+
+
+def decode_status(reason: str) -> tuple[int, str]:
+    """The status and reason of a file the predictor could not use: a file that did not decode
+    is corrupt (422), one too large 413; anything else (no face found) was a readable image (200)."""
+    if reason.startswith("image too large"):
+        return 413, reason
+    if reason.startswith(("cannot read image", "cannot decode image")):
+        return 422, f"corrupt image: {reason}"
+    return 200, reason
 
 
 def _request_status(statuses: list[int]) -> int:
@@ -261,15 +268,17 @@ class _Inference:
         readable = False
         for index, name, data in items:
             try:
-                rgb = read_upload(data, name, max_pixels=self.max_pixels)
+                check_upload(data, max_pixels=self.max_pixels)
             except UploadError as exc:
                 errors.append((index, exc.status, {"file": name, "reason": exc.reason}))
                 continue
-            readable = True
-            found, failed = self.served.predictor.predict([rgb], return_errors=True)
-            del rgb
+            found, failed = self.served.predictor.predict([data], return_errors=True)
             predictions.extend({**p, "file": name} for p in found)
-            errors.extend((index, 200, {"file": name, "reason": e["reason"]}) for e in failed)
+            readable = readable or bool(found)
+            for error in failed:
+                status, reason = decode_status(error["reason"])
+                readable = readable or status == 200
+                errors.append((index, status, {"file": name, "reason": reason}))
         return predictions, errors, readable
 
     async def run(self, items: list[tuple[int, str, bytes]]):
