@@ -186,9 +186,11 @@ def test_predict_exit_status_says_whether_every_input_gave_a_result(tiny_model_f
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     assert cli.main(["predict", "--detect", "none", "--model", str(tiny_model_file), str(good)]) == 0
+    assert "images:" not in capsys.readouterr().err  # one input: nothing to count
     assert cli.main(["predict", "--detect", "none", "--model", str(tiny_model_file), str(good), str(bad)]) == 1
     out, err = capsys.readouterr()
     assert str(good) in out and f"error: {bad}" in err
+    assert "agegender: 2 images: 1 predictions, 1 error\n" in err  # several inputs: counted
     assert cli.main(["predict", "--model", str(tmp_path / "none.keras"), str(good)]) == 2
     assert capsys.readouterr().err.strip() == (f"agegender: error: model file not found: {tmp_path / 'none.keras'} "
                                                "(not a file, nor a shipped model (mobilenet-v2-utkface, mobilenet-v2x3-dlib-childweight-utkface, "
@@ -244,3 +246,15 @@ def test_predict_reads_one_image_from_standard_input(tiny_model_file: Path, tmp_
     monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"")))
     assert cli.main([*args, "-"]) == 2
     assert "which is a terminal here: pipe one in" in capsys.readouterr().err
+
+
+def test_a_usage_error_is_one_line(capsys) -> None:
+    """argparse printed its whole usage block before the error; every other error is one line."""
+    for argv, words in ((["predict", "--json", "--csv", "x.jpg"], "argument --csv: not allowed with argument --json"),
+                        (["predict", "--detect", "foo", "x.jpg"], "argument --detect: invalid choice: 'foo'"),
+                        (["bogus"], "argument COMMAND: invalid choice: 'bogus'")):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and err.count("\n") == 1 and words in err, err
+        assert err.endswith(f"(see {'agegender predict' if argv[0] == 'predict' else 'agegender'} --help)\n")

@@ -163,6 +163,9 @@ class Parity:
     export_accuracy: float
     keras_mae: float
     export_mae: float
+    labelled: bool = True
+    """False: faces without labels (generated images); the Keras model's own answers are the
+    reference, so Keras scores 1 and 0 by construction."""
 
     @property
     def points(self) -> float:
@@ -178,6 +181,11 @@ class Parity:
         return round(abs(self.points), 6) <= MAX_GENDER_POINTS and round(abs(self.years), 6) <= MAX_AGE_YEARS
 
     def describe(self) -> str:
+        if not self.labelled:
+            return (f"on {self.description}: the same gender as Keras for "
+                    f"{100 * self.export_accuracy:.2f} % (allowed ≥ {100 - MAX_GENDER_POINTS:g} %), "
+                    f"age {self.export_mae:.3f} years from Keras' on average (allowed "
+                    f"{MAX_AGE_YEARS})")
         return (f"on {self.description}: gender accuracy {self.export_accuracy:.4f} vs Keras "
                 f"{self.keras_accuracy:.4f} ({self.points:+.2f} points, allowed "
                 f"±{MAX_GENDER_POINTS}); age MAE {self.export_mae:.3f} vs Keras "
@@ -202,6 +210,7 @@ def check_parity(model: keras.Model, runner: Runner, check: CheckSet | bool | No
         export_accuracy=float(np.mean((got_p > 0.5) == (gender > 0.5))),
         keras_mae=float(np.mean(np.abs(ref_age - age))),
         export_mae=float(np.mean(np.abs(got_age - age))),
+        labelled=check.labels is not None,
     )
     if not (np.isfinite(got_p).all() and np.isfinite(got_age).all()):
         raise ExportParityError(f"{what} fails the parity check: it predicts NaN or infinity")

@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from agegender.cluster import ClusterError, cluster_task
 from agegender.config import add_train_options, list_recipes, resolve_config
@@ -461,6 +461,11 @@ def _predict(args: argparse.Namespace) -> int:
     errors.sort(key=lambda error: places.get(error["file"], len(places)))  # in the order given
     if args.annotate:
         _annotate(args.annotate, predictions, files, errors)
+    if len(files) > 1:  # the count a user would otherwise make from the rows
+        what = "faces" if detector else "predictions"
+        logging.getLogger("agegender").info(
+            "%d images: %d %s, %d error%s", len(files), len(predictions), what, len(errors),
+            "" if len(errors) == 1 else "s")
     _print_results(predictions, errors, args, bool(detector))
     return 1 if errors else 0
 
@@ -908,8 +913,16 @@ def _add_serve(commands) -> None:
                        "library's pixel limit are refused too, without being decoded")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error in one line on stderr, as every other error (argparse prints the whole
+    usage block before it); the subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="agegender",
         description="Predict age and gender from face images; train and evaluate the models.",
         epilog="examples:\n"

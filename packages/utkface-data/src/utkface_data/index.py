@@ -345,7 +345,9 @@ def index_folder(
     corrected: list[str] = []
     used: set[str] = set()
     for rel in tqdm(
-        files, desc="index", unit="file", disable=not progress or len(files) < 2000, leave=False
+        # on a terminal only (None: tqdm's own test), never into a log file or a pipe
+        files, desc="index", unit="file", disable=True if not progress or len(files) < 2000 else None,
+        leave=False,
     ):
         name = rel.rsplit("/", 1)[-1]
         if not looks_like_image(name):
@@ -390,7 +392,7 @@ def index_folder(
                     total=len(rows),
                     desc="verify",
                     unit="img",
-                    disable=not progress or len(rows) < 200,
+                    disable=True if not progress or len(rows) < 200 else None,
                     leave=False,
                 )
             )
