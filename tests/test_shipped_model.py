@@ -138,6 +138,18 @@ def test_labels_of_faces_side_by_side_do_not_hide_each_other() -> None:
     assert rows("female").min() >= 50  # the second inside its box, not over the first
 
 
+def test_labels_in_a_crowd_leave_the_other_faces_visible() -> None:
+    """A crowd of 30-px faces on a 1000-px photo: each label sat above its face, over the face
+    of the row behind, and was twice as wide as a face."""
+    faces = [{"box": [100, 100, 30, 36], "gender": "male", "age": 55.0},  # the row behind
+             {"box": [100, 140, 30, 36], "gender": "female", "age": 42.0}]  # just in front
+    drawn = np.asarray(ann.annotate(Image.new("RGB", (1000, 640)), faces)).astype(int)
+    behind = drawn[100 + 3:136 - 3, 100 + 3:130 - 3]  # inside the first face's box line
+    assert not (np.abs(behind - np.array(ann.COLOURS["female"])).sum(axis=2) == 0).any()
+    female = np.argwhere(np.abs(drawn - np.array(ann.COLOURS["female"])).sum(axis=2) == 0)
+    assert female[:, 1].max() - female[:, 1].min() < 2 * 30  # the label no wider than 2 faces
+
+
 def test_predictor_without_a_model_uses_the_shipped_one(tmp_path: Path) -> None:
     from agegender_models import Predictor
 

@@ -3,10 +3,10 @@
     agegender predict photos/ --annotate out/      # out/<photo name>.jpg, one per input photo
 
 The box line and the label's size follow the photo's size (readable on a 300-pixel thumbnail and
-on a 4,000-pixel photo alike), the label no larger than its face (a crowd stays legible); it sits
-above the box (else inside its top edge, else below it, where a label already drawn would be
-hidden), and moves left where the photo's right edge would cut it. Boxes are drawn first, labels
-over them.
+on a 4,000-pixel photo alike), the label no taller or much wider than its face (a crowd stays
+legible); it sits above the box (else inside its top edge, else below it, where it would cover
+another face or a label already drawn), and moves left where the photo's right edge would cut
+it. Boxes are drawn first, labels over them.
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ def annotate(image: Image.Image, faces: Iterable[dict[str, Any]]) -> Image.Image
         draw.rectangle([x, y, x + w, y + h], outline=COLOURS.get(face["gender"], (250, 200, 0)),
                        width=line)
     placed: list[tuple[int, int, int, int]] = []
-    for (x, y, _w, h), face in zip(boxes, faces, strict=True):
+    for i, ((x, y, w, h), face) in enumerate(zip(boxes, faces, strict=True)):
         colour = COLOURS.get(face["gender"], (250, 200, 0))
-        # readable on a large photo, and no larger than the face in a crowd (12 px at least)
-        size = max(12, min(round(side / 35), round(0.9 * h)))
+        # readable on a large photo, and in a crowd no taller than the face nor much wider
+        # ("M 55" is about 2.2 font sizes wide; 11 px at least)
+        size = max(11, min(round(side / 35), round(0.9 * h), round(0.5 * w)))
         font = fonts.setdefault(size, _font(size))
         text = label(face)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
@@ -62,11 +63,16 @@ def annotate(image: Image.Image, faces: Iterable[dict[str, Any]]) -> Image.Image
         # kept inside the photo: a face at its right or left edge keeps its whole label
         tx = max(0, min(x, out.width - lw))
         # above the box, else inside its top edge, else below it: the first that covers no
-        # label already drawn (in a crowd, faces' labels would otherwise hide each other)
+        # other face and no label already drawn, else the first that covers no label (in a
+        # crowd, labels would otherwise hide the faces and labels of the row above)
         spots = [ty for ty in (y - lh, y, y + h) if 0 <= ty <= out.height - lh] or [max(0, y - lh)]
-        ty = next((ty for ty in spots
-                   if not any(_overlaps((tx, ty, tx + lw, ty + lh), other) for other in placed)),
-                  spots[0])
+        faces_around = [(bx, by, bx + bw, by + bh) for j, (bx, by, bw, bh) in enumerate(boxes) if j != i]
+
+        def free(ty: int, taken: list[tuple[int, int, int, int]]) -> bool:
+            return not any(_overlaps((tx, ty, tx + lw, ty + lh), other) for other in taken)
+
+        ty = next((ty for ty in spots if free(ty, placed + faces_around)),
+                  next((ty for ty in spots if free(ty, placed)), spots[0]))
         placed.append((tx, ty, tx + lw, ty + lh))
         draw.rectangle([tx, ty, tx + lw, ty + lh], fill=colour)
         draw.text((tx + pad - left, ty + pad - top), text, fill=(255, 255, 255), font=font)
