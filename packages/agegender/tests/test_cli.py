@@ -186,11 +186,11 @@ def test_predict_exit_status_says_whether_every_input_gave_a_result(tiny_model_f
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     assert cli.main(["predict", "--detect", "none", "--model", str(tiny_model_file), str(good)]) == 0
-    assert "images:" not in capsys.readouterr().err  # one input: nothing to count
+    assert "inputs:" not in capsys.readouterr().err  # one input: nothing to count
     assert cli.main(["predict", "--detect", "none", "--model", str(tiny_model_file), str(good), str(bad)]) == 1
     out, err = capsys.readouterr()
     assert str(good) in out and f"error: {bad}" in err
-    assert "agegender: 2 images: 1 predictions, 1 error\n" in err  # several inputs: counted
+    assert "agegender: 2 inputs: 1 prediction, 1 error\n" in err  # several inputs: counted
     assert cli.main(["predict", "--model", str(tmp_path / "none.keras"), str(good)]) == 2
     assert capsys.readouterr().err.strip() == (f"agegender: error: model file not found: {tmp_path / 'none.keras'} "
                                                "(not a file, nor a shipped model (mobilenet-v2-utkface, mobilenet-v2x3-dlib-childweight-utkface, "
@@ -206,7 +206,9 @@ def test_predict_lists_errors_in_the_order_the_inputs_were_given(tiny_model_file
     given = [tmp_path / "broken.jpg", tmp_path / "missing.jpg", good, tmp_path / "empty"]
     assert cli.main(["predict", "--detect", "none", "--model", str(tiny_model_file), "--json",
                      *map(str, given)]) == 1
-    result = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert "agegender: 4 inputs: 1 prediction, 3 errors\n" in err  # the missing ones counted too
     # the unreadable file is found out after the missing one and the empty folder: still first
     assert [e["file"] for e in result["errors"]] == [str(given[0]), str(given[1]), str(given[3])]
     assert [p["file"] for p in result["predictions"]] == [str(good)]

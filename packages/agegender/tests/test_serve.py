@@ -83,6 +83,8 @@ BAD = {  # kind: (file name, bytes, status when alone, words the reason must con
     "not an image": ("notes.txt", b"just some text, not a picture", 415, "not an image"),
     "empty file": ("empty.jpg", b"", 415, "empty"),
     "corrupt": ("cut.jpg", GOOD[:400], 422, "corrupt image"),
+    # its header is whole: found out while the predictor decodes it
+    "truncated pixels": ("half.jpg", GOOD[:2000], 422, "corrupt image: cannot decode image: OSError: image file is truncated"),
     "bomb over the library's limit": ("bomb.png", png_header(9000, 9000), 413, "too large"),
     "bomb over Pillow's guard": ("huge.png", png_header(40000, 40000), 413, "too large: 1600000000 pixels exceeds"),
     "oversize upload": ("big.png", photo(400, 400, fmt="PNG"), 413, "file too large"),
@@ -369,9 +371,9 @@ def test_tensorflow_loads_only_without_a_cached_runtime(model_path, monkeypatch)
 
     seen = []
 
-    def cached(path, *, digest=None, runtime=None, **_):
+    def cached(path, *, digest=None, **_):
         seen.append((Path(path), digest))
-        return Path(path) == model_path and runtime is None  # the runtime from the environment
+        return Path(path) == model_path
 
     monkeypatch.setattr(runtime, "has_cached_runner", cached)
     monkeypatch.delenv("AGEGENDER_RUNTIME", raising=False)  # "auto", as for a user
@@ -379,6 +381,19 @@ def test_tensorflow_loads_only_without_a_cached_runtime(model_path, monkeypatch)
     assert serve.needs_tensorflow(None) is True  # the shipped default: no runtime cached here
     default = seen[-1]
     assert default[0].suffix == ".keras" and len(default[1]) == 64  # its registry SHA-256
+
+
+def test_a_runtime_asked_for_by_the_environment_starts_from_its_conversion(model_path, tmp_path,
+                                                                           monkeypatch) -> None:
+    from agegender_models import Predictor
+
+    monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AGEGENDER_RUNTIME", "tflite")
+    assert serve.needs_tensorflow(str(model_path)) is True  # never converted here
+    Predictor(model_path)  # converts it once, filed under the file
+    assert serve.needs_tensorflow(str(model_path)) is False
+    monkeypatch.setenv("AGEGENDER_RUNTIME", "keras")  # Keras runs the model itself
+    assert serve.needs_tensorflow(str(model_path)) is True
 
 
 def test_serve_help_loads_neither_tensorflow_nor_fastapi() -> None:

@@ -70,8 +70,9 @@ __all__ = [
     "unsupported_format",
 ]
 
-ENCODED = bytes | bytearray | memoryview
-"""The types read as an image file's bytes (what a web upload or an object store gives)."""
+ENCODED = bytes | bytearray
+"""The types read as an image file's bytes (what a web upload or an object store gives); a path
+given as bytes is not one of them (``os.fsdecode`` it first)."""
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """The largest image read (width x height): 8000 x 8000. 48-50 megapixel phone photos pass
@@ -206,17 +207,17 @@ def _image_to_rgb(image: Image.Image, *, max_pixels: int, name: str, reduce_to: 
     orientation = exif_orientation(image)
     try:
         image.load()
+        if orientation != 1:
+            image = image.transpose(_TRANSPOSE[orientation])
+        return np.ascontiguousarray(_pixels_to_rgb(image))
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
         raise ImageReadError(name, f"cannot decode image: {_one_line(exc)}") from None
-    if orientation != 1:
-        image = image.transpose(_TRANSPOSE[orientation])
-    return np.ascontiguousarray(_pixels_to_rgb(image))
 
 
 def read_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image file (a path, or its bytes: ``bytes``, ``bytearray`` or ``memoryview``,
-    named ``<bytes>`` in errors) as an upright H x W x 3 uint8 RGB array (see the module
-    docstring for the rules).
+    """Read an image file (a path, or the file's contents as ``bytes`` or ``bytearray``, named
+    ``<bytes>`` in errors) as an upright H x W x 3 uint8 RGB array (see the module docstring for
+    the rules).
 
     Raises ``FileNotFoundError`` for a missing file, :class:`ImageTooLargeError` for an image
     over ``max_pixels`` (not decoded) and :class:`ImageReadError` for anything else that cannot

@@ -106,8 +106,8 @@ class Predictor:
     ``Predictor(model_or_path)`` takes a model from :func:`create_model`, a ``.keras`` path
     (loaded in safe mode) or the name of a shipped model; ``Predictor()`` uses the shipped
     default (:func:`agegender_models.load_pretrained`). :meth:`predict` takes one image, file path
-    or image file's bytes (``bytes``, ``bytearray``, ``memoryview``: an upload; ``"file"`` is
-    then None, ``"<bytes>"`` in ``errors``), a list of them, or an ``(N, H, W, 3)`` array; images
+    or image file's contents (``bytes`` or ``bytearray``: an upload; ``"file"`` is then None,
+    ``"<bytes>"`` in ``errors``), a list of them, or an ``(N, H, W, 3)`` array; images
     are 0-255 RGB of any size/mode and are converted to RGB and resized to the model's input
     size. Files, bytes and PIL images are read by
     :func:`agegender_models.imageio.read_image`: EXIF orientation applied, 16-bit, CMYK,
@@ -353,7 +353,8 @@ class Predictor:
         shaped like photos rather than face chips."""
         if self._not_square:
             item, width, height = self._not_square[0]
-            name = os.fspath(item) if isinstance(item, str | os.PathLike) else "an array"
+            name = (os.fspath(item) if isinstance(item, str | os.PathLike)
+                    else "<bytes>" if isinstance(item, ENCODED) else "an array")
             logging.getLogger("agegender_models").warning(
                 "%d of the images are far from square (e.g. %s: %dx%d), yet without a detector "
                 "each is read whole as one face chip; for photos, find the faces (detector='auto'; "

@@ -19,8 +19,9 @@ returns ``(p_female, age)``, two float32 arrays of shape ``(N,)``, whatever runs
   ``.keras`` file (``source``) also has its verdict filed under the file's SHA-256, so that
   :func:`cached_runner` finds the winner again without loading the model: a process that only
   predicts then needs neither Keras nor TensorFlow (about 6 s to import). A forced ``"tflite"``
-  or ``"onnx"`` reuses ``"auto"``'s conversion when ``"auto"`` chose that runtime (else converts
-  once, cached), and is filed under the file too.
+  or ``"onnx"`` reuses ``"auto"``'s conversion when ``"auto"`` chose that runtime, unquantized,
+  with its default check and the same threads (else converts once, cached), and is filed under
+  the file too.
 
 int8 candidates need real ``calibration`` faces: quantization ranges calibrated on generated
 images would pass a check on generated images and could still fail on faces.

@@ -36,6 +36,10 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def _free(rect: tuple[int, int, int, int], taken: list[tuple[int, int, int, int]]) -> bool:
+    return not any(_overlaps(rect, other) for other in taken)
+
+
 def annotate(image: Image.Image, faces: Iterable[dict[str, Any]]) -> Image.Image:
     """A copy of ``image`` (RGB) with each face's ``box`` ([x, y, w, h]) drawn and labelled."""
     out = image.convert("RGB")
@@ -67,12 +71,8 @@ def annotate(image: Image.Image, faces: Iterable[dict[str, Any]]) -> Image.Image
         # crowd, labels would otherwise hide the faces and labels of the row above)
         spots = [ty for ty in (y - lh, y, y + h) if 0 <= ty <= out.height - lh] or [max(0, y - lh)]
         faces_around = [(bx, by, bx + bw, by + bh) for j, (bx, by, bw, bh) in enumerate(boxes) if j != i]
-
-        def free(ty: int, taken: list[tuple[int, int, int, int]]) -> bool:
-            return not any(_overlaps((tx, ty, tx + lw, ty + lh), other) for other in taken)
-
-        ty = next((ty for ty in spots if free(ty, placed + faces_around)),
-                  next((ty for ty in spots if free(ty, placed)), spots[0]))
+        ty = next((ty for ty in spots if _free((tx, ty, tx + lw, ty + lh), placed + faces_around)),
+                  next((ty for ty in spots if _free((tx, ty, tx + lw, ty + lh), placed)), spots[0]))
         placed.append((tx, ty, tx + lw, ty + lh))
         draw.rectangle([tx, ty, tx + lw, ty + lh], fill=colour)
         draw.text((tx + pad - left, ty + pad - top), text, fill=(255, 255, 255), font=font)

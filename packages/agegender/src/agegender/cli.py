@@ -412,6 +412,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be a positive integer. Received: {args.batch_size}")
     files, errors, notes, places = expand_inputs(args.inputs, recursive=args.recursive)
+    unlisted = len(errors)  # inputs that are not there (a missing file, an empty folder)
     if args.annotate:
         files, notes = _outside_annotate(args.annotate, args.inputs, files, notes)
         _check_annotate(args.annotate, files)
@@ -461,11 +462,15 @@ def _predict(args: argparse.Namespace) -> int:
     errors.sort(key=lambda error: places.get(error["file"], len(places)))  # in the order given
     if args.annotate:
         _annotate(args.annotate, predictions, files, errors)
-    if len(files) > 1:  # the count a user would otherwise make from the rows
-        what = "faces" if detector else "predictions"
+    inputs = len(files) + unlisted  # every input given, those missing too
+    if inputs > 1:  # the count a user would otherwise make from the rows
+
+        def count(n: int, what: str) -> str:
+            return f"{n} {what}{'' if n == 1 else 's'}"
+
         logging.getLogger("agegender").info(
-            "%d images: %d %s, %d error%s", len(files), len(predictions), what, len(errors),
-            "" if len(errors) == 1 else "s")
+            "%s: %s, %s", count(inputs, "input"),
+            count(len(predictions), "face" if detector else "prediction"), count(len(errors), "error"))
     _print_results(predictions, errors, args, bool(detector))
     return 1 if errors else 0
 

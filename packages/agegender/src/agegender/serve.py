@@ -7,7 +7,9 @@ Endpoints (JSON in and out, except the page and its two assets):
 
 * ``POST /v1/predict`` -- a multipart form with one or more files in the field ``image``. Each
   file is read and its faces found and predicted as ``agegender predict`` does (its default
-  detector, ``auto``; the same answers); the answer is the ``agegender predict --json``
+  detector, ``auto``, and decoding; for a model outside a run folder, such as the shipped ones,
+  the same answers: ``predict`` checks a run folder's model on its real faces when it chooses
+  the runtime); the answer is the ``agegender predict --json``
   contract, ``{"predictions": [{file, face, box, confidence, age, gender, p_female}],
   "errors": [{file, reason}]}``, where ``file`` is the upload's own file name (its last path
   component, control characters removed; never a path on the server).
