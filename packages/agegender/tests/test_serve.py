@@ -229,7 +229,7 @@ def test_a_heic_upload_is_read_or_refused_saying_what_to_install(client, monkeyp
     response = post(client, ("IMG_0001.HEIC", heic.getvalue()))
     assert response.status_code == 415
     assert response.json()["errors"] == [{"file": "IMG_0001.HEIC", "reason": (
-        "a HEIC/HEIF photo: reading it needs the pillow-heif plugin (pip install 'agegender-models[heif]'; "
+        "cannot read image: a HEIC/HEIF photo: reading it needs the pillow-heif plugin (pip install 'agegender-models[heif]'; "
         "from a checkout of agegender: pip install './packages/agegender-models[heif]')")}]
 
 
@@ -428,7 +428,8 @@ def test_the_command_starts_serves_and_stops(model_path) -> None:
         assert health == {"status": "ok", "model": "tiny.keras"}, process.stderr and process.poll()
         status, body = _post_raw(port, [("notes.txt", b"not an image")])
         assert status == 415 and body["errors"] == [
-            {"file": "notes.txt", "reason": "not an image: no known image format"}]
+            {"file": "notes.txt", "reason": "cannot read image: not an image Pillow can read "
+                                            "(unknown format or not an image file)"}]
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
         assert process.returncode == 0, err

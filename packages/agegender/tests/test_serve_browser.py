@@ -151,5 +151,6 @@ def test_dropping_a_file_that_is_not_an_image_shows_the_reason(page, tmp_path) -
     page.wait_for_selector("body[data-state=done]")
     page.screenshot(path=str(tmp_path / "serve_page_error.png"), full_page=True)
     assert "not an image" in page.inner_text("#status")
-    assert page.inner_text("#errors") == "notes.txt: not an image: no known image format"
+    assert page.inner_text("#errors") == ("notes.txt: cannot read image: not an image Pillow can "
+                                          "read (unknown format or not an image file)")
     assert page.locator("#faces tbody tr").count() == 0

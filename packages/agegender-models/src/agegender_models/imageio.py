@@ -67,6 +67,7 @@ __all__ = [
     "read_image_reduced",
     "resize_bilinear",
     "to_rgb",
+    "unreadable",
     "unsupported_format",
 ]
 
@@ -263,9 +264,7 @@ def _read(path: str | os.PathLike | bytes, *, max_pixels: int, reduce_to: int | 
         else:
             with open(name, "rb") as f:
                 head = f.read(64)
-        reason = ("empty file" if not head else unsupported_format(head)
-                  or "not an image Pillow can read (unknown format or not an image file)")
-        raise ImageReadError(name, f"cannot read image: {reason}") from None
+        raise ImageReadError(name, unreadable(head)) from None
     except Exception as exc:
         raise ImageReadError(name, f"cannot read image: {_one_line(exc)}") from None
     with image:
@@ -287,6 +286,15 @@ def unsupported_format(head: bytes) -> str | None:
         return ("a HEIC/HEIF photo: reading it needs the pillow-heif plugin (pip install "
                 "'agegender-models[heif]'; from a checkout of agegender: pip install './packages/agegender-models[heif]')")
     return None
+
+
+def unreadable(head: bytes) -> str:
+    """Why a file Pillow does not recognise is not read, from its first 64 bytes: empty, a format
+    that needs an extra (HEIC), or not an image. The reason every reader (``predict``,
+    ``serve``) gives."""
+    reason = ("empty file" if not head else unsupported_format(head)
+              or "not an image Pillow can read (unknown format or not an image file)")
+    return f"cannot read image: {reason}"
 
 
 def to_rgb(image: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

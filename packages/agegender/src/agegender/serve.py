@@ -131,11 +131,11 @@ def check_upload(data: bytes, *, max_pixels: int) -> None:
         ImageTooLargeError,
         check_size,
         refused_by_pillow,
-        unsupported_format,
+        unreadable,
     )
 
     if not data:
-        raise UploadError(415, "not an image: the file is empty")
+        raise UploadError(415, unreadable(data))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -143,7 +143,7 @@ def check_upload(data: bytes, *, max_pixels: int) -> None:
     except Image.DecompressionBombError as exc:
         raise UploadError(413, refused_by_pillow(exc, max_pixels)) from None
     except UnidentifiedImageError:
-        raise UploadError(415, unsupported_format(data[:64]) or "not an image: no known image format") from None
+        raise UploadError(415, unreadable(data[:64])) from None
     except Exception as exc:  # a header Pillow recognises but cannot parse
         raise UploadError(422, f"corrupt image: {_one_line(exc)}") from None
     with image:
