@@ -143,6 +143,41 @@ def test_annotate_never_writes_over_an_input_and_says_where_a_clash_went(
     assert written == [tmp_path / "a" / "face-2.jpg"]
 
 
+def test_annotate_keeps_the_subfolders_of_a_folder_read_recursively(tiny_model_file: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    """`-r --annotate` wrote every photo flat into the folder (photos/2024/a.jpg -> out/a-2.jpg)."""
+    photos = tmp_path / "photos"
+    for sub in ("", "2024", "2024/june"):
+        (photos / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photos / sub / "a.jpg")
+    single = tmp_path / "b.png"
+    Image.fromarray(np.full((40, 40, 3), 60, np.uint8)).save(single)
+    out = tmp_path / "out"
+    assert cli.main(["predict", "--detect", "none", "--model", str(tiny_model_file), "-r",
+                     "--annotate", str(out), str(photos), str(single)]) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.jpg"))
+    assert written == ["2024/a.jpg", "2024/june/a.jpg", "a.jpg", "b.jpg"]
+    assert " as " not in capsys.readouterr().err  # no clash to report
+
+
+def test_annotate_never_writes_over_a_photo_already_in_its_folder(tiny_model_file: Path,
+                                                                  tmp_path: Path, capsys) -> None:
+    """`-r --annotate photos/2024 photos` wrote photos/a.jpg's copy over the user's photos/2024/a.jpg
+    (the folder's own files are passed over as earlier copies, so it was not an input)."""
+    photos = tmp_path / "photos"
+    (photos / "2024").mkdir(parents=True)
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photos / "a.jpg")
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(photos / "2024" / "a.jpg")
+    theirs = (photos / "2024" / "a.jpg").read_bytes()
+    args = ["predict", "--detect", "none", "--model", str(tiny_model_file), "-r",
+            "--annotate", str(photos / "2024"), str(photos)]
+    for _ in range(2):  # the second run replaces its own copy, and still not the photo
+        assert cli.main(args) == 0
+        assert (photos / "2024" / "a.jpg").read_bytes() == theirs
+        assert sorted(p.name for p in (photos / "2024").iterdir()) == ["a-2.jpg", "a.jpg"]
+    assert f"annotated {photos / 'a.jpg'} as {photos / '2024' / 'a-2.jpg'}" in capsys.readouterr().err
+
+
 def test_annotate_inside_an_input_folder_read_recursively_skips_its_own_copies(
         tiny_model_file: Path, tmp_path: Path, capsys) -> None:
     photos = tmp_path / "photos"

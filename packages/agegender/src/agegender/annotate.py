@@ -11,6 +11,7 @@ it. Boxes are drawn first, labels over them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,17 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 COLOURS = {"female": (230, 60, 140), "male": (40, 120, 230)}
+MARK = b"annotated by agegender predict --annotate"
+"""The JPEG comment of every annotated copy: only a file that carries it is ever written over."""
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is an annotated copy written before (a later run may replace it)."""
+    try:
+        with Image.open(path) as image:
+            return image.info.get("comment") == MARK
+    except Exception:  # a folder, an unreadable or foreign file: not ours
+        return False
 
 
 def label(prediction: dict[str, Any]) -> str:
@@ -80,11 +92,14 @@ def annotate(image: Image.Image, faces: Iterable[dict[str, Any]]) -> Image.Image
 
 
 def write_annotated(predictions: Iterable[dict[str, Any]], files: Iterable[str], out_dir: str | Path,
-                    *, read=None) -> list[Path]:
+                    *, read=None, roots: Iterable[str | Path] = ()) -> list[Path]:
     """One annotated JPEG per file in ``out_dir`` (named after the file), with the faces of
     ``predictions`` that belong to it (``<stem>.jpg``; ``<stem>-2.jpg`` and on when that name
-    is taken by an earlier file or is an input); a photo without a face is written unboxed. ``read(path)``
-    opens a photo upright (default: Pillow with EXIF orientation applied). Returns the paths."""
+    is taken by an earlier file, an input or any file that is not an annotated copy: a photo
+    already in ``out_dir`` is never written over); a photo without a face is written unboxed.
+    A file inside one of the folders ``roots`` keeps its place below it (``photos/2024/a.jpg``
+    read from ``photos`` -> ``out_dir/2024/a.jpg``). ``read(path)`` opens a photo upright
+    (default: Pillow with EXIF orientation applied). Returns the paths."""
     from PIL import ImageOps
 
     out_dir = Path(out_dir)
@@ -96,18 +111,25 @@ def write_annotated(predictions: Iterable[dict[str, Any]], files: Iterable[str],
     written: list[Path] = []
     files = list(files)
     inputs = {Path(f).resolve() for f in files}  # never written over
+    roots = [Path(root) for root in roots]
     for file in files:
         if read is not None:
             image = read(file)
         else:
             with Image.open(file) as opened:
                 image = ImageOps.exif_transpose(opened).convert("RGB")
-        target = out_dir / f"{Path(file).stem}.jpg"
+        # the first root the file lies in: its subfolders below the root, kept
+        folder = next((out_dir / Path(file).parent.relative_to(root) for root in roots
+                       if Path(file).is_relative_to(root)), out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{Path(file).stem}.jpg"
         n = 2
-        # two inputs of the same name from different folders, or an input in out_dir
-        while target in written or target.resolve() in inputs:
-            target = out_dir / f"{Path(file).stem}-{n}.jpg"
+        # two inputs of the same name from different folders, an input in out_dir, or a file
+        # there that an earlier run did not write (a user's photo)
+        while (target in written or target.resolve() in inputs
+               or (os.path.lexists(target) and not _ours(target))):
+            target = folder / f"{Path(file).stem}-{n}.jpg"
             n += 1
-        annotate(image, by_file.get(file, [])).save(target, quality=90)
+        annotate(image, by_file.get(file, [])).save(target, quality=90, comment=MARK)
         written.append(target)
     return written

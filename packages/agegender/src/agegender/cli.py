@@ -461,7 +461,8 @@ def _predict(args: argparse.Namespace) -> int:
     errors.extend(bad)
     errors.sort(key=lambda error: places.get(error["file"], len(places)))  # in the order given
     if args.annotate:
-        _annotate(args.annotate, predictions, files, errors)
+        _annotate(args.annotate, predictions, files, errors,
+                  roots=[item for item in args.inputs if Path(item).is_dir()] if args.recursive else [])
     inputs = len(files) + unlisted  # every input given, those missing too
     if inputs > 1:  # the count a user would otherwise make from the rows
 
@@ -489,8 +490,10 @@ def _print_results(predictions, errors, args: argparse.Namespace, detect: bool) 
         _print_table(rows, errors, detect)
 
 
-def _annotate(out_dir: str, predictions, files: list[str], errors: list[dict[str, str]]) -> None:
-    """--annotate: each photo that could be read, its faces boxed and labelled."""
+def _annotate(out_dir: str, predictions, files: list[str], errors: list[dict[str, str]], *,
+              roots: list[str]) -> None:
+    """--annotate: each photo that could be read, its faces boxed and labelled; a photo found in
+    a subfolder of an input folder (``-r``) keeps its subfolder below ``out_dir``."""
     from PIL import Image
 
     from agegender.annotate import write_annotated
@@ -498,7 +501,7 @@ def _annotate(out_dir: str, predictions, files: list[str], errors: list[dict[str
 
     unreadable = {e["file"] for e in errors if e["reason"] != "no face found"}
     readable = [f for f in files if f not in unreadable]
-    written = write_annotated(predictions, readable, out_dir,
+    written = write_annotated(predictions, readable, out_dir, roots=roots,
                               read=lambda path: Image.fromarray(read_image(path)))
     log = logging.getLogger("agegender")
     for file, target in zip(readable, written, strict=True):
