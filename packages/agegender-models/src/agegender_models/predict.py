@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -168,15 +167,14 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chip_tolerance: float | None = CHIP_MISMATCH,
     ):
-        from .runtime import Runner, cached_runner, file_digest, get_runner
+        from .runtime import Runner, cached_runner, get_runner, readable_digest
 
         self._source: Path | None = None
         digest = None
         if model_or_path is None or isinstance(model_or_path, str | os.PathLike):
             self._source, digest = _model_file(model_or_path)  # None: the shipped default
             if digest is None and self._source.is_file():
-                with contextlib.suppress(OSError):  # unreadable: loading it says why
-                    digest = file_digest(self._source)  # taken before the model is loaded
+                digest = readable_digest(self._source)  # taken before the model is loaded
         self._digest = digest
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1). Received: threshold={threshold}")

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from ._cache import cache_dir, machine_id, read_json, write_json
+from ._cache import cache_dir, machine_id, read_json, write_bytes, write_json
 
 RUNTIMES = ("auto", "keras", "tflite", "onnx")
 RUNTIME_ENV = "AGEGENDER_RUNTIME"
@@ -344,6 +344,15 @@ def file_digest(path: str | os.PathLike) -> str:
     return _digests[key]
 
 
+def readable_digest(path: str | os.PathLike) -> str | None:
+    """:func:`file_digest`, or None when the file cannot be read (loading it then says why, in
+    one line)."""
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
+
+
 def _file_record(digest: str) -> Path:
     return cache_dir() / RUNTIMES_FOLDER / FILES_FOLDER / f"{digest}.json"
 
@@ -351,10 +360,10 @@ def _file_record(digest: str) -> Path:
 def _filed_model(source, digest: str | None) -> tuple[str, tuple[int, int]] | None:
     """The fingerprint and input size filed for the model file ``source`` (by a run on
     ``"auto"`` or a forced runtime); None when the file has no record (or is unreadable)."""
-    try:
-        record = read_json(_file_record(digest or file_digest(source)))
-    except OSError:  # unreadable: loading the model says why, in one line
+    digest = digest or readable_digest(source)
+    if digest is None:
         return None
+    record = read_json(_file_record(digest))
     fingerprint, size = record.get("fingerprint"), record.get("input_size")
     if not isinstance(fingerprint, str) or not isinstance(size, list) or len(size) != 2:
         return None
@@ -501,10 +510,7 @@ def _auto(model, *, check, calibration, threads: int, cache: bool, source, sourc
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     if name != "keras":  # written whole before it is named: another process may be reading
-        path = folder / f"model{SUFFIX[runners[name].runtime]}"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(contents[name])
-        os.replace(tmp, path)
+        write_bytes(folder / f"model{SUFFIX[runners[name].runtime]}", contents[name])
     write_json(folder / "verdict.json", verdict)
     runner = runners[name]
     runner.verdict = {**verdict, "fresh": True}
@@ -561,12 +567,8 @@ def get_runner(
         content = found.read_bytes()
     else:
         content = convert_model(model, runtime)
-        path = _forced_path(fingerprint, runtime)
         with contextlib.suppress(OSError):  # a read-only cache is not written
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-            tmp.write_bytes(content)
-            os.replace(tmp, path)
+            write_bytes(_forced_path(fingerprint, runtime), content)
     return artefact_runner(runtime, content, threads=threads)
 
 

@@ -229,24 +229,16 @@ def _load_for_inference(args: argparse.Namespace):
     refs = _checked_model_refs(args)
     setup(args)
     from agegender_models import ensemble, flip_tta, load_model
+    from agegender_models.runtime import readable_digest
 
     # later steps see paths only
     args.model = [str(_model_path(ref)) for ref in refs]
     paths = [Path(path) for path in args.model]
     # one file's SHA-256, taken before it is loaded: its "auto" verdict is filed under it
-    args.model_digest = _digest_or_none(paths[0]) if len(paths) == 1 else None
+    args.model_digest = readable_digest(paths[0]) if len(paths) == 1 else None
     models = [load_model(path) for path in paths]
     model = models[0] if len(models) == 1 else ensemble(models)
     return flip_tta(model) if args.flip_tta else model
-
-
-def _digest_or_none(path: Path) -> str | None:
-    from agegender_models.runtime import file_digest
-
-    try:
-        return file_digest(path)
-    except OSError:  # unreadable: loading it says why, in one line
-        return None
 
 
 def _model_label(args: argparse.Namespace) -> str:
