@@ -398,3 +398,20 @@ def test_the_public_submodules_are_attributes_of_the_package() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["quantized_copy", "resize_bilinear", "predict", "get_detector"]
+
+
+def test_the_lazy_names_are_the_ones_type_checkers_see() -> None:
+    """``__init__`` lists its public names twice: ``_EXPORTS`` (loaded on first use) and the
+    ``TYPE_CHECKING`` imports (what IDEs read). The two lists must not drift apart."""
+    import ast
+    import inspect
+
+    import agegender_models
+
+    tree = ast.parse(inspect.getsource(agegender_models))
+    (block,) = [node for node in tree.body if isinstance(node, ast.If)
+                and getattr(node.test, "id", None) == "TYPE_CHECKING"]
+    seen = {f".{node.module}": tuple(alias.name for alias in node.names) for node in block.body}
+    assert seen == agegender_models._EXPORTS
+    for name in agegender_models._MODULE_OF:  # and every name resolves
+        assert getattr(agegender_models, name) is not None
